@@ -1,0 +1,1 @@
+"""Hardware: GPUs (NVML), host RAM/CPU/NUMA, declared rigs, RPC devices, live sampling."""

@@ -1,0 +1,22 @@
+"""The ``moe-studio`` console entry point: a command runs the CLI, anything else opens the GUI."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``moe-studio [MODEL]`` opens the app; ``moe-studio COMMAND …`` runs a headless command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    from core import cli
+
+    if args and (args[0] in cli.command_names() or args[0] in ("-h", "--help")):
+        return cli.main(args)
+    from gui import app
+
+    return app.main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
