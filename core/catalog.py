@@ -35,7 +35,8 @@ class CatalogEntry:
     metadata: dict[str, object]
     recipes: tuple[str, ...]
     build: Callable[[dict[str, object]], list[Spec]]
-    mla_flavour: str = ""  # deepseek2: "ik" (attn_kv_b) or "mainline" (attn_k_b/attn_v_b)
+    # Metadata an ik-quantized file has instead (DeepSeek: ik/legacy MLA flavour with attn_kv_b).
+    ik_metadata: dict[str, object] | None = None
 
     @property
     def default_recipe(self) -> str:
@@ -91,48 +92,47 @@ def _globals_tail(meta: dict[str, object]) -> list[Spec]:
     return [_vec("output_norm.weight", n_embd), _mat("output.weight", n_embd, _hp(meta, "vocab_size"))]
 
 
-def _build_deepseek2(flavour: str) -> Callable[[dict[str, object]], list[Spec]]:
-    def build(meta: dict[str, object]) -> list[Spec]:
-        n_embd = _hp(meta, "embedding_length")
-        n_head = _hp(meta, "attention.head_count")
-        q_lora = _hp(meta, "attention.q_lora_rank")
-        kv_lora = _hp(meta, "attention.kv_lora_rank")
-        rope = _hp(meta, "rope.dimension_count")
-        nope, v_head = 128, 128
-        n_ff = _hp(meta, "feed_forward_length")
-        n_ff_exp = _hp(meta, "expert_feed_forward_length")
-        n_expert = _hp(meta, "expert_count")
-        shared = _hp(meta, "expert_shared_count") * n_ff_exp
-        dense = _hp(meta, "leading_dense_block_count")
-        specs = _globals_head(meta)
-        for il in range(_hp(meta, "block_count")):
-            p = f"blk.{il}."
+def _build_deepseek2(meta: dict[str, object]) -> list[Spec]:
+    # ML-converted files carry key_length_mla and split kv_b into k_b/v_b (engines.md §2.2).
+    flavour = "mainline" if "deepseek2.attention.key_length_mla" in meta else "ik"
+    n_embd = _hp(meta, "embedding_length")
+    n_head = _hp(meta, "attention.head_count")
+    q_lora = _hp(meta, "attention.q_lora_rank")
+    kv_lora = _hp(meta, "attention.kv_lora_rank")
+    rope = _hp(meta, "rope.dimension_count")
+    nope, v_head = 128, 128
+    n_ff = _hp(meta, "feed_forward_length")
+    n_ff_exp = _hp(meta, "expert_feed_forward_length")
+    n_expert = _hp(meta, "expert_count")
+    shared = _hp(meta, "expert_shared_count") * n_ff_exp
+    dense = _hp(meta, "leading_dense_block_count")
+    specs = _globals_head(meta)
+    for il in range(_hp(meta, "block_count")):
+        p = f"blk.{il}."
+        specs += [
+            _vec(p + "attn_norm.weight", n_embd),
+            _vec(p + "attn_q_a_norm.weight", q_lora),
+            _vec(p + "attn_kv_a_norm.weight", kv_lora),
+            _mat(p + "attn_q_a.weight", n_embd, q_lora),
+            _mat(p + "attn_q_b.weight", q_lora, n_head * (nope + rope)),
+            _mat(p + "attn_kv_a_mqa.weight", n_embd, kv_lora + rope),
+        ]
+        if flavour == "ik":
+            specs.append(_mat(p + "attn_kv_b.weight", kv_lora, n_head * (nope + v_head)))
+        else:
             specs += [
-                _vec(p + "attn_norm.weight", n_embd),
-                _vec(p + "attn_q_a_norm.weight", q_lora),
-                _vec(p + "attn_kv_a_norm.weight", kv_lora),
-                _mat(p + "attn_q_a.weight", n_embd, q_lora),
-                _mat(p + "attn_q_b.weight", q_lora, n_head * (nope + rope)),
-                _mat(p + "attn_kv_a_mqa.weight", n_embd, kv_lora + rope),
+                _mat(p + "attn_k_b.weight", nope, kv_lora, n_head),
+                _mat(p + "attn_v_b.weight", kv_lora, v_head, n_head),
             ]
-            if flavour == "ik":
-                specs.append(_mat(p + "attn_kv_b.weight", kv_lora, n_head * (nope + v_head)))
-            else:
-                specs += [
-                    _mat(p + "attn_k_b.weight", nope, kv_lora, n_head),
-                    _mat(p + "attn_v_b.weight", kv_lora, v_head, n_head),
-                ]
-            specs += [
-                _mat(p + "attn_output.weight", n_head * v_head, n_embd),
-                _vec(p + "ffn_norm.weight", n_embd),
-            ]
-            if il < dense:
-                specs += _dense_ffn(p, n_embd, n_ff)
-            else:
-                specs += _moe_ffn(p, n_embd, n_ff_exp, n_expert, shared)
-        return specs + _globals_tail(meta)
-
-    return build
+        specs += [
+            _mat(p + "attn_output.weight", n_head * v_head, n_embd),
+            _vec(p + "ffn_norm.weight", n_embd),
+        ]
+        if il < dense:
+            specs += _dense_ffn(p, n_embd, n_ff)
+        else:
+            specs += _moe_ffn(p, n_embd, n_ff_exp, n_expert, shared)
+    return specs + _globals_tail(meta)
 
 
 def _build_glm4moe(meta: dict[str, object]) -> list[Spec]:
@@ -329,6 +329,7 @@ def _pick_type(name: str, stem: str, suffix: str, shape: tuple[int, ...], recipe
 def _deepseek_meta(
     name: str, n_head: int, n_expert: int, dense: int, vocab: int, ctx: int, flavour: str
 ) -> dict[str, object]:
+    """DeepSeek-V3-style metadata as the mainline (ML) or ik/legacy converter writes it."""
     a = "deepseek2"
     meta: dict[str, object] = {
         "general.architecture": a,
@@ -383,8 +384,8 @@ def _entries() -> dict[str, CatalogEntry]:
             671e9,
             _deepseek_meta("DeepSeek V3", 128, 256, 3, 129280, 163840, "mainline"),
             ("Q4_K_M", "IQ2_KS", "IQ2_KT", "IQ4_KS"),
-            _build_deepseek2("mainline"),
-            "mainline",
+            _build_deepseek2,
+            _deepseek_meta("DeepSeek V3", 128, 256, 3, 129280, 163840, "ik"),
         ),
         CatalogEntry(
             "kimi-k2",
@@ -393,8 +394,8 @@ def _entries() -> dict[str, CatalogEntry]:
             1.03e12,
             _deepseek_meta("Kimi K2 Instruct", 64, 384, 1, 163840, 131072, "mainline"),
             ("Q4_K_M", "IQ2_KS", "IQ3_K"),
-            _build_deepseek2("mainline"),
-            "mainline",
+            _build_deepseek2,
+            _deepseek_meta("Kimi K2 Instruct", 64, 384, 1, 163840, 131072, "ik"),
         ),
         CatalogEntry(
             "glm-4.6",
@@ -553,8 +554,8 @@ def load_catalog(spec: str) -> ModelLayout:
         CatalogError: unknown model or recipe.
     """
     entry, recipe_name = parse_name(spec)
-    meta = dict(entry.metadata)
-    _, recipe = RECIPES[recipe_name]
+    engine, recipe = RECIPES[recipe_name]
+    meta = dict(entry.ik_metadata if engine == "ik" and entry.ik_metadata else entry.metadata)
     meta["general.file_type_name"] = recipe_name
     n_layer = int(meta[f"{entry.architecture}.block_count"])  # type: ignore[call-overload]
     records: list[tuple[str, tuple[int, ...], int, int]] = []

@@ -521,7 +521,7 @@ def _resolve_sizes(
         gtype = type_by_id(type_id)
         if gtype is None:
             recovered = room if room is not None else last_room
-            if recovered is None:
+            if recovered is None or recovered <= 0:
                 raise UnknownTypeError(
                     path,
                     f"{name} uses ggml type {type_id}, which neither ik_llama.cpp nor llama.cpp "
