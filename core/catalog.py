@@ -89,7 +89,10 @@ def _globals_head(meta: dict[str, object]) -> list[Spec]:
 
 def _globals_tail(meta: dict[str, object]) -> list[Spec]:
     n_embd = _hp(meta, "embedding_length")
-    return [_vec("output_norm.weight", n_embd), _mat("output.weight", n_embd, _hp(meta, "vocab_size"))]
+    return [
+        _vec("output_norm.weight", n_embd),
+        _mat("output.weight", n_embd, _hp(meta, "vocab_size")),
+    ]
 
 
 def _build_deepseek2(meta: dict[str, object]) -> list[Spec]:
@@ -312,7 +315,9 @@ _FALLBACK = {
 }
 
 
-def _pick_type(name: str, stem: str, suffix: str, shape: tuple[int, ...], recipe: Recipe, il: int, n_layer: int) -> GGMLType:
+def _pick_type(
+    name: str, stem: str, suffix: str, shape: tuple[int, ...], recipe: Recipe, il: int, n_layer: int
+) -> GGMLType:
     want = "f32" if _is_f32(stem, suffix, len(shape)) else recipe(stem, il, n_layer)
     gtype = type_by_name(want)
     assert gtype is not None, want

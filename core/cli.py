@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeAlias
 
 from core import __version__, catalog
 from core.errors import MoeStudioError
@@ -28,10 +28,13 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 70
 
 AddParser = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, exit 2, as argparse does but without usage spam
+    def error(
+        self, message: str
+    ) -> Any:  # one line, exit 2, as argparse does but without usage spam
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
 
 
@@ -73,7 +76,9 @@ def layout_json(layout: ModelLayout) -> dict[str, object]:
             "n_ctx_train": hp.n_ctx_train,
             "n_vocab": hp.n_vocab,
         },
-        "type_histogram": {k: {"tensors": c, "bytes": b} for k, (c, b) in layout.type_histogram.items()},
+        "type_histogram": {
+            k: {"tensors": c, "bytes": b} for k, (c, b) in layout.type_histogram.items()
+        },
         "warnings": list(layout.warnings),
         "tensors": [
             {
@@ -102,17 +107,28 @@ def print_inspect(layout: ModelLayout, out: TextIO) -> None:
     w = out.write
     w(f"{layout.name}  ({layout.architecture}, {layout.source})\n")
     w(
-        f"{format_params(layout.total_params)} parameters, {format_bytes(layout.total_bytes)} loaded"
+        f"{format_params(layout.total_params)} parameters, "
+        f"{format_bytes(layout.total_bytes)} loaded"
         f" in {max(1, len(layout.shard_paths))} file(s)\n"
     )
     if layout.file_bytes != layout.total_bytes:
-        w(f"  ({format_bytes(layout.file_bytes - layout.total_bytes)} in MTP/nextn blocks not loaded)\n")
+        w(
+            f"  ({format_bytes(layout.file_bytes - layout.total_bytes)} "
+            "in MTP/nextn blocks not loaded)\n"
+        )
     w("\nHyperparameters\n")
     kv = hp.head_count_kv
     rows = [
-        ("layers", f"{hp.n_layer}" + (f" ({hp.nextn_layers} nextn, not loaded)" if hp.nextn_layers else "")),
+        (
+            "layers",
+            f"{hp.n_layer}"
+            + (f" ({hp.nextn_layers} nextn, not loaded)" if hp.nextn_layers else ""),
+        ),
         ("embedding", hp.n_embd),
-        ("heads / kv heads", f"{max(hp.head_count or (0,))} / {kv[0] if len(set(kv)) == 1 else list(kv)}"),
+        (
+            "heads / kv heads",
+            f"{max(hp.head_count or (0,))} / {kv[0] if len(set(kv)) == 1 else list(kv)}",
+        ),
         ("key / value length", f"{hp.key_length} / {hp.value_length}"),
         ("experts (used, shared)", f"{hp.n_expert} ({hp.n_expert_used}, {hp.n_expert_shared})"),
         ("expert FFN width", hp.n_ff_exp),
@@ -134,8 +150,17 @@ def print_inspect(layout: ModelLayout, out: TextIO) -> None:
     for layer in range(hp.n_layer):
         cells = [layout.cell_bytes.get((layer, g), 0) for g in cols]
         mark = "" if layout.layer_loaded(layer) else "  (not loaded)"
-        w(f"  {layer:>5} " + "".join(f"{_size(c):>14}" for c in cells) + f"{_size(sum(cells)):>11}{mark}\n")
-    for g in (TensorGroup.TOKEN_EMBD, TensorGroup.OUTPUT_NORM, TensorGroup.OUTPUT, TensorGroup.OTHER):
+        w(
+            f"  {layer:>5} "
+            + "".join(f"{_size(c):>14}" for c in cells)
+            + f"{_size(sum(cells)):>11}{mark}\n"
+        )
+    for g in (
+        TensorGroup.TOKEN_EMBD,
+        TensorGroup.OUTPUT_NORM,
+        TensorGroup.OUTPUT,
+        TensorGroup.OTHER,
+    ):
         n = layout.cell_bytes.get((GLOBAL_LAYER, g), 0)
         if n:
             w(f"  {g.label:>18}: {_size(n)}\n")
@@ -160,7 +185,12 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(
             [
-                {"name": key, "title": e.title, "architecture": e.architecture, "recipes": list(e.recipes)}
+                {
+                    "name": key,
+                    "title": e.title,
+                    "architecture": e.architecture,
+                    "recipes": list(e.recipes),
+                }
                 for key, e in catalog.CATALOG.items()
             ],
             sys.stdout,
@@ -169,7 +199,9 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     for key, entry in catalog.CATALOG.items():
-        sys.stdout.write(f"catalog:{key:<18} {entry.title:<20} recipes: {', '.join(entry.recipes)}\n")
+        sys.stdout.write(
+            f"catalog:{key:<18} {entry.title:<20} recipes: {', '.join(entry.recipes)}\n"
+        )
     return 0
 
 
@@ -192,7 +224,11 @@ def _add_catalog(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _registrations() -> list[AddParser]:
-    return [_add_inspect, _add_catalog]
+    # Imported here so that the CLI's start-up does not pay for modules a command does not use.
+    from core import plan_cli
+    from core.hardware import cli as hardware_cli
+
+    return [_add_inspect, _add_catalog, hardware_cli.add_parser, plan_cli.add_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"moe-studio {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub: SubParsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for register in _registrations():
         register(sub)
     return parser

@@ -233,5 +233,17 @@ def type_name(type_id: int) -> str:
 
 
 # KV cache types each engine's -ctk/-ctv accept (engines.md §1.1).
-CACHE_TYPES_IK = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1", "q6_0", "q8_KV")
+CACHE_TYPES_IK = (
+    "f32",
+    "f16",
+    "bf16",
+    "q8_0",
+    "q4_0",
+    "q4_1",
+    "iq4_nl",
+    "q5_0",
+    "q5_1",
+    "q6_0",
+    "q8_KV",
+)
 CACHE_TYPES_MAINLINE = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")

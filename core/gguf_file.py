@@ -461,7 +461,7 @@ def _read_value(r: _Reader, vtype: int, key: str, at: int, load: bool) -> MetaVa
         r.need(scalar.size, f"the value of {key!r}")
         (value,) = scalar.unpack_from(r.buf, r.pos - r.base)
         r.pos += scalar.size
-        return value  # type: ignore[no-any-return]
+        return value
     if vtype == STRING:
         return r.string(f"the value of {key!r}")
     if vtype == ARRAY:
@@ -604,7 +604,9 @@ def read_model(
     count = _split_key(first, "split.count") or 1
     if count <= 1 or not isinstance(path, str | os.PathLike):
         if count > 1:
-            raise ShardError(first.path, f"is one of {count} shards; open it by path, not as a stream")
+            raise ShardError(
+                first.path, f"is one of {count} shards; open it by path, not as a stream"
+            )
         if progress:
             progress(1.0, Path(first.path).name)
         return GGUFModel((first,), first.warnings)
@@ -626,7 +628,9 @@ def read_model(
         if progress:
             progress(i / count, shard_path.name)
         header = (
-            first if shard_path.resolve() == given else read_header(shard_path, load_arrays=load_arrays)
+            first
+            if shard_path.resolve() == given
+            else read_header(shard_path, load_arrays=load_arrays)
         )
         shards.append(header)
     if progress:

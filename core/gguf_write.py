@@ -58,7 +58,9 @@ def _value(t: Typed) -> bytes:
         return _string(t.value)
     if t.vtype == g.ARRAY:
         assert isinstance(t.value, list)
-        elem = t.elem_type if t.elem_type >= 0 else _infer(t.value[0]).vtype if t.value else g.UINT32
+        elem = (
+            t.elem_type if t.elem_type >= 0 else _infer(t.value[0]).vtype if t.value else g.UINT32
+        )
         head = struct.pack("<IQ", elem, len(t.value))
         if elem == g.STRING:
             return head + b"".join(_string(v) for v in t.value)
@@ -93,8 +95,7 @@ def header_bytes(
     for name, shape, type_id, nbytes in tensors:
         offsets.append(offset)
         parts.append(
-            _string(name)
-            + struct.pack(f"<I{len(shape)}QIQ", len(shape), *shape, type_id, offset)
+            _string(name) + struct.pack(f"<I{len(shape)}QIQ", len(shape), *shape, type_id, offset)
         )
         offset += -(-nbytes // alignment) * alignment
     head = b"".join(parts)
@@ -169,4 +170,3 @@ def write_sparse_layout(
             write_sparse(f, shard_meta, records, alignment=alignment)
         paths.append(path)
     return paths
-

@@ -1,4 +1,4 @@
-"""The model as MoE Studio sees it: every tensor with its bytes, layer and group, plus hyperparameters.
+"""The model as MoE Studio sees it: every tensor with bytes, layer and group, plus hyperparameters.
 
 :class:`ModelLayout` is the one type for a real file (:func:`open_model`) and a built-in catalog
 layout (``core.catalog``); everything downstream (placement, memory, commands) takes it.
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from core.errors import GGUFFormatError
-from core.gguf_file import GGUFModel, IsCancelled, MetaValue, Progress, SkippedArray, read_model
 from core.ggml_types import type_name
+from core.gguf_file import GGUFModel, IsCancelled, MetaValue, Progress, SkippedArray, read_model
 from core.tensors import (
     GLOBAL_LAYER,
     LAYER_COLUMNS,
@@ -185,7 +185,7 @@ class ModelLayout:
 
     @cached_property
     def identity(self) -> str:
-        """A hash of the tensor table (names, types, shapes): changes when a file is re-quantized."""
+        """A hash of the tensor table (names, types, shapes): changes when a file is requantized."""
         h = hashlib.sha256()
         for t in self.tensors:
             h.update(f"{t.name}:{t.type_id}:{','.join(map(str, t.shape))};".encode())

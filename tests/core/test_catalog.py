@@ -16,7 +16,6 @@ from core.errors import CatalogError
 from core.model import open_model
 from core.tensors import TensorGroup
 
-
 PUBLISHED = {
     "deepseek-v3": 671e9,
     "kimi-k2": 1.03e12,

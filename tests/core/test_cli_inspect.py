@@ -32,7 +32,14 @@ def test_inspect_table_shows_layers_totals_and_types(capsys: pytest.CaptureFixtu
 def test_catalog_lists_every_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["catalog"]) == 0
     out = capsys.readouterr().out
-    for key in ("deepseek-v3", "kimi-k2", "glm-4.6", "qwen3-235b-a22b", "qwen3-30b-a3b", "gpt-oss-120b"):
+    for key in (
+        "deepseek-v3",
+        "kimi-k2",
+        "glm-4.6",
+        "qwen3-235b-a22b",
+        "qwen3-30b-a3b",
+        "gpt-oss-120b",
+    ):
         assert f"catalog:{key}" in out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 import time
 import tracemalloc
@@ -26,7 +27,9 @@ def _tid(name: str) -> int:
     return t.id
 
 
-def _tensor(name: str, shape: tuple[int, ...], type_name: str) -> tuple[str, tuple[int, ...], int, int]:
+def _tensor(
+    name: str, shape: tuple[int, ...], type_name: str
+) -> tuple[str, tuple[int, ...], int, int]:
     t = type_by_name(type_name)
     assert t is not None
     return (name, shape, t.id, t.tensor_bytes(shape))
@@ -48,7 +51,9 @@ SMALL_META: dict[str, object] = {
     "f64": Typed(g.FLOAT64, 1e-300),
     "arr_i32": Typed(g.ARRAY, [1, -2, 3], I32),
     "arr_str": ["a", "bé", ""],
-    "nested": Typed(g.ARRAY, [Typed(g.ARRAY, [1, 2], I32), Typed(g.ARRAY, ["x"], g.STRING)], g.ARRAY),
+    "nested": Typed(
+        g.ARRAY, [Typed(g.ARRAY, [1, 2], I32), Typed(g.ARRAY, ["x"], g.STRING)], g.ARRAY
+    ),
 }
 SMALL_TENSORS = [
     _tensor("token_embd.weight", (64, 100), "q8_0"),
@@ -60,7 +65,9 @@ SMALL_TENSORS = [
 ]
 
 
-def _file(meta: dict[str, object] = SMALL_META, tensors: list = SMALL_TENSORS, version: int = 3) -> bytes:  # type: ignore[type-arg]
+def _file(
+    meta: dict[str, object] = SMALL_META, tensors: list = SMALL_TENSORS, version: int = 3
+) -> bytes:  # type: ignore[type-arg]
     head, _, data = header_bytes(meta, tensors, version=version)
     return head + b"\0" * data
 
@@ -94,13 +101,17 @@ def test_ik_types_include_row_meta_and_match_the_offsets() -> None:
     assert sizes["blk.1.attn_output.weight"] == 64 * 2 * 34  # Q8_0_R8
     # Each size, padded to the alignment, is exactly the distance to the next tensor.
     ordered = sorted(h.tensors, key=lambda t: t.offset)
-    for a, b in zip(ordered, ordered[1:], strict=False):
+    for a, b in itertools.pairwise(ordered):
         assert b.offset - a.offset == -(-a.nbytes // 32) * 32
 
 
 def test_large_arrays_are_skipped_unless_asked_for(tmp_path: Path) -> None:
     vocab = [f"tok{i}" for i in range(20000)]
-    meta = {"general.architecture": "llama", "tokenizer.ggml.tokens": vocab, "scores": Typed(g.ARRAY, [0.0] * 9000, g.FLOAT32)}
+    meta = {
+        "general.architecture": "llama",
+        "tokenizer.ggml.tokens": vocab,
+        "scores": Typed(g.ARRAY, [0.0] * 9000, g.FLOAT32),
+    }
     path = tmp_path / "vocab.gguf"
     path.write_bytes(_file(meta))
     h = g.read_header(path)
@@ -161,10 +172,28 @@ def test_version_1_and_future_versions_are_refused() -> None:
         b"GGUF" + struct.pack("<IQQ", 3, 2**63, 0),  # tensor count
         b"GGUF" + struct.pack("<IQQ", 3, 0, 2**63),  # KV count
         b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 2**63) + b"key",  # key length
-        b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", g.ARRAY, g.UINT8, 2**63),
-        b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", g.ARRAY, g.STRING, 2**63),
-        b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", g.ARRAY, g.STRING, 3) + struct.pack("<Q", 2**63),
-        b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IQ", g.STRING, 10**6) + b"abc",
+        b"GGUF"
+        + struct.pack("<IQQ", 3, 0, 1)
+        + struct.pack("<Q", 1)
+        + b"k"
+        + struct.pack("<IIQ", g.ARRAY, g.UINT8, 2**63),
+        b"GGUF"
+        + struct.pack("<IQQ", 3, 0, 1)
+        + struct.pack("<Q", 1)
+        + b"k"
+        + struct.pack("<IIQ", g.ARRAY, g.STRING, 2**63),
+        b"GGUF"
+        + struct.pack("<IQQ", 3, 0, 1)
+        + struct.pack("<Q", 1)
+        + b"k"
+        + struct.pack("<IIQ", g.ARRAY, g.STRING, 3)
+        + struct.pack("<Q", 2**63),
+        b"GGUF"
+        + struct.pack("<IQQ", 3, 0, 1)
+        + struct.pack("<Q", 1)
+        + b"k"
+        + struct.pack("<IQ", g.STRING, 10**6)
+        + b"abc",
     ],
     ids=["tensors", "kv", "key", "u8-array", "string-array", "string-in-array", "string-past-eof"],
 )
@@ -198,7 +227,13 @@ def test_absurd_counts_in_a_stream_of_unknown_size_still_fail_fast() -> None:
             b[: len(chunk)] = chunk
             return len(chunk)
 
-    data = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IQ", g.STRING, 2**62)
+    data = (
+        b"GGUF"
+        + struct.pack("<IQQ", 3, 0, 1)
+        + struct.pack("<Q", 1)
+        + b"k"
+        + struct.pack("<IQ", g.STRING, 2**62)
+    )
     start = time.perf_counter()
     with pytest.raises(GGUFFormatError):
         g.read_header(io.BufferedReader(Pipe(data)))  # type: ignore[arg-type]
@@ -222,8 +257,11 @@ def test_unknown_type_is_an_error_naming_tensor_and_id() -> None:
 
 
 def test_unknown_type_with_recoverable_size_is_a_warning() -> None:
-    tensors = [("blk.7.ffn_up_exps.weight", (256, 4), 160, 512), _tensor("blk.8.attn_q.weight", (32, 2), "f32")]
-    head, offsets, data = header_bytes({"general.architecture": "llama"}, tensors)
+    tensors = [
+        ("blk.7.ffn_up_exps.weight", (256, 4), 160, 512),
+        _tensor("blk.8.attn_q.weight", (32, 2), "f32"),
+    ]
+    head, _, data = header_bytes({"general.architecture": "llama"}, tensors)
     h = g.read_header(io.BytesIO(head + b"\0" * data))
     assert h.tensors[0].nbytes == 512
     assert any("type 160" in w for w in h.warnings)
@@ -232,7 +270,10 @@ def test_unknown_type_with_recoverable_size_is_a_warning() -> None:
 def test_size_that_disagrees_with_offsets_is_an_error() -> None:
     # The writer places the next tensor as if IQ4_KS had no row scales (ik gguf-py's mistake).
     naive = 64 * 136
-    tensors = [("blk.0.attn_q.weight", (256, 64), _tid("iq4_ks"), naive), _tensor("blk.0.attn_k.weight", (32, 2), "f32")]
+    tensors = [
+        ("blk.0.attn_q.weight", (256, 64), _tid("iq4_ks"), naive),
+        _tensor("blk.0.attn_k.weight", (32, 2), "f32"),
+    ]
     head, _, data = header_bytes({"general.architecture": "llama"}, tensors)
     err = _error(head + b"\0" * data)
     assert "blk.0.attn_q.weight" in str(err) and "IQ4_KS" in str(err)
@@ -253,7 +294,9 @@ def test_directory_and_missing_file(tmp_path: Path) -> None:
 # --- split models --------------------------------------------------------------------------------
 
 
-def _write_split(folder: Path, stem: str, count: int, *, total: int | None = None, tensors_per: int = 2) -> list[Path]:
+def _write_split(
+    folder: Path, stem: str, count: int, *, total: int | None = None, tensors_per: int = 2
+) -> list[Path]:
     paths = []
     n_total = count * tensors_per if total is None else total
     for i in range(count):
@@ -309,8 +352,20 @@ def test_shard_with_a_different_split_count(tmp_path: Path) -> None:
 
 def test_duplicate_tensor_across_shards(tmp_path: Path) -> None:
     paths = _write_split(tmp_path, "m", 2)
-    meta = {"split.no": Typed(g.UINT16, 1), "split.count": Typed(g.UINT16, 2), "split.tensors.count": Typed(g.INT32, 4)}
-    paths[1].write_bytes(_file(meta, [_tensor("blk.0.t0.weight", (32, 4), "f16"), _tensor("blk.1.t1.weight", (32, 4), "f16")]))
+    meta = {
+        "split.no": Typed(g.UINT16, 1),
+        "split.count": Typed(g.UINT16, 2),
+        "split.tensors.count": Typed(g.INT32, 4),
+    }
+    paths[1].write_bytes(
+        _file(
+            meta,
+            [
+                _tensor("blk.0.t0.weight", (32, 4), "f16"),
+                _tensor("blk.1.t1.weight", (32, 4), "f16"),
+            ],
+        )
+    )
     with pytest.raises(ShardError, match="already has"):
         g.read_model(paths[0])
 
@@ -331,15 +386,19 @@ _BASE = _file()
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
-        st.tuples(st.integers(0, len(_BASE) - 1), st.integers(0, 255), st.sampled_from(["set", "cut", "insert"])),
+        st.tuples(
+            st.integers(0, len(_BASE) - 1),
+            st.integers(0, 255),
+            st.sampled_from(["set", "cut", "insert"]),
+        ),
         min_size=1,
         max_size=4,
     )
 )
 def test_mutated_headers_parse_or_fail_cleanly(edits: list[tuple[int, int, str]]) -> None:
     data = bytearray(_BASE)
-    for pos, value, kind in edits:
-        pos %= max(1, len(data))
+    for offset, value, kind in edits:
+        pos = offset % max(1, len(data))
         if kind == "set" and data:
             data[pos] = value
         elif kind == "cut":

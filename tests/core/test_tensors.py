@@ -68,7 +68,15 @@ def test_llama4_interleaved_moe_layers() -> None:
 
 def test_catalog_columns_and_expert_layers() -> None:
     ds = catalog.load_catalog("deepseek-v3")
-    assert ds.columns == (G.ATTENTION, G.FFN, G.SHARED, G.ROUTER, G.EXPS_GATE, G.EXPS_UP, G.EXPS_DOWN)
+    assert ds.columns == (
+        G.ATTENTION,
+        G.FFN,
+        G.SHARED,
+        G.ROUTER,
+        G.EXPS_GATE,
+        G.EXPS_UP,
+        G.EXPS_DOWN,
+    )
     assert ds.expert_layers == tuple(range(3, 61))
     assert (0, G.FFN) in ds.cells and (3, G.FFN) not in ds.cells
     qwen = catalog.load_catalog("qwen3-235b-a22b")

@@ -14,4 +14,6 @@ def write_catalog_sparse(spec: str, folder: Path) -> list[Path]:
     entry, recipe = catalog.parse_name(spec)
     vocab, merges = catalog.tokenizer_size(entry)
     stem = f"{entry.key}-{recipe}"
-    return write_sparse_layout(layout, folder, stem, extra_metadata=synthetic_tokenizer(vocab, merges))
+    return write_sparse_layout(
+        layout, folder, stem, extra_metadata=synthetic_tokenizer(vocab, merges)
+    )

@@ -1,0 +1,591 @@
+"""``llama-server`` command lines for ik_llama.cpp and mainline llama.cpp: build and import.
+
+A command is an argv list, never a shell string (display it with :func:`shell_join`). Building
+follows engines.md §10: ``-m`` is the first shard, ``-c`` always, ``-fa on`` (never a bare ``-fa``,
+never ``-fmoe``), ``--rpc`` before any rule that names an RPC buffer, ``-fit off`` for mainline
+with a manual placement. An option the dialect lacks is a :class:`DialectError`, never a
+silently dropped flag. Import parses a pasted command (quotes, line continuations, several
+``-ot``, comma lists, ``-cmoe``/``--n-cpu-moe``, ``-ngl``, ``-ts``, ``-dev``, ``--rpc`` …) back into
+plan and settings; flags we do not model are kept verbatim and re-emitted.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.devices import CPU_NAME, Device, DeviceKind, Rig, rpc_name
+from core.errors import CommandError, DialectError
+from core.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
+from core.layers import (
+    LayerSplit,
+    engine_layer_devices,
+    ik_tensor_split,
+    mainline_tensor_split,
+    plan_layer_split,
+)
+from core.model import ModelLayout
+from core.overrides import Overrides, Rule, generate, resolve
+from core.placement import Plan, plan_from_mapping
+from core.settings import Dialect, Settings
+
+DEFAULT_EXECUTABLE = "llama-server"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A ready-to-run command: argv, extra environment, and what the builder wants you to know."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    split: LayerSplit | None = None
+    overrides: Overrides = field(default_factory=Overrides)
+
+    def shell(self) -> str:
+        return shell_join(self.argv, self.env)
+
+
+def shell_join(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
+    """A POSIX shell rendering for display and copying (``VAR=value cmd 'arg with space'``)."""
+    prefix = [f"{k}={shlex.quote(v)}" for k, v in (env or {}).items()]
+    return " ".join([*prefix, *(shlex.quote(a) for a in argv)])
+
+
+def model_argument(layout: ModelLayout) -> str:
+    """``-m`` value: the first shard, or the published file name for a catalog layout."""
+    if layout.shard_paths:
+        return layout.shard_paths[0]
+    count = max((t.shard for t in layout.tensors), default=0) + 1
+    stem = layout.source.removeprefix("catalog:").replace("@", "-")
+    return f"{stem}-00001-of-{count:05d}.gguf" if count > 1 else f"{stem}.gguf"
+
+
+def _fmt_ts(values: Sequence[float]) -> str:
+    def one(v: float) -> str:
+        text = f"{v:.6g}"
+        return text if "e" not in text else f"{v:.6f}"
+
+    return ",".join(one(v) for v in values)
+
+
+def _check_dialect(settings: Settings, layout: ModelLayout, gpu_like: int) -> None:
+    ik_only = []
+    if settings.dialect == "mainline":
+        if settings.mla is not None:
+            ik_only.append("-mla (MLA mode)")
+        if settings.amb is not None:
+            ik_only.append("-amb (attention max batch)")
+        if settings.rtr:
+            ik_only.append("-rtr (run-time repack)")
+        if settings.merge_qkv:
+            ik_only.append("--merge-qkv")
+        if settings.split_mode_graph:
+            ik_only.append("-sm graph")
+        for name in (settings.cache_type_k, settings.cache_type_v):
+            if name.lower() not in (c.lower() for c in CACHE_TYPES_MAINLINE):
+                ik_only.append(f"cache type {name}")
+        if ik_only:
+            raise DialectError(
+                f"mainline llama.cpp has no {', '.join(ik_only)}; these are ik_llama.cpp options. "
+                "Switch the dialect to ik or turn them off."
+            )
+    else:
+        for name in (settings.cache_type_k, settings.cache_type_v):
+            if name.lower() not in (c.lower() for c in CACHE_TYPES_IK):
+                raise DialectError(f"ik_llama.cpp has no KV cache type {name}.")
+    if settings.split_mode_graph and gpu_like < 2:
+        raise CommandError(
+            "-sm graph needs at least two GPUs in the plan (ik_llama.cpp refuses it otherwise)."
+        )
+    if settings.merge_qkv and not layout.qkv_types_match():
+        raise CommandError(
+            "--merge-qkv needs Q, K and V of the same type in every layer; this model's differ, "
+            "so ik_llama.cpp cannot merge them."
+        )
+    if not settings.flash_attn and settings.cache_type_v.lower() not in ("f16", "f32", "bf16"):
+        raise CommandError(
+            f"A quantized V cache ({settings.cache_type_v}) needs flash attention; turn -fa on "
+            "or use an f16 V cache."
+        )
+
+
+def _dev_names(split: LayerSplit, rig: Rig, dialect: Dialect, rpc: Sequence[str]) -> list[str]:
+    if dialect == "ik":
+        return list(split.devices)
+    # mainline -dev takes device names: RPC<n> counts every --rpc endpoint in order.
+    names = []
+    for name in split.devices:
+        dev = rig.device(name)
+        if dev is not None and dev.kind is DeviceKind.RPC:
+            names.append(f"RPC{rpc.index(dev.endpoint)}")
+        else:
+            names.append(name)
+    return names
+
+
+def default_device_list(rig: Rig, rpc_endpoints: Sequence[str]) -> list[str]:
+    """The engine's device list without ``-dev``: RPC servers first, then the GPUs."""
+    return [rpc_name(e) for e in rpc_endpoints] + [d.name for d in rig.gpus]
+
+
+def build_command(
+    layout: ModelLayout,
+    plan: Plan,
+    rig: Rig,
+    settings: Settings,
+    *,
+    executable: str = DEFAULT_EXECUTABLE,
+    model_path: str | None = None,
+) -> Command:
+    """The argv that runs ``plan`` on ``rig`` with ``settings``.
+
+    Raises:
+        DialectError: an option the chosen engine does not have.
+        CommandError: a combination the engine refuses (``-sm graph`` on one GPU, …).
+    """
+    split = plan_layer_split(layout, plan, rig, settings)
+    _check_dialect(settings, layout, len(split.devices))
+    unknown = sorted({d for d in plan.used_devices() if rig.device(d) is None})
+    if unknown:
+        raise CommandError(
+            f"The plan puts tensors on {', '.join(unknown)}, which the rig does not have; "
+            "add the device to the rig or move those cells."
+        )
+    notes = list(split.notes)
+    dialect = settings.dialect
+    overrides = generate(layout, plan, split, dialect, graph_mode=settings.split_mode_graph)
+    rpc = [d.endpoint for d in rig.rpc_devices if d.name in split.devices]
+    argv: list[str] = [executable, "-m", model_path or model_argument(layout)]
+    if rpc:
+        argv += ["--rpc", ",".join(rpc)]
+    argv += ["-ngl", str(split.ngl)]
+    if split.devices:
+        default = default_device_list(rig, rpc)
+        if (
+            rpc
+            or list(split.devices) != default[: len(split.devices)]
+            or len(default) != len(split.devices)
+        ):
+            names = _dev_names(split, rig, dialect, rpc)
+            if dialect == "ik" and any("-" in n for n in names):
+                notes.append(
+                    "ik_llama.cpp rejects -dev values containing '-' (a host name with a dash); "
+                    "use the RPC server's IP address instead."
+                )
+            argv += ["-dev", ",".join(names)]
+        if len(split.devices) > 1:
+            ts = (
+                ik_tensor_split(layout, settings, split)
+                if dialect == "ik"
+                else mainline_tensor_split(layout, split)
+            )
+            argv += ["-ts", _fmt_ts(ts)]
+    elif rig.devices:
+        notes.append(
+            "The plan keeps every tensor on the CPU, so the command offloads nothing (-ngl 0)."
+        )
+    else:
+        notes.append(
+            "This rig has no GPU or RPC device: the engine keeps every tensor on the CPU and "
+            "ignores tensor overrides, so the command has none."
+        )
+    if overrides.n_cpu_moe:
+        if overrides.n_cpu_moe >= 999:
+            argv.append("-cmoe")
+        else:
+            argv += ["--n-cpu-moe", str(overrides.n_cpu_moe)]
+    for regex, buft in overrides.rules:
+        argv += ["-ot", f"{regex}={buft}"]
+    argv += ["-c", str(settings.ctx), "-fa", "on" if settings.flash_attn else "off"]
+    if settings.cache_type_k != "f16":
+        argv += ["-ctk", settings.cache_type_k]
+    if settings.cache_type_v != "f16":
+        argv += ["-ctv", settings.cache_type_v]
+    argv += ["-b", str(settings.batch), "-ub", str(settings.ubatch)]
+    if settings.threads is not None:
+        argv += ["-t", str(settings.threads)]
+    if settings.threads_batch is not None:
+        argv += ["-tb", str(settings.threads_batch)]
+    if settings.numa:
+        argv += ["--numa", settings.numa]
+    if dialect == "ik":
+        if settings.mla is not None and layout.hparams.is_mla:
+            argv += ["-mla", str(settings.mla)]
+        if settings.amb is not None:
+            argv += ["-amb", str(settings.amb)]
+        if settings.rtr:
+            argv.append("-rtr")
+        if settings.merge_qkv:
+            argv.append("--merge-qkv")
+        if settings.split_mode_graph:
+            argv += ["-sm", "graph"]
+        if settings.no_mmap:
+            argv.append("--no-mmap")
+    else:
+        argv += ["-fit", "off"]
+        if settings.no_mmap:
+            argv += ["-lm", "none"]
+    argv += ["-np", str(settings.parallel), "--host", settings.host, "--port", str(settings.port)]
+    if settings.metrics:
+        argv.append("--metrics")
+    argv += list(settings.extra_args)
+    return Command(tuple(argv), {}, tuple(notes), split, overrides)
+
+
+# --- import --------------------------------------------------------------------------------------
+
+_ALIASES = {
+    "--model": "-m",
+    "--gpu-layers": "-ngl",
+    "--n-gpu-layers": "-ngl",
+    "--override-tensor": "-ot",
+    "--cpu-moe": "-cmoe",
+    "-ncmoe": "--n-cpu-moe",
+    "--tensor-split": "-ts",
+    "--device": "-dev",
+    "--split-mode": "-sm",
+    "--ctx-size": "-c",
+    "--cache-type-k": "-ctk",
+    "--cache-type-v": "-ctv",
+    "--batch-size": "-b",
+    "--ubatch-size": "-ub",
+    "--flash-attn": "-fa",
+    "--no-flash-attn": "-no-fa",
+    "--threads": "-t",
+    "--threads-batch": "-tb",
+    "--parallel": "-np",
+    "--mla-use": "-mla",
+    "--attention-max-batch": "-amb",
+    "--run-time-repack": "-rtr",
+    "-mqkv": "--merge-qkv",
+    "--fused-moe": "-fmoe",
+    "--fit": "-fit",
+    "--load-mode": "-lm",
+}
+_WITH_VALUE = {
+    "-m",
+    "-ngl",
+    "-ot",
+    "--n-cpu-moe",
+    "-ts",
+    "-dev",
+    "--rpc",
+    "-sm",
+    "-c",
+    "-ctk",
+    "-ctv",
+    "-b",
+    "-ub",
+    "-t",
+    "-tb",
+    "--numa",
+    "--host",
+    "--port",
+    "-np",
+    "-mla",
+    "-amb",
+    "-lm",
+    "-mg",
+}
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedCommand:
+    """What a pasted command says: its placement flags, settings, and everything else."""
+
+    executable: str
+    model: str
+    settings: Settings
+    overrides: Overrides
+    ngl: int | None
+    devices: tuple[str, ...]
+    tensor_split: tuple[float, ...]
+    rpc: tuple[str, ...]
+    env: dict[str, str]
+    prefix: tuple[str, ...]  # numactl … before the executable
+    notes: tuple[str, ...]
+
+
+def split_command(text: str) -> list[str]:
+    """Split a pasted shell command: quotes, ``\\`` line continuations, ``$`` prompts, comments."""
+    text = re.sub(r"\\\r?\n", " ", text)
+    text = re.sub(r"\^\r?\n", " ", text)  # Windows cmd continuation
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    text = " ".join(lines).strip()
+    if text.startswith("$ "):
+        text = text[2:]
+    try:
+        return shlex.split(text, comments=False, posix=True)
+    except ValueError as exc:
+        raise CommandError(
+            f"The command cannot be split into arguments: {exc} (unbalanced quotes?)."
+        ) from None
+
+
+def parse_command(
+    command: str | Sequence[str], *, dialect: Dialect | None = None
+) -> ImportedCommand:
+    """Parse a ``llama-server`` command (string or argv) into its parts.
+
+    Raises:
+        CommandError: the command has no model, a flag lacks its value, or a value is malformed.
+    """
+    argv = split_command(command) if isinstance(command, str) else list(command)
+    env: dict[str, str] = {}
+    while argv and _ENV.match(argv[0]):
+        key, _, value = argv.pop(0).partition("=")
+        env[key] = value
+    prefix: list[str] = []
+    exe_at = next(
+        (
+            i
+            for i, a in enumerate(argv)
+            if Path(a).name.startswith(("llama-", "llama_"))
+            or a.endswith(("llama-server", "llama-server.exe"))
+        ),
+        None,
+    )
+    executable = DEFAULT_EXECUTABLE
+    if exe_at is not None:
+        prefix = argv[:exe_at]
+        executable = argv[exe_at]
+        argv = argv[exe_at + 1 :]
+    elif argv and not argv[0].startswith("-"):
+        executable = argv.pop(0)
+    if dialect is None:
+        dialect = (
+            "mainline"
+            if any(
+                a in ("-fit", "--fit", "-lm", "--load-mode")
+                and i + 1 < len(argv)
+                and argv[i + 1] in ("on", "off", "none", "mmap", "mlock", "auto")
+                for i, a in enumerate(argv)
+            )
+            else "ik"
+        )
+    values: dict[str, object] = {}
+    rules: list[Rule] = []
+    ncmoe = 0
+    ncmoe_at = -1
+    extra: list[str] = []
+    notes: list[str] = []
+    model = ""
+    ngl: int | None = None
+    devices: tuple[str, ...] = ()
+    ts: tuple[float, ...] = ()
+    rpc: tuple[str, ...] = ()
+    i = 0
+
+    def take(flag: str) -> str:
+        nonlocal i
+        if i + 1 >= len(argv):
+            raise CommandError(f"{flag} needs a value, but the command ends there.")
+        i += 1
+        return argv[i]
+
+    def as_int(flag: str, text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise CommandError(f"{flag} expects a whole number, not {text!r}.") from None
+
+    while i < len(argv):
+        raw = argv[i]
+        flag, eq, inline = raw.partition("=") if raw.startswith("--") else (raw, "", "")
+        if flag.startswith("--"):
+            flag = flag.replace("_", "-")
+        flag = _ALIASES.get(flag, flag)
+        if eq and flag in _WITH_VALUE:
+            argv[i : i + 1] = [flag, inline]
+        elif eq:
+            flag = raw
+        if flag == "-m":
+            model = take(flag)
+        elif flag == "-ngl":
+            text = take(flag)
+            ngl = {"auto": -1, "all": 999}[text] if text in ("auto", "all") else as_int(flag, text)
+        elif flag == "-ot":
+            for piece in take(flag).split(","):
+                if not piece:
+                    continue
+                regex, sep, buft = piece.partition("=")
+                if not sep or not buft:
+                    raise CommandError(f"-ot {piece!r} is not REGEX=BUFFER_TYPE.")
+                rules.append((regex, buft))
+        elif flag == "-cmoe":
+            ncmoe, ncmoe_at = 999, len(rules)
+        elif flag == "--n-cpu-moe":
+            ncmoe, ncmoe_at = as_int(flag, take(flag)), len(rules)
+        elif flag == "-ts":
+            try:
+                ts = tuple(float(x) for x in re.split(r"[,/]+", take(flag)) if x)
+            except ValueError:
+                raise CommandError("-ts expects numbers separated by commas.") from None
+        elif flag == "-dev":
+            devices = tuple(d for d in take(flag).split(",") if d)
+        elif flag == "--rpc":
+            rpc = tuple(e for e in take(flag).split(",") if e)
+        elif flag == "-sm":
+            mode = take(flag)
+            values["split_mode_graph"] = mode in ("graph", "attn")
+            if mode not in ("graph", "attn", "layer"):
+                extra += ["-sm", mode]
+        elif flag == "-c":
+            values["ctx"] = as_int(flag, take(flag))
+        elif flag == "-ctk":
+            values["cache_type_k"] = take(flag)
+        elif flag == "-ctv":
+            values["cache_type_v"] = take(flag)
+        elif flag == "-b":
+            values["batch"] = as_int(flag, take(flag))
+        elif flag == "-ub":
+            values["ubatch"] = as_int(flag, take(flag))
+        elif flag == "-fa":
+            nxt = argv[i + 1] if i + 1 < len(argv) else ""
+            if nxt in ("on", "off", "auto", "0", "1"):
+                values["flash_attn"] = take(flag) in ("on", "auto", "1")
+            else:
+                values["flash_attn"] = True
+                notes.append("A bare -fa now needs a value; it is written as -fa on.")
+        elif flag == "-no-fa":
+            values["flash_attn"] = False
+        elif flag == "-t":
+            values["threads"] = as_int(flag, take(flag))
+        elif flag == "-tb":
+            values["threads_batch"] = as_int(flag, take(flag))
+        elif flag == "--numa":
+            values["numa"] = take(flag)
+        elif flag == "--host":
+            values["host"] = take(flag)
+        elif flag == "--port":
+            values["port"] = as_int(flag, take(flag))
+        elif flag == "-np":
+            values["parallel"] = as_int(flag, take(flag))
+        elif flag == "-mla":
+            values["mla"] = as_int(flag, take(flag))
+        elif flag == "-amb":
+            values["amb"] = as_int(flag, take(flag))
+        elif flag == "-rtr":
+            values["rtr"] = True
+        elif flag == "--merge-qkv":
+            values["merge_qkv"] = True
+        elif flag == "--no-mmap":
+            values["no_mmap"] = True
+        elif flag == "-lm":
+            values["no_mmap"] = take(flag) == "none"
+        elif flag == "--metrics":
+            values["metrics"] = True
+        elif flag == "-fmoe":
+            notes.append(
+                "-fmoe was dropped: ik_llama.cpp fuses MoE by default and no longer accepts it."
+            )
+        elif flag == "-fit":
+            nxt = argv[i + 1] if i + 1 < len(argv) else ""
+            if nxt in ("on", "off"):
+                take(flag)
+            notes.append(
+                "-fit is written by MoE Studio itself (mainline: -fit off with a manual placement)."
+            )
+        else:
+            extra.append(argv[i])
+            # Keep an unknown flag's value with it.
+            if i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                i += 1
+                extra.append(argv[i])
+        i += 1
+    if not model:
+        raise CommandError("The command has no -m MODEL; paste a llama-server command line.")
+    settings = Settings(dialect=dialect, extra_args=tuple(extra)).with_(**values)
+    return ImportedCommand(
+        executable=executable,
+        model=model,
+        settings=settings,
+        overrides=Overrides(tuple(rules), ncmoe, ncmoe_at if dialect == "mainline" else -1),
+        ngl=ngl,
+        devices=devices,
+        tensor_split=ts,
+        rpc=rpc,
+        env=env,
+        prefix=tuple(prefix),
+        notes=tuple(notes),
+    )
+
+
+def rig_for_command(imported: ImportedCommand, rig: Rig) -> Rig:
+    """``rig`` plus any RPC endpoints and CUDA devices the command uses that the rig lacks."""
+    devices = list(rig.devices)
+    names = {d.name for d in devices}
+    for endpoint in imported.rpc:
+        name = rpc_name(endpoint)
+        if name not in names:
+            devices.append(Device(name, DeviceKind.RPC, 0, label="RPC", endpoint=endpoint))
+            names.add(name)
+    wanted = {b for _, b in imported.overrides.rules} | set(imported.devices)
+    for name in sorted(wanted):
+        m = re.fullmatch(r"CUDA(\d+)", name)
+        if m and name not in names:
+            devices.append(
+                Device(name, DeviceKind.CUDA, 0, label="(not in rig)", index=int(m.group(1)))
+            )
+            names.add(name)
+    rpc = [d for d in devices if d.kind is DeviceKind.RPC]
+    gpus = sorted((d for d in devices if d.kind is DeviceKind.CUDA), key=lambda d: d.index)
+    return rig.with_devices((*rpc, *gpus))
+
+
+def imported_split(layout: ModelLayout, imported: ImportedCommand, rig: Rig) -> LayerSplit:
+    """The layer split the engine derives from the command's -ngl/-dev/-ts on ``rig``."""
+    settings = imported.settings
+    if imported.devices:
+        devices = list(imported.devices)
+        if settings.dialect == "mainline":
+            rpc_by_index = {f"RPC{i}": rpc_name(e) for i, e in enumerate(imported.rpc)}
+            devices = [rpc_by_index.get(d, d) for d in devices]
+    else:
+        devices = default_device_list(rig, imported.rpc)
+    ngl = imported.ngl
+    if ngl is None or ngl < 0:
+        ngl = 999 if devices else 0
+    free = [(dev.memory_free or dev.memory_total) if (dev := rig.device(d)) else 0 for d in devices]
+    layer_devices = engine_layer_devices(
+        layout, settings, devices, ngl, imported.tensor_split, free
+    )
+    if not devices:
+        return LayerSplit(0, (), tuple(layer_devices))
+    return LayerSplit(ngl, tuple(devices), tuple(layer_devices))
+
+
+def import_command(
+    command: str | Sequence[str], layout: ModelLayout, rig: Rig, *, dialect: Dialect | None = None
+) -> tuple[Plan, ImportedCommand, Rig]:
+    """Turn a pasted command into a plan (every cell pinned), its parts, and the rig it needs."""
+    imported = parse_command(command, dialect=dialect)
+    full_rig = rig_for_command(imported, rig)
+    split = imported_split(layout, imported, full_rig)
+    resolution = resolve(
+        layout,
+        imported.overrides,
+        split,
+        imported.settings.dialect,
+        graph_mode=imported.settings.split_mode_graph,
+    )
+    for name in set(resolution.devices.values()):
+        if name != CPU_NAME and full_rig.device(name) is None:
+            raise CommandError(
+                f"The command places tensors on {name}, which is neither CPU, a CUDA device nor "
+                "an RPC device given with --rpc."
+            )
+    plan = plan_from_mapping(layout, resolution.devices, pinned=layout.cells)
+    notes = imported.notes + resolution.notes
+    return plan, _with_notes(imported, notes), full_rig
+
+
+def _with_notes(imported: ImportedCommand, notes: tuple[str, ...]) -> ImportedCommand:
+    from dataclasses import replace
+
+    return replace(imported, notes=notes)

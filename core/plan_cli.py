@@ -1,0 +1,277 @@
+"""``moe-studio plan``: the placement engine from the command line.
+
+Builds a rig from ``--gpu/--rpc/--ram`` (or ``--rig FILE|PRESET``, or this machine), applies
+``--import`` and ``--pin`` rules, auto-places the rest, and prints the command, a per-device
+budget table and the advice (or one JSON object with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TextIO
+
+from core import catalog
+from core.devices import Device, DeviceKind, HostInfo, Rig
+from core.errors import MoeStudioError
+from core.placement import Plan, as_mapping, initial_plan
+from core.planning import Planner, PlanResult, apply_pin
+from core.settings import DIALECTS, Settings
+from core.units import format_bytes, parse_size
+
+
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``plan`` (``launch`` shares them)."""
+    p.add_argument("model", help="path to a .gguf (any shard) or catalog:NAME[@RECIPE]")
+    hw = p.add_argument_group("hardware (default: this machine)")
+    hw.add_argument(
+        "--gpu",
+        action="append",
+        default=[],
+        metavar="SIZE",
+        help="a CUDA GPU with SIZE memory, e.g. 24GiB (repeat for more)",
+    )
+    hw.add_argument(
+        "--rpc", action="append", default=[], metavar="HOST:PORT=SIZE", help="an rpc-server device"
+    )
+    hw.add_argument("--ram", metavar="SIZE", help="host RAM, e.g. 256GiB")
+    hw.add_argument("--rig", metavar="FILE|PRESET", help="a rig file or preset (see moe-studio hw)")
+    run = p.add_argument_group("run settings")
+    run.add_argument("--ctx", "-c", type=int, default=32768, help="context size (default 32768)")
+    run.add_argument("--cache", metavar="TYPE", help="K and V cache type, e.g. q8_0")
+    run.add_argument("--cache-k", metavar="TYPE")
+    run.add_argument("--cache-v", metavar="TYPE")
+    run.add_argument(
+        "--ubatch", "-ub", type=int, help="physical batch (default: the advisor's choice)"
+    )
+    run.add_argument("--batch", "-b", type=int)
+    run.add_argument("--dialect", choices=DIALECTS, default="ik")
+    run.add_argument("--no-fa", action="store_true", help="flash attention off")
+    run.add_argument("--mla", type=int, choices=(0, 1, 2, 3), help="ik -mla mode")
+    run.add_argument("--amb", type=int, help="ik -amb MiB")
+    run.add_argument("--threads", "-t", type=int)
+    run.add_argument("--parallel", "-np", type=int, default=1)
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8080)
+    run.add_argument("--no-mmap", action="store_true")
+    run.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="passed to llama-server verbatim",
+    )
+    place = p.add_argument_group("placement")
+    place.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="L:3-10=CUDA0 (layers), E:3-10=CPU (experts), or REGEX=DEVICE",
+    )
+    place.add_argument(
+        "--import",
+        dest="import_command",
+        metavar="COMMAND",
+        help="start from a llama-server command line",
+    )
+    place.add_argument("--no-auto", action="store_true", help="do not auto-place the free cells")
+    place.add_argument("--engine", metavar="PATH", help="llama-server to write into the command")
+
+
+def _rig(args: argparse.Namespace) -> Rig:
+    if args.rig:
+        from core.hardware.cli import resolve_rig
+
+        rig = resolve_rig(args.rig)
+    elif args.gpu or args.rpc or args.ram:
+        rig = Rig("command line", HostInfo(0), source="command line")
+    else:
+        from core.hardware.detect import detect_rig
+
+        rig = detect_rig()
+    devices = list(rig.devices)
+    for i, size in enumerate(args.gpu):
+        index = len([d for d in devices if d.kind is DeviceKind.CUDA])
+        del i
+        devices.append(
+            Device(f"CUDA{index}", DeviceKind.CUDA, parse_size(size), label="GPU", index=index)
+        )
+    for spec in args.rpc:
+        endpoint, sep, size = spec.rpartition("=")
+        if not sep:
+            raise MoeStudioError(
+                f"--rpc {spec!r}: write HOST:PORT=SIZE, e.g. 192.168.1.5:50052=24GiB."
+            )
+        from core.hardware.rpc import rpc_device
+
+        devices.append(rpc_device(endpoint, parse_size(size), label="RPC"))
+    host = rig.host
+    if args.ram:
+        from dataclasses import replace
+
+        host = replace(host, ram_total=parse_size(args.ram))
+    if not host.ram_total:
+        raise MoeStudioError("Say how much RAM the machine has: --ram 256GiB.")
+    rpc = [d for d in devices if d.kind is DeviceKind.RPC]
+    gpus = [d for d in devices if d.kind is DeviceKind.CUDA]
+    from dataclasses import replace
+
+    return replace(rig, host=host, devices=(*rpc, *gpus))
+
+
+def _settings(args: argparse.Namespace, base: Settings) -> Settings:
+    changes: dict[str, object] = {
+        "dialect": args.dialect,
+        "ctx": args.ctx,
+        "parallel": args.parallel,
+        "host": args.host,
+        "port": args.port,
+    }
+    if args.cache:
+        changes["cache_type_k"] = changes["cache_type_v"] = args.cache
+    if args.cache_k:
+        changes["cache_type_k"] = args.cache_k
+    if args.cache_v:
+        changes["cache_type_v"] = args.cache_v
+    if args.ubatch:
+        changes["ubatch"] = args.ubatch
+    if args.batch:
+        changes["batch"] = args.batch
+    if args.no_fa:
+        changes["flash_attn"] = False
+    if args.mla is not None:
+        changes["mla"] = args.mla
+    if args.amb is not None:
+        changes["amb"] = args.amb
+    if args.threads is not None:
+        changes["threads"] = args.threads
+    if args.no_mmap:
+        changes["no_mmap"] = True
+    if args.extra:
+        changes["extra_args"] = (*base.extra_args, *args.extra)
+    return base.with_(**changes)
+
+
+def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
+    """Everything ``plan`` and ``launch`` share: layout, rig, settings, pins, auto-placement."""
+    layout = catalog.load(args.model)
+    rig = _rig(args)
+    notes: list[str] = []
+    base = Settings(dialect=args.dialect)
+    plan = initial_plan(layout)
+    if args.import_command:
+        from core.cmdline import import_command
+
+        plan, imported, rig = import_command(args.import_command, layout, rig, dialect=args.dialect)
+        base = imported.settings.with_(dialect=args.dialect)
+        notes += imported.notes
+    settings = _settings(args, base)
+    for rule in args.pin:
+        plan = apply_pin(layout, plan, rule).after
+    planner = Planner(layout, rig, settings)
+    if args.ubatch is None and not args.import_command and not args.no_auto:
+        # The advisor picks -b/-ub first: the compute buffer it implies is VRAM experts cannot use.
+        planner.update(settings=planner.advise_batch(plan))
+    if not args.no_auto:
+        auto = planner.auto_place(plan)
+        plan = auto.plan
+        notes += auto.notes
+        notes += [f"would help: {s}" for s in auto.suggestions]
+    return planner, plan, notes
+
+
+def result_json(
+    planner: Planner, plan: Plan, result: PlanResult, notes: list[str]
+) -> dict[str, object]:
+    advice = result.advice
+    return {
+        "model": planner.layout.source,
+        "argv": list(result.command.argv) if result.command else None,
+        "env": result.command.env if result.command else {},
+        "command_error": result.command_error or None,
+        "settings": planner.settings.to_dict(),
+        "devices": result.estimate.as_json(),
+        "layer_devices": list(result.split.layer_devices),
+        "placement": as_mapping(planner.layout, plan),
+        "pinned": sorted(f"{layer}:{group}" for layer, group in plan.pinned),
+        "advice": {
+            "ubatch": advice.ubatch,
+            "batch": advice.batch,
+            "threads": advice.threads,
+            "numa": advice.numa,
+            "numactl": list(advice.numactl),
+            "env": advice.env,
+            "extra_args": list(advice.extra_args),
+            "lines": list(advice.lines),
+            "warnings": list(advice.warnings),
+        }
+        if advice
+        else None,
+        "notes": notes + list(result.command.notes if result.command else ()),
+    }
+
+
+def print_result(planner: Planner, result: PlanResult, notes: list[str], out: TextIO) -> None:
+    w = out.write
+    if result.command:
+        w(result.command.shell() + "\n")
+    else:
+        w(f"(no command: {result.command_error})\n")
+    w(
+        f"\n{'device':<26}{'capacity':>11}{'weights':>11}{'KV':>11}{'compute':>11}"
+        f"{'overhead':>11}{'total':>11}  fits\n"
+    )
+    for d in result.estimate.devices:
+        name = d.name if d.kind is not DeviceKind.CPU else "CPU (host RAM)"
+        w(
+            f"{name[:25]:<26}{format_bytes(d.capacity):>11}{format_bytes(d.weights):>11}"
+            f"{format_bytes(d.kv):>11}{format_bytes(d.compute):>11}{format_bytes(d.overhead):>11}"
+            f"{format_bytes(d.total):>11}  "
+            f"{'yes' if d.fits else 'NO, ' + format_bytes(d.overflow) + ' over'}\n"
+        )
+    ranges = result.split.ranges()
+    if result.split.devices:
+        w("\nKV layers: " + ", ".join(f"{dev} {a}-{b}" for dev, a, b in ranges) + "\n")
+    advice = result.advice
+    if advice:
+        w("\nAdvice\n")
+        for line in advice.lines:
+            w(f"  - {line}\n")
+        for line in advice.warnings:
+            w(f"  ! {line}\n")
+    all_notes = notes + list(result.command.notes if result.command else ())
+    if all_notes:
+        w("\nNotes\n")
+        for line in all_notes:
+            w(f"  - {line}\n")
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    planner, plan, notes = make_plan(args)
+    result = planner.result(plan, executable=args.engine or "llama-server")
+    if args.save:
+        from core.profiles import save_profile_from_plan
+
+        save_profile_from_plan(args.save, planner, plan, executable=args.engine or "llama-server")
+        notes.append(f"Saved the profile to {args.save}.")
+    if args.json:
+        json.dump(result_json(planner, plan, result, notes), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print_result(planner, result, notes, sys.stdout)
+    return 0 if result.command else 1
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="place a model on GPUs/RPC/CPU, estimate memory, print the command and advice",
+        description="Auto-place a model (respecting --pin and --import), estimate memory per "
+        "device and print the llama-server command.",
+    )
+    add_plan_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--save", metavar="FILE", help="also write the plan as a profile")
+    p.set_defaults(func=_cmd_plan)

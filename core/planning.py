@@ -1,0 +1,139 @@
+"""One planning session as a value: model + rig + settings + plan → estimate, command, advice.
+
+:class:`Planner` is what the CLI, the GUI document and profiles share, so that a cell edit, a
+settings change and a launch all see the same numbers. Everything here is pure: a new plan or
+new settings give a new :class:`PlanResult`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from core.advisor import Advice, advise
+from core.autoplace import AutoPlacement, auto_place
+from core.cmdline import Command, build_command
+from core.devices import Rig
+from core.errors import CommandError, MoeStudioError, PlanError
+from core.layers import LayerSplit, plan_layer_split
+from core.memory import Estimate, _layer_compute, estimate, kv_bytes
+from core.model import Cell, ModelLayout
+from core.placement import Edit, Plan, assign, expert_cells, initial_plan, range_cells
+from core.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class PlanResult:
+    """Everything derived from one (layout, rig, settings, plan)."""
+
+    split: LayerSplit
+    estimate: Estimate
+    command: Command | None
+    command_error: str = ""
+    advice: Advice | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+class Planner:
+    """Derives estimates and commands, caching what depends on the settings alone."""
+
+    def __init__(self, layout: ModelLayout, rig: Rig, settings: Settings) -> None:
+        self.layout = layout
+        self.rig = rig
+        self.settings = settings
+        self._kv: list[int] | None = None
+        self._compute: float | None = None
+
+    def update(self, *, rig: Rig | None = None, settings: Settings | None = None) -> None:
+        if rig is not None:
+            self.rig = rig
+        if settings is not None and settings != self.settings:
+            self.settings = settings
+            self._kv = None
+            self._compute = None
+
+    def estimate(self, plan: Plan) -> tuple[LayerSplit, Estimate]:
+        """The fast path (a cell edit): split and memory per device."""
+        if self._kv is None:
+            self._kv = kv_bytes(self.layout, self.settings)
+            self._compute = _layer_compute(self.layout, self.settings)
+        split = plan_layer_split(self.layout, plan, self.rig, self.settings)
+        est = estimate(
+            self.layout,
+            plan,
+            self.rig,
+            self.settings,
+            split.kv_devices,
+            kv_per_layer=self._kv,
+            layer_compute=self._compute,
+        )
+        return split, est
+
+    def result(
+        self, plan: Plan, *, executable: str = "llama-server", model_path: str | None = None
+    ) -> PlanResult:
+        split, est = self.estimate(plan)
+        command: Command | None = None
+        error = ""
+        try:
+            command = build_command(
+                self.layout,
+                plan,
+                self.rig,
+                self.settings,
+                executable=executable,
+                model_path=model_path,
+            )
+        except MoeStudioError as exc:
+            error = str(exc)
+        advice = advise(self.layout, plan, self.rig, self.settings, est)
+        return PlanResult(split, est, command, error, advice, split.notes)
+
+    def auto_place(self, plan: Plan, *, experts: bool = True) -> AutoPlacement:
+        return auto_place(self.layout, plan, self.rig, self.settings, experts=experts)
+
+    def advise_batch(self, plan: Plan) -> Settings:
+        """Settings with the advisor's -b/-ub, chosen before experts take the VRAM it needs."""
+        lean = self.auto_place(plan, experts=False).plan
+        advice = self.result(lean).advice
+        if advice is None:
+            return self.settings
+        return self.settings.with_(ubatch=advice.ubatch, batch=advice.batch)
+
+    def initial(self) -> Plan:
+        return initial_plan(self.layout)
+
+
+_CELL_PIN = re.compile(r"^(?P<kind>[LE]):(?P<first>\d+)(?:-(?P<last>\d+))?=(?P<device>.+)$")
+
+
+def apply_pin(layout: ModelLayout, plan: Plan, rule: str) -> Edit:
+    """Pin cells from a rule: ``L:3-10=CUDA0`` (whole layers), ``E:3-10=CPU`` (routed experts of
+    layers), or ``REGEX=DEVICE`` (every cell with a tensor whose name matches, like ``-ot``)."""
+    m = _CELL_PIN.match(rule)
+    if m:
+        first = int(m.group("first"))
+        last = int(m.group("last") or first)
+        if last < first or last >= layout.n_layer:
+            raise PlanError(
+                f"Pin {rule!r}: layers {first}-{last} are outside 0-{layout.n_layer - 1}."
+            )
+        cells = (
+            range_cells(layout, first, last)
+            if m.group("kind") == "L"
+            else expert_cells(layout, first, last)
+        )
+        return assign(layout, plan, cells, m.group("device"))
+    regex, sep, device = rule.rpartition("=")
+    if not sep or not regex or not device:
+        raise PlanError(
+            f"Pin {rule!r} is not L:FIRST-LAST=DEVICE, E:FIRST-LAST=DEVICE or REGEX=DEVICE."
+        )
+    try:
+        pattern = re.compile(regex)
+    except re.error as exc:
+        raise CommandError(f"Pin {rule!r}: {exc}.") from None
+    matched: set[Cell] = {t.cell for t in layout.tensors if t.loaded and pattern.search(t.name)}
+    if not matched:
+        raise PlanError(f"Pin {rule!r} matches no tensor of {layout.name}.")
+    return assign(layout, plan, matched, device)

@@ -1,0 +1,83 @@
+"""Run settings: everything besides the placement that shapes memory and the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal
+
+from core.units import MiB
+
+Dialect = Literal["ik", "mainline"]
+DIALECTS: tuple[Dialect, ...] = ("ik", "mainline")
+NumaMode = Literal["", "distribute", "isolate", "numactl"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Options of one ``llama-server`` run.
+
+    ``None`` means "the engine's default" and is not written to the command line.
+    """
+
+    dialect: Dialect = "ik"
+    ctx: int = 32768
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    batch: int = 2048
+    ubatch: int = 512
+    flash_attn: bool = True
+    parallel: int = 1
+    threads: int | None = None
+    threads_batch: int | None = None
+    numa: NumaMode = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    no_mmap: bool = False
+    metrics: bool = False
+    # ik_llama.cpp only
+    mla: int | None = None  # -mla 0..3; engine default 3
+    amb: int | None = None  # -amb MiB; engine default 256
+    rtr: bool = False
+    split_mode_graph: bool = False
+    merge_qkv: bool = False
+    # Estimator knobs (not on the command line)
+    gpu_overhead: int = 450 * MiB  # CUDA context, cuBLAS workspace, pool slack per GPU
+    reserve: int = 256 * MiB  # memory kept free on every GPU-like device
+    extra_args: tuple[str, ...] = field(default=())
+
+    @property
+    def is_ik(self) -> bool:
+        return self.dialect == "ik"
+
+    @property
+    def effective_mla(self) -> int:
+        return 3 if self.mla is None else self.mla
+
+    @property
+    def effective_amb(self) -> int:
+        return 256 if self.amb is None else self.amb
+
+    @property
+    def kv_padding(self) -> int:
+        """Context padding: 256 with flash attention, 32 without (ik); mainline pads to 256."""
+        return 256 if (self.flash_attn or not self.is_ik) else 32
+
+    @property
+    def kv_size(self) -> int:
+        """Cells of the KV cache after the engine pads the context."""
+        pad = self.kv_padding
+        return -(-self.ctx // pad) * pad
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}

@@ -1,0 +1,190 @@
+"""Opt-in tests against a real llama-server: set MOE_STUDIO_ENGINE to its path to run them."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+HOST = "127.0.0.1"
+# Every tiny model loads in well under a second with these. One thread: with -t 2 on a two-core
+# machine that was busy compiling, ik's spinning worker threads stretched an 8-token completion
+# from a few ms to 3 s.
+DEFAULT_ARGS = ("-c", "512", "-t", "1")
+
+
+@pytest.fixture(scope="session")
+def engine() -> Path:
+    """The llama-server binary named by MOE_STUDIO_ENGINE; skips the test when it is unset."""
+    value = os.environ.get("MOE_STUDIO_ENGINE")
+    if not value:
+        pytest.skip(
+            "MOE_STUDIO_ENGINE is not set: point it at a llama-server binary "
+            "to run the real-engine tests"
+        )
+    path = Path(value)
+    if not path.is_file() or not os.access(path, os.X_OK):
+        pytest.fail(f"MOE_STUDIO_ENGINE is {value!r}, which is not an executable file")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (the OS picks it for a bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LlamaServer:
+    """A llama-server process on 127.0.0.1 for the duration of a ``with`` block.
+
+    Entering starts it (argv list, no shell, a free port) and waits for its "listening" log
+    line and a 200 from ``/health``; leaving terminates it, then kills it if it has not gone
+    after 10 s. stdout and stderr go merged into ``log_path`` (ik writes its server log to
+    stdout and the rest to stderr); :attr:`output` reads it back, during the run or after.
+    """
+
+    def __init__(
+        self,
+        binary: Path,
+        model: Path,
+        args: Sequence[str] = DEFAULT_ARGS,
+        *,
+        log_path: Path,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self.port = free_port()
+        self.argv = [str(binary), "-m", str(model), "--host", HOST, "--port", str(self.port)]
+        self.argv += args
+        self.log_path = log_path
+        self.ready_timeout = ready_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def output(self) -> str:
+        """Merged stdout and stderr so far."""
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_bytes().decode("utf-8", errors="replace")
+
+    def __enter__(self) -> LlamaServer:
+        with self.log_path.open("wb") as log:
+            self._proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.ready_timeout
+        listening = False
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise AssertionError(
+                    f"llama-server exited with status {code} before it was ready:\n"
+                    f"{self.output[-4000:]}"
+                )
+            # Ask /health only once the log says the server listens: ik binds its port before
+            # loading and answers nothing until loaded, so earlier requests just hang.
+            listening = listening or "listening" in self.output
+            if listening:
+                try:
+                    status, _ = self.request("GET", "/health", timeout=5.0)
+                    if status == 200:  # mainline answers 503 while it loads
+                        return
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"llama-server was not ready after {self.ready_timeout:.0f} s:\n"
+                    f"{self.output[-4000:]}"
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Terminate the server (kill it after 10 s); safe to call twice."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._proc = None
+
+    def request(
+        self, method: str, path: str, payload: object = None, *, timeout: float = 60.0
+    ) -> tuple[int, bytes]:
+        """One HTTP request; returns the status and the body (any status, no exception)."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            body = None if payload is None else json.dumps(payload).encode()
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+
+StartServer = Callable[..., LlamaServer]
+
+
+@pytest.fixture
+def llama_server(engine: Path, tmp_path: Path) -> StartServer:
+    """``llama_server(model, *args)`` → a :class:`LlamaServer` to use in a ``with`` block.
+
+    ``args`` replace the defaults ``-c 512 -t 1`` when given. Logs go to the test's tmp_path.
+    """
+    count = 0
+
+    def start(model: Path, *args: str, ready_timeout: float = 60.0) -> LlamaServer:
+        nonlocal count
+        count += 1
+        return LlamaServer(
+            engine,
+            model,
+            args or DEFAULT_ARGS,
+            log_path=tmp_path / f"llama-server-{count}.log",
+            ready_timeout=ready_timeout,
+        )
+
+    return start
+
+
+@pytest.fixture
+def launch_log(llama_server: StartServer) -> Callable[..., str]:
+    """``launch_log(model, *args)``: start llama-server, wait until ready, stop it; its output."""
+
+    def run(model: Path, *args: str) -> str:
+        with llama_server(model, *args) as server:
+            pass
+        return server.output
+
+    return run
