@@ -37,6 +37,11 @@ class TensorGroup(StrEnum):
         return _LABELS[self]
 
     @property
+    def short_label(self) -> str:
+        """A column header that fits a narrow grid column."""
+        return _SHORT_LABELS.get(self, self.label)
+
+    @property
     def is_routed_expert(self) -> bool:
         return self in ROUTED_EXPERT_GROUPS
 
@@ -59,6 +64,20 @@ _LABELS = {
     TensorGroup.TOKEN_EMBD: "token_embd",
     TensorGroup.OUTPUT: "output",
     TensorGroup.OUTPUT_NORM: "output_norm",
+}
+
+_SHORT_LABELS = {
+    TensorGroup.ATTENTION: "Attn",
+    TensorGroup.FFN: "FFN",
+    TensorGroup.SHARED: "Shared",
+    TensorGroup.EXPS_GATE_UP: "Exp g+u",
+    TensorGroup.EXPS_UP: "Exp up",
+    TensorGroup.EXPS_GATE: "Exp gate",
+    TensorGroup.EXPS_DOWN: "Exp down",
+    TensorGroup.NEXTN: "MTP",
+    TensorGroup.TOKEN_EMBD: "embd",
+    TensorGroup.OUTPUT: "out",
+    TensorGroup.OUTPUT_NORM: "norm",
 }
 
 ROUTED_EXPERT_GROUPS = frozenset(

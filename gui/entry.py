@@ -13,9 +13,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args and (args[0] in cli.command_names() or args[0] in ("-h", "--help")):
         return cli.main(args)
-    from gui import app
+    from gui.app import main as app_main
 
-    return app.main(args)
+    return app_main(args)
 
 
 if __name__ == "__main__":

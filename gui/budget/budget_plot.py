@@ -1,0 +1,234 @@
+"""Per-device memory budgets: stacked bars (weights, KV cache, compute buffer, overhead) against
+capacity and reserve, GPUs and RPC devices on the left, host RAM on the right.
+
+Items are created once and updated in place (pyqtgraph ``setOpts``/``setData``). A device over
+its usable capacity gets a hatched vermillion overflow segment and a "+X over" label, so the
+warning does not rely on colour alone. Cells dragged from the grid can be dropped on a bar.
+"""
+
+from __future__ import annotations
+
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtGui import QBrush, QDragEnterEvent, QDragMoveEvent, QDropEvent
+from PySide6.QtWidgets import QWidget
+
+from core.devices import DeviceKind
+from core.memory import DeviceBudget, Estimate
+from core.units import GiB, format_bytes
+from gui import theme
+from gui.document import Document
+from gui.tensor_map.model import CELLS_MIME, cells_from_mime
+
+SEGMENTS = ("weights", "kv", "compute", "overhead")
+SEGMENT_LABELS = {
+    "weights": "weights",
+    "kv": "KV cache",
+    "compute": "compute buffer",
+    "overhead": "overhead",
+}
+BAR_WIDTH = 0.6
+
+
+class _Panel:
+    """One plot (GPUs or RAM) with its items."""
+
+    def __init__(self, plot: pg.PlotItem, title: str) -> None:
+        self.plot = plot
+        plot.setTitle(title, size="10pt")
+        plot.setMenuEnabled(False)
+        plot.setMouseEnabled(x=False, y=False)
+        plot.hideButtons()
+        plot.showGrid(x=False, y=True, alpha=0.25)
+        plot.setLabel("left", "GiB")
+        self.bars = {
+            seg: pg.BarGraphItem(
+                x=[],
+                height=[],
+                width=BAR_WIDTH,
+                y0=[],
+                brush=theme.SEGMENT_COLORS[seg],
+                pen=pg.mkPen(None),
+            )
+            for seg in SEGMENTS
+        }
+        for seg in SEGMENTS:
+            plot.addItem(self.bars[seg])
+        self.overflow = pg.BarGraphItem(
+            x=[],
+            height=[],
+            width=BAR_WIDTH,
+            y0=[],
+            brush=QBrush(theme.OVER_COLOR, Qt.BrushStyle.BDiagPattern),
+            pen=pg.mkPen(theme.OVER_COLOR, width=2),
+        )
+        plot.addItem(self.overflow)
+        self.capacity = pg.PlotDataItem([], [], connect="pairs", pen=pg.mkPen("#444444", width=2))
+        self.reserve = pg.PlotDataItem(
+            [], [], connect="pairs", pen=pg.mkPen("#444444", width=1, style=Qt.PenStyle.DashLine)
+        )
+        plot.addItem(self.capacity)
+        plot.addItem(self.reserve)
+        self.labels: list[pg.TextItem] = []
+        self.budgets: list[DeviceBudget] = []
+
+    def set_budgets(self, budgets: list[DeviceBudget], dark: bool) -> None:
+        self.budgets = budgets
+        xs = list(range(len(budgets)))
+        bottom = [0.0] * len(budgets)
+        for seg in SEGMENTS:
+            heights = [getattr(b, seg) / GiB for b in budgets]
+            self.bars[seg].setOpts(x=xs, height=heights, y0=list(bottom), width=BAR_WIDTH)
+            bottom = [a + h for a, h in zip(bottom, heights, strict=True)]
+        over_x, over_h, over_y0 = [], [], []
+        for i, b in enumerate(budgets):
+            if not b.fits:
+                over_x.append(i)
+                over_y0.append(b.usable / GiB)
+                over_h.append(b.overflow / GiB)
+        self.overflow.setOpts(x=over_x, height=over_h, y0=over_y0, width=BAR_WIDTH + 0.12)
+        cap_x, cap_y, res_x, res_y = [], [], [], []
+        half = BAR_WIDTH / 2 + 0.12
+        for i, b in enumerate(budgets):
+            cap_x += [i - half, i + half]
+            cap_y += [b.capacity / GiB] * 2
+            if b.reserve:
+                res_x += [i - half, i + half]
+                res_y += [b.usable / GiB] * 2
+        line = "#dddddd" if dark else "#333333"
+        self.capacity.setData(cap_x, cap_y, connect="pairs", pen=pg.mkPen(line, width=2))
+        self.reserve.setData(
+            res_x, res_y, connect="pairs", pen=pg.mkPen(line, width=1, style=Qt.PenStyle.DashLine)
+        )
+        axis = self.plot.getAxis("bottom")
+        axis.setTicks([[(i, _tick(b)) for i, b in enumerate(budgets)]])
+        while len(self.labels) < len(budgets):
+            label = pg.TextItem(anchor=(0.5, 1.0))
+            self.plot.addItem(label)
+            self.labels.append(label)
+        top = max([max(b.capacity, b.total) / GiB for b in budgets] or [1.0])
+        for i, label in enumerate(self.labels):
+            if i >= len(budgets):
+                label.setText("")
+                continue
+            b = budgets[i]
+            y = max(b.total, b.capacity) / GiB
+            if b.fits:
+                label.setText(
+                    f"{b.total / GiB:.1f} / {b.capacity / GiB:.0f}",
+                    color="#dddddd" if dark else "#222222",
+                )
+            else:
+                label.setText(f"+{format_bytes(b.overflow)} over", color=theme.OVER_COLOR.name())
+            label.setPos(i, y + top * 0.07)
+        self.plot.setXRange(-0.7, max(0.7, len(budgets) - 0.3), padding=0)
+        self.plot.setYRange(0, top * 1.18, padding=0)
+
+    def device_at(self, scene_pos: QPointF) -> str | None:
+        if not self.plot.sceneBoundingRect().contains(scene_pos):
+            return None
+        point = self.plot.vb.mapSceneToView(scene_pos)
+        i = round(point.x())
+        if 0 <= i < len(self.budgets) and abs(point.x() - i) <= 0.5:
+            name: str = self.budgets[i].name
+            return name
+        return None
+
+
+def _tick(b: DeviceBudget) -> str:
+    if b.kind is DeviceKind.CPU:
+        return "RAM"
+    if b.kind is DeviceKind.RPC:
+        return b.name.split("[", 1)[0] + "\n" + b.name[b.name.find("[") + 1 : -1]
+    return b.name
+
+
+class BudgetPlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
+    """Signals:
+    cells_dropped(cells, device): cells were dropped on a device's bar.
+    """
+
+    cells_dropped = Signal(list, str)
+
+    def __init__(self, document: Document, parent: QWidget | None = None) -> None:
+        super().__init__(parent=parent)
+        self._document = document
+        self.setAcceptDrops(True)
+        self.viewport().setAcceptDrops(True)
+        self.setMinimumHeight(180)
+        self._gpus = _Panel(self.addPlot(row=0, col=0), "GPUs and RPC devices")
+        self._ram = _Panel(self.addPlot(row=0, col=1), "Host RAM")
+        # The legend gets its own row so it never covers a bar's label.
+        self._legend = pg.LegendItem(labelTextSize="8pt", colCount=5)
+        self.addItem(self._legend, row=1, col=0, colspan=2)
+        for seg in SEGMENTS:
+            self._legend.addItem(self._gpus.bars[seg], SEGMENT_LABELS[seg])
+        self._legend.addItem(self._gpus.overflow, "over budget")
+        self.ci.layout.setColumnStretchFactor(0, 5)
+        self.ci.layout.setColumnStretchFactor(1, 1)
+        document.plan_changed.connect(self._on_document_plan_changed)
+        document.model_changed.connect(self.refresh)
+        document.rig_changed.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self) -> None:
+        _, estimate = self._document.estimate()
+        self.show_estimate(estimate)
+
+    def show_estimate(self, estimate: Estimate) -> None:
+        dark = theme.is_dark()
+        self.setBackground("#1f2124" if dark else "#ffffff")
+        devices = [d for d in estimate.devices if d.kind is not DeviceKind.CPU]
+        host = [d for d in estimate.devices if d.kind is DeviceKind.CPU]
+        self._gpus.set_budgets(devices, dark)
+        self._ram.set_budgets(host, dark)
+
+    def bar_heights(self) -> dict[str, dict[str, float]]:
+        """Per device and segment, the bar height in bytes as drawn (for tests)."""
+        out: dict[str, dict[str, float]] = {}
+        for panel in (self._gpus, self._ram):
+            for seg in SEGMENTS:
+                heights = panel.bars[seg].opts.get("height", [])
+                for b, h in zip(panel.budgets, heights, strict=True):
+                    out.setdefault(b.name, {})[seg] = float(h) * GiB
+        return out
+
+    def overflowing(self) -> list[str]:
+        """Devices drawn with an overflow segment."""
+        out = []
+        for panel in (self._gpus, self._ram):
+            xs = list(panel.overflow.opts.get("x", []))
+            out += [panel.budgets[int(x)].name for x in xs]
+        return out
+
+    def device_at(self, pos: QPointF) -> str | None:
+        """The device whose bar is under ``pos`` (widget coordinates)."""
+        scene = self.mapToScene(pos.toPoint())
+        return self._gpus.device_at(scene) or self._ram.device_at(scene)
+
+    # --- drop target ---------------------------------------------------------------------------
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasFormat(CELLS_MIME):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
+        if event.mimeData().hasFormat(CELLS_MIME) and self.device_at(event.position()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        device = self.device_at(event.position())
+        cells = cells_from_mime(event.mimeData())
+        if device and cells:
+            self._document.assign_cells(cells, device)
+            self.cells_dropped.emit(cells, device)
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def _on_document_plan_changed(self, cells: object = None) -> None:
+        self.refresh()

@@ -1,0 +1,67 @@
+"""Undo commands. Each holds the exact before/after values, so undo restores them byte for byte."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtGui import QUndoCommand
+
+from core.model import Cell
+from core.placement import Plan
+from core.settings import Settings
+
+if TYPE_CHECKING:
+    from gui.document import Document
+
+PLAN_STROKE_ID = 1001
+
+
+class PlanCommand(QUndoCommand):
+    """Replace the plan. Commands of the same non-zero paint ``stroke`` merge into one step."""
+
+    def __init__(
+        self,
+        document: Document,
+        before: Plan,
+        after: Plan,
+        cells: frozenset[Cell],
+        text: str,
+        stroke: int = 0,
+    ) -> None:
+        super().__init__(text)
+        self._document = document
+        self.before = before
+        self.after = after
+        self.cells = cells
+        self.stroke = stroke
+
+    def id(self) -> int:
+        return PLAN_STROKE_ID if self.stroke else -1
+
+    def mergeWith(self, other: QUndoCommand) -> bool:
+        if not isinstance(other, PlanCommand) or not self.stroke or other.stroke != self.stroke:
+            return False
+        self.after = other.after
+        self.cells = self.cells | other.cells
+        self.setText(f"Paint {len(self.cells)} cells")
+        return True
+
+    def redo(self) -> None:
+        self._document._set_plan(self.after, self.cells)
+
+    def undo(self) -> None:
+        self._document._set_plan(self.before, self.cells)
+
+
+class SettingsCommand(QUndoCommand):
+    def __init__(self, document: Document, before: Settings, after: Settings, text: str) -> None:
+        super().__init__(text)
+        self._document = document
+        self.before = before
+        self.after = after
+
+    def redo(self) -> None:
+        self._document._set_settings(self.after)
+
+    def undo(self) -> None:
+        self._document._set_settings(self.before)

@@ -1,0 +1,172 @@
+"""The one owner of the editable state: model, rig, settings, plan, and the undo stack.
+
+Views never mutate anything. They ask the document (``apply_edit``, ``set_settings``, …); the
+document pushes a command on its ``QUndoStack`` and announces what changed. Derived numbers come
+from one :class:`core.planning.Planner`, so the grid, the budget plot and the command preview see
+the same estimate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QUndoStack
+
+from core.autoplace import AutoPlacement
+from core.devices import Rig
+from core.layers import LayerSplit
+from core.memory import Estimate
+from core.model import Cell, ModelLayout
+from core.placement import Edit, Plan, assign, initial_plan, reset, set_pinned
+from core.planning import Planner, PlanResult
+from core.settings import Settings
+from gui.commands import PlanCommand, SettingsCommand
+
+log = logging.getLogger(__name__)
+
+
+class Document(QObject):
+    """Model + rig + settings + plan, with undo.
+
+    Signals:
+        plan_changed: the plan changed (argument: the cells that changed, empty = all).
+        settings_changed: the run settings changed.
+        model_changed: a new model (and plan) was loaded.
+        rig_changed: the hardware changed.
+        dirty_changed: the document became modified or clean.
+    """
+
+    plan_changed = Signal(object)
+    settings_changed = Signal()
+    model_changed = Signal()
+    rig_changed = Signal()
+    dirty_changed = Signal(bool)
+
+    def __init__(
+        self, layout: ModelLayout, rig: Rig, settings: Settings, plan: Plan | None = None
+    ) -> None:
+        super().__init__()
+        self.undo_stack = QUndoStack(self)
+        self.undo_stack.cleanChanged.connect(self._on_undo_stack_clean_changed)
+        self._layout = layout
+        self._planner = Planner(layout, rig, settings)
+        self._plan = plan if plan is not None else initial_plan(layout)
+        self._estimate_cache: tuple[Plan, LayerSplit, Estimate] | None = None
+        self.executable = "llama-server"
+
+    # --- state ---------------------------------------------------------------------------------
+
+    @property
+    def layout(self) -> ModelLayout:
+        return self._layout
+
+    @property
+    def rig(self) -> Rig:
+        return self._planner.rig
+
+    @property
+    def settings(self) -> Settings:
+        return self._planner.settings
+
+    @property
+    def plan(self) -> Plan:
+        return self._plan
+
+    @property
+    def planner(self) -> Planner:
+        return self._planner
+
+    @property
+    def is_dirty(self) -> bool:
+        return not self.undo_stack.isClean()
+
+    def estimate(self) -> tuple[LayerSplit, Estimate]:
+        """Split and per-device memory of the current plan (cached until the next change)."""
+        cached = self._estimate_cache
+        if cached is not None and cached[0] is self._plan:
+            return cached[1], cached[2]
+        split, est = self._planner.estimate(self._plan)
+        self._estimate_cache = (self._plan, split, est)
+        return split, est
+
+    def result(self) -> PlanResult:
+        """Estimate, command and advice (slower than :meth:`estimate`: builds the command)."""
+        return self._planner.result(self._plan, executable=self.executable)
+
+    # --- requests from views -------------------------------------------------------------------
+
+    def apply_edit(self, edit: Edit, text: str, *, stroke: int = 0) -> None:
+        """Push an edit as one undo step (edits of the same paint ``stroke`` merge into one)."""
+        if not edit.changed:
+            return
+        self.undo_stack.push(PlanCommand(self, edit.before, edit.after, edit.cells, text, stroke))
+
+    def assign_cells(self, cells: Iterable[Cell], device: str, *, stroke: int = 0) -> None:
+        cells = list(cells)
+        if not cells:
+            return
+        edit = assign(self._layout, self._plan, cells, device)
+        label = f"Move {len(cells)} cell{'s' if len(cells) != 1 else ''} to {device}"
+        self.apply_edit(edit, label, stroke=stroke)
+
+    def pin_cells(self, cells: Iterable[Cell], pinned: bool) -> None:
+        cells = list(cells)
+        edit = set_pinned(self._layout, self._plan, cells, pinned)
+        self.apply_edit(edit, f"{'Pin' if pinned else 'Unpin'} {len(cells)} cells")
+
+    def reset_cells(self, cells: Iterable[Cell] | None = None) -> None:
+        edit = reset(self._layout, self._plan, None if cells is None else list(cells))
+        self.apply_edit(edit, "Reset" if cells is None else "Reset cells")
+
+    def auto_place(self) -> AutoPlacement:
+        """Auto-place every free cell as one undo step; returns the placement (with notes)."""
+        result = self._planner.auto_place(self._plan)
+        self.apply_edit(Edit(self._plan, result.plan, frozenset()), "Auto-place the rest")
+        return result
+
+    def replace_plan(self, plan: Plan, text: str) -> None:
+        self.apply_edit(Edit(self._plan, plan, frozenset()), text)
+
+    def set_settings(self, settings: Settings, text: str = "Change settings") -> None:
+        if settings != self.settings:
+            self.undo_stack.push(SettingsCommand(self, self.settings, settings, text))
+
+    def set_rig(self, rig: Rig) -> None:
+        """Change the hardware (not undoable: it is a fact about the machine, not an edit)."""
+        self._planner.update(rig=rig)
+        self._estimate_cache = None
+        self.rig_changed.emit()
+        self.plan_changed.emit(frozenset())
+
+    def set_model(
+        self, layout: ModelLayout, plan: Plan | None = None, settings: Settings | None = None
+    ) -> None:
+        """Load another model; the undo history starts afresh."""
+        self._layout = layout
+        self._planner = Planner(layout, self.rig, settings or self.settings)
+        self._plan = plan if plan is not None else initial_plan(layout)
+        self._estimate_cache = None
+        self.undo_stack.clear()
+        self.model_changed.emit()
+        self.plan_changed.emit(frozenset())
+        self.settings_changed.emit()
+
+    def mark_clean(self) -> None:
+        self.undo_stack.setClean()
+
+    # --- called by commands only ---------------------------------------------------------------
+
+    def _set_plan(self, plan: Plan, cells: frozenset[Cell]) -> None:
+        self._plan = plan
+        self.plan_changed.emit(cells)
+
+    def _set_settings(self, settings: Settings) -> None:
+        self._planner.update(settings=settings)
+        self._estimate_cache = None
+        self.settings_changed.emit()
+        self.plan_changed.emit(frozenset())
+
+    def _on_undo_stack_clean_changed(self, clean: bool) -> None:
+        self.dirty_changed.emit(not clean)

@@ -1,0 +1,424 @@
+"""The main window: palette and tensor map on the left, budgets and command/settings on the
+right."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+import resources
+from core import catalog
+from core.autoplace import AutoPlacement
+from core.cmdline import import_command
+from core.devices import Rig
+from core.errors import MoeStudioError
+from core.gguf_file import IsCancelled, Progress
+from core.hardware.rigs import list_presets, load_preset, load_rig_file
+from core.model import ModelLayout, open_model
+from core.placement import initial_plan
+from core.planning import Planner
+from core.settings import Settings
+from core.units import format_bytes, format_params
+from gui import theme
+from gui.budget.budget_plot import BudgetPlot
+from gui.command_view import CommandView
+from gui.dialogs import ImportCommandDialog, MachineDialog, RpcDialog
+from gui.document import Document
+from gui.messages import show_error
+from gui.palette import DevicePalette
+from gui.settings_panel import SettingsPanel
+from gui.tasks import TaskRunner, Work
+from gui.tensor_map.model import TensorMapModel
+from gui.tensor_map.view import TensorMapView
+
+log = logging.getLogger(__name__)
+MAX_RECENT = 10
+Opened = tuple[ModelLayout, Settings, AutoPlacement]
+
+
+def prepare_plan(
+    layout: ModelLayout, rig: Rig, settings: Settings
+) -> tuple[Settings, AutoPlacement]:
+    """Advisor-chosen -b/-ub, then auto-placement: what a newly opened model starts with."""
+    planner = Planner(layout, rig, settings)
+    tuned = planner.advise_batch(initial_plan(layout))
+    planner.update(settings=tuned)
+    return tuned, planner.auto_place(initial_plan(layout))
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, document: Document, qsettings: QSettings | None = None) -> None:
+        super().__init__()
+        self.document = document
+        self.qsettings = qsettings or QSettings()
+        self.tasks = TaskRunner(self)
+        self.setWindowIcon(QIcon(str(resources.path("icons/moe-studio.svg"))))
+        self.tensor_model = TensorMapModel(document)
+        self.tensor_view = TensorMapView(document, self.tensor_model)
+        self.device_palette = DevicePalette(document)
+        self.budget = BudgetPlot(document)
+        self.command_view = CommandView(document)
+        self.settings_panel = SettingsPanel(document)
+        self._build_layout()
+        self._build_menus()
+        self._build_status()
+        self.device_palette.brush_changed.connect(self._on_palette_brush_changed)
+        self.tensor_view.auto_place_requested.connect(self.auto_place)
+        document.dirty_changed.connect(self.setWindowModified)
+        document.model_changed.connect(self._update_title)
+        document.plan_changed.connect(self._update_status)
+        document.rig_changed.connect(self._update_status)
+        document.settings_changed.connect(self._update_status)
+        self.tasks.progressed.connect(self._on_tasks_progressed)
+        self.tasks.failed.connect(self._on_tasks_failed)
+        self.tasks.running_changed.connect(self._on_tasks_running_changed)
+        self._update_title()
+        self._update_status()
+        self.resize(1280, 800)
+        geometry = self.qsettings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+
+    # --- construction --------------------------------------------------------------------------
+
+    def _build_layout(self) -> None:
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(6, 6, 0, 6)
+        left_layout.addWidget(self.device_palette)
+        left_layout.addWidget(self.tensor_view, 1)
+        hint = QLabel(
+            "Pick a device above and click or drag across cells to paint them; or select cells "
+            "and drag them onto a device or its bar. Keys: digits = CUDA n, C = CPU, P = pin."
+        )
+        hint.setWordWrap(True)
+        hint.setStyleSheet("color: palette(placeholder-text); font-size: 11px;")
+        left_layout.addWidget(hint)
+
+        tabs = QTabWidget()
+        tabs.addTab(self.command_view, "Command")
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.settings_panel)
+        tabs.addTab(scroll, "Settings")
+        self.tabs = tabs
+
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.addWidget(self.budget)
+        right.addWidget(tabs)
+        right.setStretchFactor(0, 2)
+        right.setStretchFactor(1, 3)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(right)
+        split.setStretchFactor(0, 11)
+        split.setStretchFactor(1, 9)
+        split.setSizes([700, 580])
+        self.splitter = split
+        self.setCentralWidget(split)
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file = bar.addMenu("&File")
+        open_action = file.addAction("&Open model…", self.open_model_dialog)
+        open_action.setShortcut(QKeySequence.StandardKey.Open)
+        builtin = file.addMenu("Open &built-in model")
+        for key, entry in catalog.CATALOG.items():
+            sub = builtin.addMenu(entry.title)
+            for recipe in entry.recipes:
+                sub.addAction(recipe, partial(self.open_catalog, f"{key}@{recipe}"))
+        self.recent_menu = file.addMenu("Open &recent")
+        self._fill_recent()
+        file.addSeparator()
+        file.addAction("&Import command…", self.import_command_dialog).setShortcut("Ctrl+I")
+        file.addSeparator()
+        quit_action = file.addAction("&Quit", self.close)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+
+        edit = bar.addMenu("&Edit")
+        undo = self.document.undo_stack.createUndoAction(self, "&Undo")
+        undo.setShortcut(QKeySequence.StandardKey.Undo)
+        redo = self.document.undo_stack.createRedoAction(self, "&Redo")
+        redo.setShortcuts(
+            [QKeySequence("Ctrl+Shift+Z"), QKeySequence(QKeySequence.StandardKey.Redo)]
+        )
+        edit.addAction(undo)
+        edit.addAction(redo)
+        edit.addSeparator()
+        edit.addAction("&Auto-place the rest", self.auto_place).setShortcut("Ctrl+Shift+A")
+        edit.addAction("&Reset all", lambda: self.document.reset_cells(None))
+        edit.addAction("Select &all", self.tensor_view.selectAll).setShortcut(
+            QKeySequence.StandardKey.SelectAll
+        )
+        self.undo_action, self.redo_action = undo, redo
+
+        view = bar.addMenu("&View")
+        rows = view.addMenu("Rows")
+        for size in (1, 2, 4, 8):
+            label = "One row per layer" if size == 1 else f"{size} layers per row"
+            rows.addAction(label, partial(self.tensor_model.set_group_size, size))
+        look = view.addMenu("Palette")
+        for mode in ("system", "light", "dark"):
+            look.addAction(mode.capitalize(), partial(self.set_palette_mode, mode))
+
+        hardware = bar.addMenu("&Hardware")
+        hardware.addAction("&Detected hardware", self.detect_hardware)
+        presets = hardware.addMenu("&Presets")
+        for name in list_presets():
+            presets.addAction(name, partial(self.use_preset, name))
+        hardware.addAction("Open rig &file…", self.open_rig_file)
+        hardware.addAction("Plan for &another machine…", self.plan_for_another_machine)
+        hardware.addAction("Add &RPC device…", self.add_rpc_device)
+
+        help_menu = bar.addMenu("&Help")
+        help_menu.addAction("&About MoE Studio", self._about)
+
+    def _build_status(self) -> None:
+        status = self.statusBar()
+        self.status_label = QLabel()
+        status.addWidget(self.status_label, 1)
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(220)
+        self.progress.setRange(0, 1000)
+        self.progress.hide()
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.hide()
+        self.cancel_button.clicked.connect(self.tasks.cancel)
+        box = QWidget()
+        row = QHBoxLayout(box)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.progress)
+        row.addWidget(self.cancel_button)
+        status.addPermanentWidget(box)
+
+    # --- model ---------------------------------------------------------------------------------
+
+    def open_model_dialog(self) -> None:
+        start = str(self.qsettings.value("paths/models", str(Path.home())))
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a GGUF model (any shard)", start, "GGUF models (*.gguf);;All files (*)"
+        )
+        if path:
+            self.qsettings.setValue("paths/models", str(Path(path).parent))
+            self.open_path(path)
+
+    def open_path(self, path: str) -> None:
+        """Open a model file off the GUI thread; errors leave the current model open."""
+        rig = self.document.rig
+        settings = self.document.settings
+
+        def work(
+            progress: Progress, cancelled: IsCancelled
+        ) -> tuple[ModelLayout, object, AutoPlacement]:
+            layout = open_model(path, progress=progress, cancelled=cancelled)
+            tuned, placed = prepare_plan(layout, rig, settings)
+            return layout, tuned, placed
+
+        self._start(
+            work, f"Opening {Path(path).name}", lambda result: self._on_model_opened(result, path)
+        )
+
+    def open_catalog(self, spec: str) -> None:
+        rig = self.document.rig
+        settings = self.document.settings
+
+        def work(
+            progress: Progress, cancelled: IsCancelled
+        ) -> tuple[ModelLayout, object, AutoPlacement]:
+            layout = catalog.load_catalog(spec)
+            tuned, placed = prepare_plan(layout, rig, settings)
+            return layout, tuned, placed
+
+        self._start(work, f"Opening {spec}", lambda result: self._on_model_opened(result, None))
+
+    def _start(self, work: Work, text: str, done: Callable[[Any], None]) -> None:
+        self.status_label.setText(text + "…")
+        self.tasks.start(work, done)
+
+    def _on_model_opened(self, result: Opened, path: str | None) -> None:
+        layout, settings, placed = result
+        self.document.set_model(layout, placed.plan, settings)
+        self.command_view.extra_notes = list(placed.notes) + [
+            f"would help: {s}" for s in placed.suggestions
+        ]
+        self.command_view.refresh()
+        for warning in layout.warnings:
+            log.warning("%s", warning)
+        if path:
+            self._add_recent(path)
+        self._update_status()
+
+    def _on_tasks_failed(self, error: object) -> None:
+        self._update_status()
+        assert isinstance(error, BaseException)
+        self.last_error_dialog = show_error(self, "Cannot open the model", error)
+
+    def _on_tasks_progressed(self, fraction: float, text: str) -> None:
+        self.progress.setValue(int(fraction * 1000))
+        self.progress.setFormat(text)
+
+    def _on_tasks_running_changed(self, running: bool) -> None:
+        self.progress.setVisible(running)
+        self.cancel_button.setVisible(running)
+        if not running:
+            self._update_status()
+
+    # --- recent files --------------------------------------------------------------------------
+
+    def recent(self) -> list[str]:
+        value = self.qsettings.value("recent/models", [])
+        if isinstance(value, str):
+            return [value]
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    def _add_recent(self, path: str) -> None:
+        items = [p for p in self.recent() if p != path]
+        self.qsettings.setValue("recent/models", [path, *items][:MAX_RECENT])
+        self._fill_recent()
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        items = self.recent()
+        for path in items:
+            self.recent_menu.addAction(path, partial(self.open_path, path))
+        self.recent_menu.setEnabled(bool(items))
+
+    # --- editing -------------------------------------------------------------------------------
+
+    def auto_place(self) -> None:
+        placed = self.document.auto_place()
+        self.command_view.extra_notes = list(placed.notes) + [
+            f"would help: {s}" for s in placed.suggestions
+        ]
+        self.command_view.refresh()
+
+    def import_command_dialog(self) -> None:
+        dialog = ImportCommandDialog(self)
+        if dialog.exec():
+            self.import_command_text(dialog.command())
+
+    def import_command_text(self, text: str) -> bool:
+        try:
+            plan, imported, rig = import_command(text, self.document.layout, self.document.rig)
+        except MoeStudioError as exc:
+            self.last_error_dialog = show_error(self, "Cannot import the command", exc)
+            return False
+        if rig != self.document.rig:
+            self.document.set_rig(rig)
+        self.document.replace_plan(plan, "Import command")
+        self.document.set_settings(imported.settings, "Import command settings")
+        self.command_view.extra_notes = list(imported.notes)
+        self.command_view.refresh()
+        return True
+
+    # --- hardware ------------------------------------------------------------------------------
+
+    def detect_hardware(self) -> None:
+        from core.hardware.detect import detect_rig
+
+        def work(progress: Progress, cancelled: IsCancelled) -> Rig:
+            return detect_rig()
+
+        self._start(work, "Detecting hardware", self._on_rig_ready)
+
+    def _on_rig_ready(self, rig: object) -> None:
+        assert isinstance(rig, Rig)
+        self.document.set_rig(rig)
+        if rig.notes:
+            self.command_view.extra_notes = list(rig.notes)
+            self.command_view.refresh()
+
+    def use_preset(self, name: str) -> None:
+        try:
+            self.document.set_rig(load_preset(name))
+        except MoeStudioError as exc:
+            self.last_error_dialog = show_error(self, "Cannot use the preset", exc)
+
+    def open_rig_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a rig file", str(Path.home()), "Rig files (*.toml);;All files (*)"
+        )
+        if not path:
+            return
+        try:
+            self.document.set_rig(load_rig_file(path))
+        except MoeStudioError as exc:
+            self.last_error_dialog = show_error(self, "Cannot use the rig file", exc)
+
+    def plan_for_another_machine(self) -> None:
+        dialog = MachineDialog(self.document.rig, self)
+        if dialog.exec() and dialog.result_rig is not None:
+            self.document.set_rig(dialog.result_rig)
+
+    def add_rpc_device(self) -> None:
+        dialog = RpcDialog(self.document.rig, self)
+        if dialog.exec() and dialog.result_rig is not None:
+            self.document.set_rig(dialog.result_rig)
+
+    # --- look ----------------------------------------------------------------------------------
+
+    def set_palette_mode(self, mode: str) -> None:
+        app = QApplication.instance()
+        if isinstance(app, QApplication):
+            theme.apply_palette(app, mode)
+            self.qsettings.setValue("view/palette", mode)
+            self.budget.refresh()
+
+    def _update_title(self) -> None:
+        self.setWindowTitle(f"{self.document.layout.name} — MoE Studio[*]")
+        self.setWindowModified(self.document.is_dirty)
+
+    def _update_status(self, *args: object) -> None:
+        layout = self.document.layout
+        rig = self.document.rig
+        _, estimate = self.document.estimate()
+        gpus = (
+            ", ".join(f"{d.name} {format_bytes(d.memory_total, precision=0)}" for d in rig.devices)
+            or "no GPU"
+        )
+        fits = "fits" if estimate.fits else "does NOT fit"
+        self.status_label.setText(
+            f"{layout.name}: {format_params(layout.total_params)} params, "
+            f"{format_bytes(layout.total_bytes)} · {rig.name}: {gpus}, "
+            f"{format_bytes(rig.host.ram_total, precision=0)} RAM · {fits}"
+        )
+
+    def _about(self) -> None:
+        from core import __version__
+
+        QMessageBox.about(
+            self,
+            "About MoE Studio",
+            f"MoE Studio {__version__}\n\nPlan, launch and monitor Mixture-of-Experts models "
+            "on ik_llama.cpp and llama.cpp.",
+        )
+
+    def _on_palette_brush_changed(self, device: str) -> None:
+        self.tensor_view.set_brush(device or None)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.tasks.cancel()
+        self.qsettings.setValue("window/geometry", self.saveGeometry())
+        super().closeEvent(event)

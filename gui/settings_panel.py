@@ -1,0 +1,246 @@
+"""Run settings: every field feeds the estimate, the advice and the command at once.
+
+Edits become one ``SettingsCommand`` each (undoable); the panel refreshes itself from the document
+when settings change elsewhere (undo, import, opening a profile).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QLineEdit,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
+from core.settings import Settings
+from core.units import MiB
+from gui.document import Document
+
+BATCH_CHOICES = ["128", "256", "512", "1024", "2048", "4096", "8192"]
+
+
+def _combo(items: list[str], editable: bool = False) -> QComboBox:
+    box = QComboBox()
+    box.addItems(items)
+    box.setEditable(editable)
+    return box
+
+
+def _spin(lo: int, hi: int, step: int = 1, special: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setSingleStep(step)
+    box.setKeyboardTracking(False)
+    if special:
+        box.setSpecialValueText(special)
+    return box
+
+
+class SettingsPanel(QWidget):
+    def __init__(self, document: Document, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._document = document
+        self._updating = False
+        layout = QVBoxLayout(self)
+
+        run = QGroupBox("Context and batches")
+        form = QFormLayout(run)
+        self.ctx = _spin(256, 1 << 20, 1024)
+        self.ctx.setToolTip("-c: context size in tokens (always written explicitly)")
+        self.cache_k = _combo(list(CACHE_TYPES_IK))
+        self.cache_v = _combo(list(CACHE_TYPES_IK))
+        self.batch = _combo(BATCH_CHOICES, editable=True)
+        self.ubatch = _combo(BATCH_CHOICES, editable=True)
+        self.ubatch.setToolTip(
+            "-ub: physical batch. Large values let the GPU take over RAM-resident experts during "
+            "prompt processing but need a larger compute buffer (see the advice)."
+        )
+        self.parallel = _spin(1, 64)
+        self.flash = QCheckBox("Flash attention (-fa on)")
+        form.addRow("Context (-c)", self.ctx)
+        form.addRow("K cache (-ctk)", self.cache_k)
+        form.addRow("V cache (-ctv)", self.cache_v)
+        form.addRow("Batch (-b)", self.batch)
+        form.addRow("Micro-batch (-ub)", self.ubatch)
+        form.addRow("Slots (-np)", self.parallel)
+        form.addRow("", self.flash)
+        layout.addWidget(run)
+
+        engine = QGroupBox("Engine")
+        form = QFormLayout(engine)
+        self.dialect = _combo(["ik", "mainline"])
+        self.dialect.setToolTip("ik_llama.cpp or mainline llama.cpp: flags and buffer names differ")
+        self.mla = _combo(["default (3)", "0", "1", "2", "3"])
+        self.amb = _spin(0, 65536, 64, "default (256)")
+        self.rtr = QCheckBox("Run-time repack (-rtr)")
+        self.graph = QCheckBox("Graph split mode (-sm graph)")
+        self.merge_qkv = QCheckBox("Merge Q/K/V (--merge-qkv)")
+        self.no_mmap = QCheckBox("Load into RAM instead of mmap (--no-mmap / -lm none)")
+        form.addRow("Dialect", self.dialect)
+        form.addRow("MLA mode (-mla)", self.mla)
+        form.addRow("Attention max batch (-amb MiB)", self.amb)
+        form.addRow("", self.rtr)
+        form.addRow("", self.graph)
+        form.addRow("", self.merge_qkv)
+        form.addRow("", self.no_mmap)
+        layout.addWidget(engine)
+
+        host = QGroupBox("Threads, NUMA and server")
+        form = QFormLayout(host)
+        self.threads = _spin(0, 1024, 1, "default")
+        self.threads_batch = _spin(0, 1024, 1, "default")
+        self.numa = _combo(["", "distribute", "isolate", "numactl"])
+        self.host = QLineEdit()
+        self.port = _spin(1, 65535)
+        self.metrics = QCheckBox("Enable /metrics (--metrics)")
+        self.extra = QLineEdit()
+        self.extra.setPlaceholderText("extra llama-server arguments, passed verbatim")
+        form.addRow("Threads (-t)", self.threads)
+        form.addRow("Batch threads (-tb)", self.threads_batch)
+        form.addRow("NUMA (--numa)", self.numa)
+        form.addRow("Host", self.host)
+        form.addRow("Port", self.port)
+        form.addRow("", self.metrics)
+        form.addRow("Extra arguments", self.extra)
+        layout.addWidget(host)
+
+        budget = QGroupBox("Estimator")
+        form = QFormLayout(budget)
+        self.reserve = _spin(0, 16384, 64)
+        self.reserve.setSuffix(" MiB")
+        self.reserve.setToolTip("Memory kept free on every GPU and RPC device")
+        self.overhead = _spin(0, 16384, 50)
+        self.overhead.setSuffix(" MiB")
+        self.overhead.setToolTip("CUDA context, cuBLAS workspace and pool slack per GPU")
+        form.addRow("Reserve per device", self.reserve)
+        form.addRow("CUDA overhead per GPU", self.overhead)
+        layout.addWidget(budget)
+        layout.addStretch(1)
+
+        for spin in (
+            self.ctx,
+            self.parallel,
+            self.amb,
+            self.threads,
+            self.threads_batch,
+            self.port,
+            self.reserve,
+            self.overhead,
+        ):
+            spin.valueChanged.connect(self._on_field_changed)
+        for combo in (self.cache_k, self.cache_v, self.dialect, self.mla, self.numa):
+            combo.currentIndexChanged.connect(self._on_field_changed)
+        for combo in (self.batch, self.ubatch):
+            combo.currentTextChanged.connect(self._on_field_changed)
+        for check in (self.flash, self.rtr, self.graph, self.merge_qkv, self.no_mmap, self.metrics):
+            check.toggled.connect(self._on_field_changed)
+        for line in (self.host, self.extra):
+            line.editingFinished.connect(self._on_field_changed)
+        document.settings_changed.connect(self.load)
+        document.model_changed.connect(self.load)
+        self.load()
+
+    def load(self) -> None:
+        """Show the document's settings (without echoing changes back)."""
+        s = self._document.settings
+        self._updating = True
+        try:
+            self.ctx.setValue(s.ctx)
+            self._set_combo(self.cache_k, s.cache_type_k)
+            self._set_combo(self.cache_v, s.cache_type_v)
+            self.batch.setCurrentText(str(s.batch))
+            self.ubatch.setCurrentText(str(s.ubatch))
+            self.parallel.setValue(s.parallel)
+            self.flash.setChecked(s.flash_attn)
+            self._set_combo(self.dialect, s.dialect)
+            self.mla.setCurrentIndex(0 if s.mla is None else s.mla + 1)
+            self.amb.setValue(s.amb or 0)
+            self.rtr.setChecked(s.rtr)
+            self.graph.setChecked(s.split_mode_graph)
+            self.merge_qkv.setChecked(s.merge_qkv)
+            self.no_mmap.setChecked(s.no_mmap)
+            self.threads.setValue(s.threads or 0)
+            self.threads_batch.setValue(s.threads_batch or 0)
+            self._set_combo(self.numa, s.numa)
+            self.host.setText(s.host)
+            self.port.setValue(s.port)
+            self.metrics.setChecked(s.metrics)
+            self.extra.setText(shlex.join(s.extra_args))
+            self.reserve.setValue(s.reserve // MiB)
+            self.overhead.setValue(s.gpu_overhead // MiB)
+            ik = s.is_ik
+            mla_model = self._document.layout.hparams.is_mla
+            self.mla.setEnabled(ik and mla_model)
+            for w in (self.amb, self.rtr, self.graph, self.merge_qkv):
+                w.setEnabled(ik)
+            allowed = CACHE_TYPES_IK if ik else CACHE_TYPES_MAINLINE
+            for combo in (self.cache_k, self.cache_v):
+                model = combo.model()
+                for i in range(combo.count()):
+                    item = model.item(i) if hasattr(model, "item") else None
+                    if item is not None:
+                        item.setEnabled(combo.itemText(i) in allowed)
+        finally:
+            self._updating = False
+
+    def _set_combo(self, combo: QComboBox, text: str) -> None:
+        i = combo.findText(text, Qt.MatchFlag.MatchFixedString)
+        if i < 0:
+            combo.addItem(text)
+            i = combo.count() - 1
+        combo.setCurrentIndex(i)
+
+    def current(self) -> Settings:
+        """The settings the fields show."""
+        s = self._document.settings
+
+        def as_int(text: str, fallback: int) -> int:
+            try:
+                return max(1, int(text))
+            except ValueError:
+                return fallback
+
+        try:
+            extra = tuple(shlex.split(self.extra.text()))
+        except ValueError:
+            extra = s.extra_args
+        mla_index = self.mla.currentIndex()
+        return s.with_(
+            ctx=self.ctx.value(),
+            cache_type_k=self.cache_k.currentText(),
+            cache_type_v=self.cache_v.currentText(),
+            batch=as_int(self.batch.currentText(), s.batch),
+            ubatch=as_int(self.ubatch.currentText(), s.ubatch),
+            parallel=self.parallel.value(),
+            flash_attn=self.flash.isChecked(),
+            dialect=self.dialect.currentText(),
+            mla=None if mla_index <= 0 else mla_index - 1,
+            amb=self.amb.value() or None,
+            rtr=self.rtr.isChecked(),
+            split_mode_graph=self.graph.isChecked(),
+            merge_qkv=self.merge_qkv.isChecked(),
+            no_mmap=self.no_mmap.isChecked(),
+            threads=self.threads.value() or None,
+            threads_batch=self.threads_batch.value() or None,
+            numa=self.numa.currentText(),
+            host=self.host.text().strip() or "127.0.0.1",
+            port=self.port.value(),
+            metrics=self.metrics.isChecked(),
+            extra_args=extra,
+            reserve=self.reserve.value() * MiB,
+            gpu_overhead=self.overhead.value() * MiB,
+        )
+
+    def _on_field_changed(self, *_: object) -> None:
+        if self._updating:
+            return
+        self._document.set_settings(self.current())

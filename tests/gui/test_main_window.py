@@ -1,0 +1,217 @@
+"""The main window: start-up demo, budgets follow every change, preview = core command, errors,
+settings, import, screenshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QPointF, QSettings, Qt
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from core.cmdline import build_command
+from core.placement import cell_device, expert_cells
+from core.tensors import TensorGroup
+from core.units import GiB
+from gui.app import _parser, build_window, demo_document
+from gui.main_window import MainWindow
+
+from .conftest import drag_enter_event, drag_move_event, rig_of, save_screenshot
+
+G = TensorGroup
+
+
+def _assert_bars_equal_estimate(window: MainWindow) -> None:
+    _, estimate = window.document.estimate()
+    drawn = window.budget.bar_heights()
+    for d in estimate.devices:
+        for segment in ("weights", "kv", "compute", "overhead"):
+            assert drawn[d.name][segment] == pytest.approx(getattr(d, segment), rel=1e-9, abs=1.0)
+    assert sorted(window.budget.overflowing()) == sorted(
+        d.name for d in estimate.devices if not d.fits
+    )
+
+
+def test_start_up_shows_the_auto_placed_demo(
+    qtbot: object, qsettings: QSettings, tmp_path: Path
+) -> None:
+    window = build_window(_parser().parse_args([]), qsettings)
+    qtbot.addWidget(window)  # type: ignore[attr-defined]
+    window.show()
+    doc = window.document
+    assert doc.layout.source == "catalog:deepseek-v3@IQ2_KS"
+    assert doc.rig.gpus[0].memory_total == 24 * 10**9 or doc.rig.gpus[0].memory_total == 24 * GiB
+    assert doc.rig.host.ram_total >= 250 * 10**9
+    assert window.tensor_model.rowCount() == 62
+    assert cell_device(doc.layout, doc.plan, (10, G.ATTENTION)) == "CUDA0"
+    _, est = doc.estimate()
+    assert est.fits
+    assert window.command_view.command_text().startswith("llama-server -m deepseek-v3-IQ2_KS")
+    _assert_bars_equal_estimate(window)
+    save_screenshot(window, "01-demo-start.png", tmp_path)
+
+
+def test_budget_bars_follow_every_change_and_undo(window: MainWindow, tmp_path: Path) -> None:
+    doc = window.document
+    _assert_bars_equal_estimate(window)
+    first = doc.plan
+    # Move 10 expert layers to CUDA0: over budget, drawn as overflow.
+    doc.assign_cells(expert_cells(doc.layout, 20, 29), "CUDA0")
+    _assert_bars_equal_estimate(window)
+    _, est = doc.estimate()
+    assert not est.device("CUDA0").fits  # type: ignore[union-attr]
+    assert "CUDA0" in window.budget.overflowing()
+    QApplication.processEvents()
+    save_screenshot(window, "02-ten-expert-layers-on-cuda0-over-budget.png", tmp_path)
+    doc.undo_stack.undo()
+    assert doc.plan == first
+    _assert_bars_equal_estimate(window)
+    doc.undo_stack.redo()
+    _assert_bars_equal_estimate(window)
+
+
+def test_ten_expert_layers_on_a_bigger_gpu(
+    qtbot: object, qsettings: QSettings, tmp_path: Path
+) -> None:
+    doc = demo_document()
+    doc.set_rig(rig_of(96, ram=256))
+    window = MainWindow(doc, qsettings)
+    qtbot.addWidget(window)  # type: ignore[attr-defined]
+    window.resize(1280, 800)
+    window.show()
+    doc.assign_cells(expert_cells(doc.layout, 10, 19), "CUDA0")
+    _assert_bars_equal_estimate(window)
+    assert doc.estimate()[1].device("CUDA0").fits  # type: ignore[union-attr]
+    QApplication.processEvents()
+    save_screenshot(window, "03-ten-expert-layers-on-cuda0.png", tmp_path)
+
+
+def test_preview_equals_the_core_command_builder(window: MainWindow, qtbot: object) -> None:
+    doc = window.document
+
+    def core_command() -> str:
+        return build_command(
+            doc.layout, doc.plan, doc.rig, doc.settings, executable=doc.executable
+        ).shell()
+
+    assert window.command_view.command_text() == core_command()
+    doc.assign_cells(expert_cells(doc.layout, 4, 6), "CUDA0")
+    qtbot.waitUntil(lambda: window.command_view.command_text() == core_command())  # type: ignore[attr-defined]
+    window.settings_panel.ctx.setValue(16384)
+    assert doc.settings.ctx == 16384
+    qtbot.waitUntil(lambda: "-c 16384" in window.command_view.command_text())  # type: ignore[attr-defined]
+    assert window.command_view.command_text() == core_command()
+    window.command_view.dialect.setCurrentIndex(1)  # mainline
+    assert doc.settings.dialect == "mainline"
+    qtbot.waitUntil(lambda: "-fit off" in window.command_view.command_text())  # type: ignore[attr-defined]
+    assert window.command_view.command_text() == core_command()
+    doc.undo_stack.undo()
+    assert doc.settings.dialect == "ik"
+
+
+def test_settings_changes_feed_the_estimate(window: MainWindow) -> None:
+    doc = window.document
+    kv_before = doc.estimate()[1].device("CUDA0").kv  # type: ignore[union-attr]
+    window.settings_panel.ctx.setValue(doc.settings.ctx * 2)
+    kv_after = doc.estimate()[1].device("CUDA0").kv  # type: ignore[union-attr]
+    assert kv_after > kv_before * 1.9
+    _assert_bars_equal_estimate(window)
+    window.settings_panel.cache_k.setCurrentText("f16")
+    window.settings_panel.cache_v.setCurrentText("f16")
+    assert doc.settings.cache_type_k == "f16"
+
+
+def test_drop_cells_on_a_budget_bar(window: MainWindow) -> None:
+    doc = window.document
+    model = window.tensor_model
+    column = model.columns.index(G.EXPS_DOWN)
+    mime = model.mimeData([model.index(1 + 40, column)])  # experts down, layer 40 (on the CPU)
+    plot = window.budget
+    pos = None
+    for x in range(0, plot.viewport().width(), 4):
+        for y in range(0, plot.viewport().height(), 8):
+            if plot.device_at(QPointF(x, y)) == "CUDA0":
+                pos = QPointF(x, y)
+                break
+        if pos:
+            break
+    assert pos is not None
+    enter = drag_enter_event(pos, mime)
+    QApplication.sendEvent(plot.viewport(), enter)  # a scroll area gets drops on its viewport
+    assert enter.isAccepted()
+    move = drag_move_event(pos, mime)
+    QApplication.sendEvent(plot.viewport(), move)  # Qt delivers a drop only after an accepted move
+    assert move.isAccepted()
+    drop = QDropEvent(
+        pos,
+        Qt.DropAction.MoveAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    QApplication.sendEvent(plot.viewport(), drop)
+    assert cell_device(doc.layout, doc.plan, (40, G.EXPS_DOWN)) == "CUDA0"
+
+
+def test_opening_a_corrupt_file_shows_one_error_and_keeps_the_model(
+    window: MainWindow, qtbot: object, tmp_path: Path
+) -> None:
+    bad = tmp_path / "broken-00001-of-00002.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 12)
+    before_layout, before_plan = window.document.layout, window.document.plan
+    window.open_path(str(bad))
+    qtbot.waitUntil(lambda: getattr(window, "last_error_dialog", None) is not None, timeout=10000)  # type: ignore[attr-defined]
+    dialog = window.last_error_dialog
+    assert isinstance(dialog, QMessageBox)
+    assert "broken-00001-of-00002.gguf" in dialog.text()
+    assert "Traceback" not in dialog.text()
+    assert window.document.layout is before_layout and window.document.plan == before_plan
+    dialog.close()
+
+
+def test_opening_a_real_file_off_the_gui_thread(
+    window: MainWindow, qtbot: object, tiny_qwen3moe: Path
+) -> None:
+    window.open_path(str(tiny_qwen3moe))
+    qtbot.waitUntil(lambda: window.document.layout.source == str(tiny_qwen3moe), timeout=10000)  # type: ignore[attr-defined]
+    assert window.tensor_model.rowCount() == window.document.layout.n_layer + 1
+    assert window.recent()[0] == str(tiny_qwen3moe)
+    assert window.document.undo_stack.count() == 0
+
+
+def test_import_command_pins_what_it_decides(window: MainWindow) -> None:
+    doc = window.document
+    assert window.import_command_text(
+        r'llama-server -m x.gguf -ngl 999 -ot "blk\.(3|4|5)\.ffn_.*_exps=CUDA0" '
+        "-ot exps=CPU -c 8192 -ub 2048"
+    )
+    assert cell_device(doc.layout, doc.plan, (4, G.EXPS_UP)) == "CUDA0"
+    assert cell_device(doc.layout, doc.plan, (6, G.EXPS_UP)) == "CPU"
+    assert doc.plan.pinned == frozenset(doc.layout.cells)
+    assert doc.settings.ctx == 8192 and doc.settings.ubatch == 2048
+    assert not window.import_command_text(
+        "llama-server -c 4096"
+    )  # no -m: an error dialog, no change
+    assert "no -m" in window.last_error_dialog.text()
+    window.last_error_dialog.close()
+
+
+def test_window_geometry_is_remembered(qtbot: object, qsettings: QSettings) -> None:
+    doc = demo_document()
+    first = MainWindow(doc, qsettings)
+    qtbot.addWidget(first)  # type: ignore[attr-defined]
+    first.resize(700, 500)
+    first.show()
+    first.close()
+    second = MainWindow(demo_document(), qsettings)
+    qtbot.addWidget(second)  # type: ignore[attr-defined]
+    assert (second.width(), second.height()) == (700, 500)
+
+
+def test_dark_palette_and_full_hd(window: MainWindow, tmp_path: Path) -> None:
+    window.set_palette_mode("dark")
+    window.resize(1920, 1080)
+    QApplication.processEvents()
+    save_screenshot(window, "04-dark-1920x1080.png", tmp_path)
+    window.set_palette_mode("light")
