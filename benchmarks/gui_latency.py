@@ -98,11 +98,13 @@ def assignment_latency(samples: int = 60) -> tuple[float, float]:
 def main() -> None:
     median, worst = assignment_latency()
     print(
-        f"cell assignment → budget plot updated: median {median * 1000:.2f} ms, worst {worst * 1000:.2f} ms (target ≤ 16 ms)"
+        f"cell assignment → budget plot updated: median {median * 1000:.2f} ms, "
+        f"worst {worst * 1000:.2f} ms (target ≤ 16 ms)"
     )
     base, app = cold_start()
     print(
-        f"cold start: import PySide6.QtWidgets+pyqtgraph {base:.3f} s, first painted window {app:.3f} s"
+        f"cold start: import PySide6.QtWidgets+pyqtgraph {base:.3f} s, "
+        f"first painted window {app:.3f} s"
     )
     print(f"  difference {app - base:.3f} s (target ≤ 0.8 s)")
 
