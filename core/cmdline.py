@@ -312,10 +312,18 @@ class ImportedCommand:
 
 
 def split_command(text: str) -> list[str]:
-    """Split a pasted shell command: quotes, ``\\`` line continuations, ``$`` prompts, comments."""
+    """Split a pasted shell command: quotes, ``\\`` line continuations, ``$`` prompts, comments,
+    and the script our bash export writes (``set``, ``export NAME=value``, ``exec``)."""
     text = re.sub(r"\\\r?\n", " ", text)
     text = re.sub(r"\^\r?\n", " ", text)  # Windows cmd continuation
-    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    lines = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or re.match(r"set\s", stripped):
+            continue
+        stripped = re.sub(r"^export\s+", "", stripped)
+        stripped = re.sub(r"^exec\s+", "", stripped)
+        lines.append(stripped)
     text = " ".join(lines).strip()
     if text.startswith("$ "):
         text = text[2:]

@@ -88,6 +88,7 @@ def self_test() -> int:
     window.show()
     app.processEvents()
     image = window.grab()
+    name, rows = window.document.layout.name, window.tensor_model.rowCount()
     problems = []
     if window.tensor_model.rowCount() < 2:
         problems.append("the tensor map is empty")
@@ -96,12 +97,14 @@ def self_test() -> int:
     if image.isNull():
         problems.append("the window could not be painted")
     window.close()
+    # Delete the window while the application still runs: leaving it to interpreter shutdown
+    # crashes PySide now and then (objects destroyed after QApplication).
+    window.deleteLater()
+    app.processEvents()
     if problems:
         sys.stderr.write("self-test failed: " + "; ".join(problems) + "\n")
         return 1
-    sys.stdout.write(
-        f"self-test passed: {window.document.layout.name}, {window.tensor_model.rowCount()} rows\n"
-    )
+    sys.stdout.write(f"self-test passed: {name}, {rows} rows\n")
     return 0
 
 

@@ -11,7 +11,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     from core import cli
 
-    if args and (args[0] in cli.command_names() or args[0] in ("-h", "--help")):
+    if args and (args[0] in cli.command_names() or args[0] in ("-h", "--help", "--version")):
         return cli.main(args)
     from gui.app import main as app_main
 
