@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from core.devices import CPU_NAME, Rig
 from core.ggml_types import Q8_0, TYPES
-from core.memory import cache_type
+from core.memory import cache_type, engine_settings
 from core.model import ModelLayout, TensorInfo
 from core.placement import Plan, layer_homes
 from core.settings import Settings
@@ -128,8 +128,10 @@ def plan_layer_split(layout: ModelLayout, plan: Plan, rig: Rig, settings: Settin
         )
     # The output layer comes after the last layer in both engines' split, so it defaults to the
     # last layer's device; -ot moves the output tensors when the plan wants them elsewhere.
+    # When every layer stays on the CPU, mainline's -ngl 1 still offloads the output layer
+    # (it is the first one offloaded), to the first device.
     del output_home
-    assigned.append(assigned[-1])
+    assigned.append(assigned[-1] if cpu_prefix < n_layer else order[0])
     ngl = (
         999
         if cpu_prefix == 0
@@ -164,7 +166,8 @@ def ik_layer_sizes(layout: ModelLayout, settings: Settings) -> tuple[list[float]
     worst per-layer compute. Mirrors ik ``src/llama.cpp`` (commit 8337e4cd) term by term."""
     hp = layout.hparams
     n_layer = hp.n_layer
-    ub = settings.ubatch
+    # common.cpp get_batch_ubatch: -b is capped at -c (the unpadded context), -ub at -b.
+    ub = min(settings.ubatch, settings.batch, settings.ctx or settings.batch)
     result = [0.0] * (n_layer + 1)
     ffn_exps = [0] * n_layer
     ffn_shexp = [0] * n_layer
@@ -238,7 +241,7 @@ def _ik_cache_size(layout: ModelLayout, settings: Settings, il: int, mla_mode: i
     hp = layout.hparams
     tk = cache_type(settings.cache_type_k)
     tv = cache_type(settings.cache_type_v)
-    cells = settings.kv_size
+    cells = settings.ctx  # ik sizes layers with the -c value (max_ctx_size), before padding
     if hp.is_mla and mla_mode:
         width = hp.kv_lora_rank + hp.n_rot
         if settings.flash_attn:
@@ -288,7 +291,7 @@ def ik_tensor_split(
     layout: ModelLayout, settings: Settings, split: LayerSplit
 ) -> tuple[float, ...]:
     """``-ts`` values that make ik's byte-based fill reproduce ``split`` exactly."""
-    sizes, mc = ik_layer_sizes(layout, settings)
+    sizes, mc = ik_layer_sizes(layout, engine_settings(layout, settings, split.ngl))
     n_layer = layout.n_layer
     i_gpu_start = n_layer - split.ngl if split.ngl < n_layer else 0
     n_last = n_layer + 1 if split.ngl > n_layer else n_layer
@@ -367,7 +370,7 @@ def engine_layer_devices(
         if len(devices) == 1:
             index = [0] * (n_layer + 1)
         else:
-            sizes, mc = ik_layer_sizes(layout, settings)
+            sizes, mc = ik_layer_sizes(layout, engine_settings(layout, settings, ngl))
             n_last = n_layer + 1 if ngl > n_layer else n_layer
             index = ik_assign(sizes, mc, splits, i_gpu_start, n_last)
         out = [devices[i] for i in index]

@@ -8,7 +8,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -68,6 +68,17 @@ class LlamaServer:
         self.log_path = log_path
         self.ready_timeout = ready_timeout
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def from_argv(
+        cls, argv: Sequence[str], *, port: int, log_path: Path, ready_timeout: float = 60.0
+    ) -> LlamaServer:
+        """A server for a complete command line (``core.cmdline.build_command``'s argv), which
+        already names the binary, the model, ``--host 127.0.0.1`` and ``--port port``."""
+        server = cls(Path(argv[0]), Path(), (), log_path=log_path, ready_timeout=ready_timeout)
+        server.port = port
+        server.argv = list(argv)
+        return server
 
     @property
     def output(self) -> str:
@@ -188,3 +199,136 @@ def launch_log(llama_server: StartServer) -> Callable[..., str]:
         return server.output
 
     return run
+
+
+# --- rpc-server ----------------------------------------------------------------------------------
+
+
+class RpcServers:
+    """``count`` ``rpc-server`` processes on 127.0.0.1 for the duration of a ``with`` block.
+
+    Entering starts them (``-H 127.0.0.1 -p PORT`` on free ports, one thread each) and waits until
+    each has accepted a probe connection; leaving terminates them (kills after 10 s).
+    :attr:`endpoints` are their ``host:port`` strings in start order.
+
+    A free port can be taken again before the server binds it (or a probe to a port nobody
+    listens on yet can connect to itself), so a server that exits or never logs the probe is
+    started again on another port, up to three times.
+    """
+
+    ATTEMPTS = 3
+
+    def __init__(
+        self, binary: Path, count: int, *, log_dir: Path, ready_timeout: float = 30.0
+    ) -> None:
+        self.binary = binary
+        self.count = count
+        self.endpoints: list[str] = []
+        self.log_dir = log_dir
+        self.ready_timeout = ready_timeout
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> RpcServers:
+        try:
+            for _ in range(self.count):
+                self.endpoints.append(self._start_one())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _start_one(self) -> str:
+        problems = []
+        for _ in range(self.ATTEMPTS):
+            port = free_port()
+            log_path = self.log_dir / f"rpc-server-{port}.log"
+            with log_path.open("wb") as log:
+                proc = subprocess.Popen(
+                    [str(self.binary), "-H", HOST, "-p", str(port), "-t", "1"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            self._procs.append(proc)
+            problem = self._wait_accepting(port, proc, log_path)
+            if problem is None:
+                return f"{HOST}:{port}"
+            problems.append(problem)
+            self._stop_proc(proc)
+            self._procs.remove(proc)
+        raise AssertionError("rpc-server did not start: " + "; ".join(problems))
+
+    def _wait_accepting(
+        self, port: int, proc: subprocess.Popen[bytes], log_path: Path
+    ) -> str | None:
+        """None once the server logged our probe connection, else what went wrong."""
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            code = proc.poll()
+            if code is not None:
+                tail = log_path.read_text(errors="replace")[-300:]
+                return f"port {port}: exited with status {code}: {tail!r}"
+            try:
+                socket.create_connection((HOST, port), timeout=1.0).close()
+            except OSError:
+                time.sleep(0.05)
+                continue
+            for _ in range(100):  # the server logs the accept right after it happens
+                if "Accepted client connection" in log_path.read_text(errors="replace"):
+                    return None
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.02)
+        return f"port {port}: accepted no probe connection in {self.ready_timeout:.0f} s"
+
+    @staticmethod
+    def _stop_proc(proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        """Terminate every server (kill after 10 s); safe to call twice."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs:
+            self._stop_proc(proc)
+        self._procs = []
+
+
+@pytest.fixture(scope="session")
+def rpc_server_binary(engine: Path) -> Path:
+    """``rpc-server`` beside the llama-server binary; skips the test when there is none."""
+    path = engine.with_name("rpc-server")
+    if not path.is_file() or not os.access(path, os.X_OK):
+        pytest.skip(
+            f"no rpc-server beside {engine}: build ik_llama.cpp with -DGGML_RPC=ON "
+            "to run the RPC tests"
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def rpc_endpoints(
+    rpc_server_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[str]]:
+    """Two ``rpc-server`` processes on 127.0.0.1, shared by a module's tests; their endpoints.
+
+    An rpc-server serves one client after another, so the module's llama-servers reuse them.
+    """
+    log_dir = tmp_path_factory.mktemp("rpc-servers")
+    with RpcServers(rpc_server_binary, 2, log_dir=log_dir) as servers:
+        yield servers.endpoints
