@@ -127,4 +127,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     window.show()
     QTimer.singleShot(0, window.raise_)
+    QTimer.singleShot(0, window.profiles.offer_recovery)
     return app.exec()

@@ -21,6 +21,7 @@ from core.memory import Estimate
 from core.model import Cell, ModelLayout
 from core.placement import Edit, Plan, assign, initial_plan, reset, set_pinned
 from core.planning import Planner, PlanResult
+from core.profiles import Profile, profile_from_plan, update_profile
 from core.settings import Settings
 from gui.commands import PlanCommand, SettingsCommand
 
@@ -36,6 +37,7 @@ class Document(QObject):
         model_changed: a new model (and plan) was loaded.
         rig_changed: the hardware changed.
         dirty_changed: the document became modified or clean.
+        profile_changed: the profile or its file changed (opened, saved as, new).
     """
 
     plan_changed = Signal(object)
@@ -43,6 +45,7 @@ class Document(QObject):
     model_changed = Signal()
     rig_changed = Signal()
     dirty_changed = Signal(bool)
+    profile_changed = Signal()
 
     def __init__(
         self, layout: ModelLayout, rig: Rig, settings: Settings, plan: Plan | None = None
@@ -55,6 +58,10 @@ class Document(QObject):
         self._plan = plan if plan is not None else initial_plan(layout)
         self._estimate_cache: tuple[Plan, LayerSplit, Estimate] | None = None
         self.executable = "llama-server"
+        # The profile this document was opened from or saved to (keeps its name, notes,
+        # benchmark results and unknown keys across saves), and its file.
+        self.profile: Profile | None = None
+        self.profile_path: str | None = None
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -155,6 +162,21 @@ class Document(QObject):
 
     def mark_clean(self) -> None:
         self.undo_stack.setClean()
+
+    def to_profile(self, name: str = "") -> Profile:
+        """The current work as a profile (the opened profile updated, or a new one)."""
+        if self.profile is not None:
+            return update_profile(
+                self.profile, self._planner, self._plan, executable=self.executable
+            )
+        return profile_from_plan(
+            self._planner, self._plan, executable=self.executable, name=name or self._layout.name
+        )
+
+    def set_profile(self, profile: Profile | None, path: str | None) -> None:
+        self.profile = profile
+        self.profile_path = path
+        self.profile_changed.emit()
 
     # --- called by commands only ---------------------------------------------------------------
 

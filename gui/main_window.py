@@ -38,6 +38,7 @@ from core.hardware.rigs import list_presets, load_preset, load_rig_file
 from core.model import ModelLayout, open_model
 from core.placement import initial_plan
 from core.planning import Planner
+from core.profiles import ProfileLibrary
 from core.settings import Settings
 from core.units import format_bytes, format_params
 from gui import theme
@@ -47,6 +48,7 @@ from gui.dialogs import ImportCommandDialog, MachineDialog, RpcDialog
 from gui.document import Document
 from gui.messages import show_error
 from gui.palette import DevicePalette
+from gui.profile_controller import ProfileController
 from gui.settings_panel import SettingsPanel
 from gui.tasks import TaskRunner, Work
 from gui.tensor_map.model import TensorMapModel
@@ -68,11 +70,22 @@ def prepare_plan(
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, document: Document, qsettings: QSettings | None = None) -> None:
+    def __init__(
+        self,
+        document: Document,
+        qsettings: QSettings | None = None,
+        *,
+        profile_library: ProfileLibrary | None = None,
+        autosave_folder: Path | None = None,
+    ) -> None:
         super().__init__()
         self.document = document
         self.qsettings = qsettings or QSettings()
         self.tasks = TaskRunner(self)
+        self.last_error_dialog: QMessageBox | None = None
+        self.profiles = ProfileController(
+            self, self.qsettings, library=profile_library, autosave_folder=autosave_folder
+        )
         self.setWindowIcon(QIcon(str(resources.path("icons/moe-studio.svg"))))
         self.tensor_model = TensorMapModel(document)
         self.tensor_view = TensorMapView(document, self.tensor_model)
@@ -87,6 +100,7 @@ class MainWindow(QMainWindow):
         self.tensor_view.auto_place_requested.connect(self.auto_place)
         document.dirty_changed.connect(self.setWindowModified)
         document.model_changed.connect(self._update_title)
+        document.profile_changed.connect(self._update_title)
         document.plan_changed.connect(self._update_status)
         document.rig_changed.connect(self._update_status)
         document.settings_changed.connect(self._update_status)
@@ -151,6 +165,8 @@ class MainWindow(QMainWindow):
                 sub.addAction(recipe, partial(self.open_catalog, f"{key}@{recipe}"))
         self.recent_menu = file.addMenu("Open &recent")
         self._fill_recent()
+        file.addSeparator()
+        self.profiles.add_actions(file)
         file.addSeparator()
         file.addAction("&Import command…", self.import_command_dialog).setShortcut("Ctrl+I")
         file.addSeparator()
@@ -226,6 +242,8 @@ class MainWindow(QMainWindow):
 
     def open_path(self, path: str) -> None:
         """Open a model file off the GUI thread; errors leave the current model open."""
+        if not self.profiles.confirm_discard():
+            return
         rig = self.document.rig
         settings = self.document.settings
 
@@ -236,11 +254,13 @@ class MainWindow(QMainWindow):
             tuned, placed = prepare_plan(layout, rig, settings)
             return layout, tuned, placed
 
-        self._start(
+        self.run_task(
             work, f"Opening {Path(path).name}", lambda result: self._on_model_opened(result, path)
         )
 
     def open_catalog(self, spec: str) -> None:
+        if not self.profiles.confirm_discard():
+            return
         rig = self.document.rig
         settings = self.document.settings
 
@@ -251,15 +271,17 @@ class MainWindow(QMainWindow):
             tuned, placed = prepare_plan(layout, rig, settings)
             return layout, tuned, placed
 
-        self._start(work, f"Opening {spec}", lambda result: self._on_model_opened(result, None))
+        self.run_task(work, f"Opening {spec}", lambda result: self._on_model_opened(result, None))
 
-    def _start(self, work: Work, text: str, done: Callable[[Any], None]) -> None:
+    def run_task(self, work: Work, text: str, done: Callable[[Any], None]) -> None:
+        """Run ``work`` in the background (cancelling the previous task); ``done`` on success."""
         self.status_label.setText(text + "…")
         self.tasks.start(work, done)
 
     def _on_model_opened(self, result: Opened, path: str | None) -> None:
         layout, settings, placed = result
         self.document.set_model(layout, placed.plan, settings)
+        self.document.set_profile(None, None)
         self.command_view.extra_notes = list(placed.notes) + [
             f"would help: {s}" for s in placed.suggestions
         ]
@@ -341,7 +363,7 @@ class MainWindow(QMainWindow):
         def work(progress: Progress, cancelled: IsCancelled) -> Rig:
             return detect_rig()
 
-        self._start(work, "Detecting hardware", self._on_rig_ready)
+        self.run_task(work, "Detecting hardware", self._on_rig_ready)
 
     def _on_rig_ready(self, rig: object) -> None:
         assert isinstance(rig, Rig)
@@ -387,7 +409,7 @@ class MainWindow(QMainWindow):
             self.budget.refresh()
 
     def _update_title(self) -> None:
-        self.setWindowTitle(f"{self.document.layout.name} — MoE Studio[*]")
+        self.setWindowTitle(f"{self.profiles.title()} — MoE Studio[*]")
         self.setWindowModified(self.document.is_dirty)
 
     def _update_status(self, *args: object) -> None:
@@ -419,6 +441,10 @@ class MainWindow(QMainWindow):
         self.tensor_view.set_brush(device or None)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self.profiles.confirm_discard():
+            event.ignore()
+            return
+        self.profiles.discard_own_autosave()
         self.tasks.cancel()
         self.qsettings.setValue("window/geometry", self.saveGeometry())
         super().closeEvent(event)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.support.tiny_models import write_tiny_model, write_tiny_split
+# Tests never touch the user's own settings, caches, profile library or autosaves: platformdirs
+# and QSettings follow the XDG variables on Linux.
+_SANDBOX = tempfile.mkdtemp(prefix="moe-studio-tests-")
+for _var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+    os.environ[_var] = os.path.join(_SANDBOX, _var.lower())
+
+from tests.support.tiny_models import write_tiny_model, write_tiny_split  # noqa: E402
 
 
 @pytest.fixture(scope="session")

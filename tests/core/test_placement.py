@@ -464,3 +464,35 @@ def test_auto_place_says_by_how_much_it_falls_short() -> None:
     assert any("-c 65536" in s for s in result.suggestions)
     assert any("q8_0" in s for s in result.suggestions)
     assert "stay on the CPU" in result.notes[0]
+
+
+def test_ik_switches_mla_to_3_when_only_some_layers_are_offloaded() -> None:
+    from core.memory import engine_settings, estimate
+
+    ds = layout("deepseek-v3@IQ2_KS")
+    s = Settings(mla=1, flash_attn=False, ctx=4096)
+    assert engine_settings(ds, s, 999).effective_mla == 1
+    assert engine_settings(ds, s, 30).effective_mla == 3
+    assert engine_settings(ds, s.with_(dialect="mainline"), 30) == s.with_(dialect="mainline")
+    # The estimate uses what the engine will run with: attention of layer 0 on the CPU means
+    # -ngl 60, so the -mla 1 V^T cache disappears from the KV.
+    rig = rig_of(96)
+    everything = assign(ds, initial_plan(ds), range_cells(ds, 0, 60), "CUDA0").after
+    partial = assign(ds, everything, [(0, G.ATTENTION)], CPU_NAME).after
+    split = plan_layer_split(ds, partial, rig, s)
+    assert split.ngl == 60
+    kv = sum(d.kv for d in estimate(ds, partial, rig, s, split.kv_devices).devices)
+    assert kv == 61 * 4096 * 576 * 2  # mla 3 without FA: one latent cache of type_v (f16)
+
+
+def test_mainline_offloads_the_output_layer_first() -> None:
+    q = layout("qwen3-30b-a3b")
+    rig = rig_of(24)
+    experts_only = assign(q, initial_plan(q), expert_cells(q, 0, 5), "CUDA0").after
+    s = Settings(dialect="mainline")
+    split = plan_layer_split(q, experts_only, rig, s)
+    assert split.ngl == 1 and split.layer_devices[-1] == "CUDA0"
+    command = build_command(q, experts_only, rig, s)
+    back, _, _ = import_command(list(command.argv), q, rig, dialect="mainline")
+    assert as_mapping(q, back) == as_mapping(q, experts_only)
+    assert as_mapping(q, back)["output.weight"] == CPU_NAME

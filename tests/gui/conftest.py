@@ -15,6 +15,7 @@ from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent
 
 from core import catalog
 from core.devices import Device, DeviceKind, HostInfo, Rig
+from core.profiles import ProfileLibrary
 from core.settings import Settings
 from core.units import GiB
 from gui.document import Document
@@ -59,8 +60,21 @@ def demo_document() -> Document:
 
 
 @pytest.fixture
-def window(qtbot: object, demo_document: Document, qsettings: QSettings) -> Iterator[MainWindow]:
-    win = MainWindow(demo_document, qsettings)
+def library(tmp_path: Path) -> ProfileLibrary:
+    return ProfileLibrary(tmp_path / "library")
+
+
+@pytest.fixture
+def window(
+    qtbot: object,
+    demo_document: Document,
+    qsettings: QSettings,
+    library: ProfileLibrary,
+    tmp_path: Path,
+) -> Iterator[MainWindow]:
+    win = MainWindow(
+        demo_document, qsettings, profile_library=library, autosave_folder=tmp_path / "autosave"
+    )
     qtbot.addWidget(win)  # type: ignore[attr-defined]
     win.resize(1280, 800)
     win.show()
@@ -108,3 +122,13 @@ def drag_move_event(pos: QPointF, mime: QMimeData) -> QDragMoveEvent:
         return QDragMoveEvent(QPointF(pos), *args)
     except TypeError:
         return QDragMoveEvent(QPointF(pos).toPoint(), *args)
+
+
+@pytest.fixture(autouse=True)
+def _no_modal_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Modal questions would block an offscreen test: unsaved work is discarded at teardown and
+    recovery is declined unless a test installs its own answer."""
+    import gui.profile_controller as controller
+
+    monkeypatch.setattr(controller, "_ask_unsaved", lambda window, what: "discard")
+    monkeypatch.setattr(controller, "_ask_recovery", lambda window, description: False)

@@ -1,0 +1,373 @@
+"""Profiles in the window: New / Open / Save / Save As / Recent, the library, exports, autosave
+and recovery, and the unsaved-changes prompt. Never loses work: saves are atomic with a backup,
+unsaved work is autosaved every ``AUTOSAVE_MS`` and offered back at the next start."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QObject, QSettings, QTimer
+from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
+
+from core import catalog
+from core.errors import MoeStudioError, ProfileError
+from core.export_cli import FORMATS, launch_spec, render
+from core.exports import ExportFormat, encode_export
+from core.fsutil import atomic_write_bytes
+from core.gguf_file import IsCancelled, Progress
+from core.model import ModelLayout, open_model
+from core.profiles import (
+    PROFILE_SUFFIX,
+    Profile,
+    ProfileLibrary,
+    autosave,
+    autosave_path,
+    default_autosave_folder,
+    discard_autosave,
+    load_profile,
+    pending_recovery,
+    planner_from_profile,
+    require_model,
+    save_profile,
+)
+from gui.messages import show_error
+from gui.profile_browser import ProfileBrowser
+
+if TYPE_CHECKING:
+    from gui.main_window import MainWindow
+
+log = logging.getLogger(__name__)
+AUTOSAVE_MS = 30_000
+MAX_RECENT = 10
+EXPORT_LABELS = {
+    "sh": "Shell script (.sh)…",
+    "bat": "Windows batch file (.bat)…",
+    "ps1": "PowerShell script (.ps1)…",
+    "llama-swap": "llama-swap config (.yaml, merges into an existing one)…",
+    "router-ini": "llama-server router preset (.ini)…",
+    "json": "Launch JSON…",
+}
+EXPORT_SUFFIX = {
+    "sh": ".sh",
+    "bat": ".bat",
+    "ps1": ".ps1",
+    "llama-swap": ".yaml",
+    "router-ini": ".ini",
+    "json": ".json",
+}
+
+# Asks the user what to do with unsaved changes: "save", "discard" or "cancel".
+UnsavedPrompt = Callable[[str], str]
+# Asks whether to restore autosaved work (its description) → True to restore.
+RecoveryPrompt = Callable[[str], bool]
+
+
+def _ask_unsaved(window: MainWindow, what: str) -> str:
+    box = QMessageBox(window)
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle("Unsaved changes")
+    box.setText(f"Save the changes to {what}?")
+    box.setInformativeText("Your changes will be lost if you don't save them.")
+    box.setStandardButtons(
+        QMessageBox.StandardButton.Save
+        | QMessageBox.StandardButton.Discard
+        | QMessageBox.StandardButton.Cancel
+    )
+    answer = box.exec()
+    return {
+        QMessageBox.StandardButton.Save: "save",
+        QMessageBox.StandardButton.Discard: "discard",
+    }.get(QMessageBox.StandardButton(answer), "cancel")
+
+
+def _ask_recovery(window: MainWindow, description: str) -> bool:
+    answer = QMessageBox.question(
+        window,
+        "Recover unsaved work",
+        f"MoE Studio found unsaved work from a previous session:\n\n{description}\n\nRestore it?",
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+class ProfileController(QObject):
+    def __init__(
+        self,
+        window: MainWindow,
+        qsettings: QSettings,
+        *,
+        library: ProfileLibrary | None = None,
+        autosave_folder: Path | None = None,
+        ask_unsaved: UnsavedPrompt | None = None,
+        ask_recovery: RecoveryPrompt | None = None,
+    ) -> None:
+        super().__init__(window)
+        self.window = window
+        self.document = window.document
+        self.qsettings = qsettings
+        self.library = library or ProfileLibrary()
+        self.autosave_folder = autosave_folder or default_autosave_folder()
+        self.ask_unsaved: UnsavedPrompt = ask_unsaved or partial(_ask_unsaved, window)
+        self.ask_recovery: RecoveryPrompt = ask_recovery or partial(_ask_recovery, window)
+        self.last_autosave: Path | None = None
+        self.timer = QTimer(self)
+        self.timer.setInterval(AUTOSAVE_MS)
+        self.timer.timeout.connect(self.autosave_now)
+        self.timer.start()
+        self.recent_menu: QMenu | None = None
+
+    # --- menus ---------------------------------------------------------------------------------
+
+    def add_actions(self, menu: QMenu) -> None:
+        menu.addAction("&New profile", self.new_profile).setShortcut("Ctrl+N")
+        menu.addAction("Open &profile…", self.open_profile_dialog).setShortcut("Ctrl+Shift+O")
+        menu.addAction("Profile &library…", self.open_library)
+        self.recent_menu = menu.addMenu("Recent p&rofiles")
+        self._fill_recent()
+        menu.addAction("&Save profile", self.save).setShortcut("Ctrl+S")
+        menu.addAction("Save profile &as…", self.save_as).setShortcut("Ctrl+Shift+S")
+        export = menu.addMenu("&Export")
+        for key, label in EXPORT_LABELS.items():
+            export.addAction(label, partial(self.export_dialog, key))
+
+    # --- title ---------------------------------------------------------------------------------
+
+    def title(self) -> str:
+        doc = self.document
+        if doc.profile_path:
+            return Path(doc.profile_path).stem
+        return doc.layout.name
+
+    # --- new / open ----------------------------------------------------------------------------
+
+    def confirm_discard(self) -> bool:
+        """True when there is nothing unsaved or the user saved or discarded it."""
+        if not self.document.is_dirty:
+            return True
+        answer = self.ask_unsaved(self.title())
+        if answer == "save":
+            return self.save()
+        return answer == "discard"
+
+    def new_profile(self) -> None:
+        """Start a new, untitled profile of the current model (auto-placed afresh)."""
+        if not self.confirm_discard():
+            return
+        self.discard_own_autosave()
+        doc = self.document
+        placed = doc.planner.auto_place(doc.planner.initial())
+        doc.set_model(doc.layout, placed.plan, doc.settings)
+        doc.set_profile(None, None)
+
+    def open_profile_dialog(self) -> None:
+        start = str(self.qsettings.value("paths/profiles", str(self.library.folder)))
+        path, _ = QFileDialog.getOpenFileName(
+            self.window,
+            "Open a profile",
+            start,
+            f"MoE Studio profiles (*{PROFILE_SUFFIX});;All files (*)",
+        )
+        if path:
+            self.qsettings.setValue("paths/profiles", str(Path(path).parent))
+            self.open_profile(path)
+
+    def open_library(self) -> None:
+        try:
+            browser = ProfileBrowser(self.library, self.window)
+        except MoeStudioError as exc:
+            self.window.last_error_dialog = show_error(self.window, "Cannot list the profiles", exc)
+            return
+        if browser.exec() and browser.chosen_path:
+            self.open_profile(browser.chosen_path)
+
+    def open_profile(self, path: str) -> None:
+        """Open a profile and its model off the GUI thread; on error nothing changes."""
+        if not self.confirm_discard():
+            return
+        try:
+            profile = load_profile(path)
+        except MoeStudioError as exc:
+            self.window.last_error_dialog = show_error(self.window, "Cannot open the profile", exc)
+            return
+        self._open_loaded(profile, path)
+
+    def _open_loaded(self, profile: Profile, path: str | None, *, dirty: bool = False) -> None:
+        source = profile.model.source
+
+        def work(progress: Progress, cancelled: IsCancelled) -> ModelLayout:
+            if source.startswith(catalog.PREFIX):
+                layout = catalog.load_catalog(source)
+            else:
+                layout = open_model(source, progress=progress, cancelled=cancelled)
+            require_model(profile, layout)
+            return layout
+
+        def done(layout: ModelLayout) -> None:
+            try:
+                planner, plan = planner_from_profile(profile, layout)
+            except MoeStudioError as exc:
+                self.window.last_error_dialog = show_error(
+                    self.window, "Cannot open the profile", exc
+                )
+                return
+            doc = self.document
+            doc.set_rig(planner.rig)
+            doc.set_model(layout, plan, planner.settings)
+            doc.executable = profile.engine or doc.executable
+            doc.set_profile(profile, path)
+            if dirty:
+                # Recovered work: keep it marked unsaved so closing asks before dropping it.
+                doc.undo_stack.resetClean()
+            if path:
+                self._add_recent(path)
+            if profile.warnings:
+                self.window.command_view.extra_notes = list(profile.warnings)
+                self.window.command_view.refresh()
+
+        self.window.run_task(work, f"Opening {Path(path).name if path else profile.title}", done)
+
+    # --- save ----------------------------------------------------------------------------------
+
+    def save(self) -> bool:
+        doc = self.document
+        if not doc.profile_path:
+            return self.save_as()
+        return self._save_to(doc.profile_path)
+
+    def save_as(self) -> bool:
+        self.library.folder.mkdir(parents=True, exist_ok=True)
+        suggested = str(self.library.path_for(self.title()))
+        path, _ = QFileDialog.getSaveFileName(
+            self.window, "Save the profile", suggested, f"MoE Studio profiles (*{PROFILE_SUFFIX})"
+        )
+        if not path:
+            return False
+        if not path.endswith(PROFILE_SUFFIX):
+            path += PROFILE_SUFFIX
+        return self._save_to(path)
+
+    def _save_to(self, path: str) -> bool:
+        doc = self.document
+        try:
+            profile = doc.to_profile(Path(path).stem)
+            saved = save_profile(path, profile)
+        except MoeStudioError as exc:
+            self.window.last_error_dialog = show_error(self.window, "Cannot save the profile", exc)
+            return False
+        old_autosave = self.last_autosave
+        doc.set_profile(saved, path)
+        doc.mark_clean()
+        self._add_recent(path)
+        for stale in {old_autosave, autosave_path(self.autosave_folder, None)}:
+            if stale is not None:
+                discard_autosave(stale)
+        self.last_autosave = None
+        return True
+
+    # --- autosave and recovery -----------------------------------------------------------------
+
+    def autosave_now(self) -> Path | None:
+        """Autosave unsaved work (nothing to do when the document is clean)."""
+        doc = self.document
+        if not doc.is_dirty:
+            return None
+        try:
+            self.last_autosave = autosave(
+                doc.to_profile(), self.autosave_folder, saved_path=doc.profile_path
+            )
+        except MoeStudioError as exc:
+            log.warning("autosave failed: %s", exc)
+            return None
+        return self.last_autosave
+
+    def discard_own_autosave(self) -> None:
+        if self.last_autosave is not None:
+            discard_autosave(self.last_autosave)
+            self.last_autosave = None
+
+    def offer_recovery(self) -> bool:
+        """At start-up: offer the newest unsaved work, if any; True when it was restored."""
+        try:
+            found = pending_recovery(self.autosave_folder)
+        except MoeStudioError as exc:
+            log.warning("could not look for autosaves: %s", exc)
+            return False
+        for item in found:
+            if item.profile is None:
+                log.warning("unreadable autosave %s: %s", item.autosave_path, item.error)
+                continue
+            when = item.autosaved.strftime("%Y-%m-%d %H:%M") if item.autosaved else "earlier"
+            what = item.saved_path or "an unsaved profile"
+            description = f"{item.profile.title} ({what}), autosaved {when}"
+            if self.ask_recovery(description):
+                self.last_autosave = item.autosave_path
+                self._open_loaded(
+                    item.profile, str(item.saved_path) if item.saved_path else None, dirty=True
+                )
+                return True
+            discard_autosave(item.autosave_path)
+            return False
+        return False
+
+    # --- export --------------------------------------------------------------------------------
+
+    def export_dialog(self, key: str) -> None:
+        suffix = EXPORT_SUFFIX[key]
+        suggested = str(
+            Path(str(self.qsettings.value("paths/exports", str(Path.home()))))
+            / (self.title() + suffix)
+        )
+        fmt = FORMATS[key]
+        options = QFileDialog.Option(0)
+        if fmt is ExportFormat.LLAMA_SWAP:
+            # Merging into an existing config is the point: do not ask "replace?".
+            options = QFileDialog.Option.DontConfirmOverwrite
+        path, _ = QFileDialog.getSaveFileName(
+            self.window, "Export", suggested, f"*{suffix}", options=options
+        )
+        if path:
+            self.qsettings.setValue("paths/exports", str(Path(path).parent))
+            self.export_to(key, path)
+
+    def export_to(self, key: str, path: str) -> list[str]:
+        """Write the current plan as ``key`` (a ``moe-studio export --to`` name) to ``path``."""
+        fmt = FORMATS[key]
+        doc = self.document
+        try:
+            existing = ""
+            if fmt is ExportFormat.LLAMA_SWAP and Path(path).exists():
+                existing = Path(path).read_text(encoding="utf-8-sig")
+            profile = doc.to_profile(self.title())
+            spec = launch_spec(profile, doc.layout)
+            text, notes = render(fmt, profile, spec, existing=existing)
+            atomic_write_bytes(path, encode_export(fmt, text), error=ProfileError)
+        except (MoeStudioError, OSError, UnicodeDecodeError) as exc:
+            self.window.last_error_dialog = show_error(self.window, "Cannot export", exc)
+            return []
+        notes = [*spec.notes, *notes]
+        self.window.statusBar().showMessage(f"Exported to {path}", 8000)
+        return notes
+
+    # --- recent --------------------------------------------------------------------------------
+
+    def recent(self) -> list[str]:
+        value = self.qsettings.value("recent/profiles", [])
+        if isinstance(value, str):
+            return [value]
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    def _add_recent(self, path: str) -> None:
+        items = [p for p in self.recent() if p != path]
+        self.qsettings.setValue("recent/profiles", [path, *items][:MAX_RECENT])
+        self._fill_recent()
+
+    def _fill_recent(self) -> None:
+        if self.recent_menu is None:
+            return
+        self.recent_menu.clear()
+        for path in self.recent():
+            self.recent_menu.addAction(path, partial(self.open_profile, path))
+        self.recent_menu.setEnabled(bool(self.recent()))
