@@ -21,7 +21,7 @@ from core.model import ModelLayout
 from core.placement import Plan
 from core.settings import Settings
 from core.tensors import ROUTED_EXPERT_GROUPS
-from core.units import GiB, format_bytes
+from core.units import format_bytes
 
 # Assumed when the GPU's PCIe link is unknown (PCIe 4.0 x16), and the share of the theoretical
 # bandwidth a host-to-device copy reaches in practice.
@@ -215,10 +215,10 @@ def _numa(
         t.nbytes for t, d in zip(layout.tensors, plan.devices, strict=True) if d == CPU_NAME
     )
     node = max(nodes, key=lambda n: n.memory_total)
-    per_core = (host.cores_logical or len(node.cpus) * len(nodes)) // max(
-        1, host.cores_physical or 1
-    )
-    node_cores = max(1, len(node.cpus) // max(1, per_core))
+    # A node lists logical CPUs; with SMT each physical core shows up twice.
+    logical = host.cores_logical or sum(len(n.cpus) for n in nodes)
+    smt = max(1, round(logical / host.cores_physical)) if host.cores_physical else 1
+    node_cores = max(1, len(node.cpus) // smt)
     if cpu_bytes <= node.memory_total * 0.9:
         lines.append(
             f"NUMA: the {format_bytes(cpu_bytes)} in RAM fit in node {node.id} "
@@ -236,6 +236,4 @@ def _numa(
         "interleave memory over all nodes (numactl --interleave=all, --numa distribute) and use "
         "every physical core."
     )
-    total_gib = sum(n.memory_total for n in nodes) / GiB
-    del total_gib
     return host.cores_physical, "distribute", ("numactl", "--interleave=all")

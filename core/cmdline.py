@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.devices import CPU_NAME, Device, DeviceKind, Rig, rpc_name
@@ -590,10 +590,4 @@ def import_command(
             )
     plan = plan_from_mapping(layout, resolution.devices, pinned=layout.cells)
     notes = imported.notes + resolution.notes
-    return plan, _with_notes(imported, notes), full_rig
-
-
-def _with_notes(imported: ImportedCommand, notes: tuple[str, ...]) -> ImportedCommand:
-    from dataclasses import replace
-
-    return replace(imported, notes=notes)
+    return plan, replace(imported, notes=notes), full_rig

@@ -92,9 +92,8 @@ def _rig(args: argparse.Namespace) -> Rig:
 
         rig = detect_rig()
     devices = list(rig.devices)
-    for i, size in enumerate(args.gpu):
+    for size in args.gpu:
         index = len([d for d in devices if d.kind is DeviceKind.CUDA])
-        del i
         devices.append(
             Device(f"CUDA{index}", DeviceKind.CUDA, parse_size(size), label="GPU", index=index)
         )
