@@ -225,10 +225,17 @@ def _add_catalog(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _registrations() -> list[AddParser]:
     # Imported here so that the CLI's start-up does not pay for modules a command does not use.
-    from core import plan_cli
+    from core import export_cli, launch_cli, plan_cli
     from core.hardware import cli as hardware_cli
 
-    return [_add_inspect, _add_catalog, hardware_cli.add_parser, plan_cli.add_parser]
+    return [
+        _add_inspect,
+        _add_catalog,
+        hardware_cli.add_parser,
+        plan_cli.add_parser,
+        export_cli.add_parser,
+        launch_cli.add_parser,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,11 @@ Behaviour knobs (environment variables):
                                   once loaded)
 ``STANDIN_OOM_MIB``               MiB the failed cudaMalloc asked for (default: the computed
                                   CUDA0 buffer, or 1024)
+``STANDIN_ENFORCE_FREE=1``        fail like a real GPU: the first model, KV or compute buffer
+                                  that does not fit in what is left of its CUDA device's
+                                  ``STANDIN_CUDA_MIB`` gets the cudaMalloc failure of that phase
+                                  (as ``STANDIN_FAIL=oom``/``oom-kv``/``oom-compute``, on that
+                                  device, for that buffer's size)
 ``STANDIN_CRASH_SECONDS``         delay between ready and the crash (default 0.2)
 ``STANDIN_IGNORE_SIGTERM=1``      ignore SIGTERM (and SIGINT): the caller has to SIGKILL
 ``STANDIN_ABORT_AT_EXIT=1``       on SIGTERM print ``double free or corruption (!prev)`` and die
@@ -697,6 +702,7 @@ class Engine:
         }
         self.layout: ModelLayout | None = None
         self.server: ThreadingHTTPServer | None = None
+        self.used: dict[int, int] = {}  # CUDA device → bytes allocated (STANDIN_ENFORCE_FREE)
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -731,12 +737,28 @@ class Engine:
             lg.ml("srv  llama_server: exiting due to model loading error", "E")
         return 1
 
-    def cuda_oom(self, mib: float) -> None:
+    def cuda_oom(self, mib: float, device: int = 0) -> None:
         self.log.lib(
             "ggml_backend_cuda_buffer_type_alloc_buffer: allocating "
-            f"{mib:.2f} MiB on device 0: cudaMalloc failed: out of memory",
+            f"{mib:.2f} MiB on device {device}: cudaMalloc failed: out of memory",
             "E",
         )
+
+    def overflow(self, buffers: list[tuple[str, int]]) -> tuple[int, float] | None:
+        """With STANDIN_ENFORCE_FREE: allocate ``buffers``; the first CUDA buffer that does not
+        fit in its device's remaining free memory → (device, MiB asked)."""
+        if os.environ.get("STANDIN_ENFORCE_FREE") != "1":
+            return None
+        for name, nbytes in buffers:
+            m = re.fullmatch(r"CUDA(\d+)", name)
+            if not m:
+                continue
+            i = int(m.group(1))
+            free = self.cuda[i] * MiB if i < len(self.cuda) else 0
+            if self.used.get(i, 0) + nbytes > free:
+                return i, nbytes / MiB
+            self.used[i] = self.used.get(i, 0) + nbytes
+        return None
 
     def load(self) -> int:
         """Print the load sequence; 0 when ready, else the exit status."""
@@ -854,16 +876,18 @@ class Engine:
                     f"buffer type overridden to {buft}",
                     "D",
                 )
-        if fail == "oom":
-            mib = _oom_mib(dict(p.model_buffers).get("CUDA0", 0))
-            self.cuda_oom(mib)
+        hit = self.overflow(p.model_buffers)
+        if fail == "oom" or hit:
+            dev, mib = hit or (0, _oom_mib(dict(p.model_buffers).get("CUDA0", 0)))
+            self.cuda_oom(mib, dev)
             if ik:
-                lg.lib("Failed to allocate buffer type CUDA0")
+                lg.lib(f"Failed to allocate buffer type CUDA{dev}")
                 return self.fail_load("unable to allocate backend buffer")
             lg.lib(
-                f"alloc_tensor_range: failed to allocate CUDA0 buffer of size {int(mib * MiB)}", "E"
+                f"alloc_tensor_range: failed to allocate CUDA{dev} buffer of size {int(mib * MiB)}",
+                "E",
             )
-            return self.fail_load("unable to allocate CUDA0 buffer")
+            return self.fail_load(f"unable to allocate CUDA{dev} buffer")
         n_layer = layout.n_layer
         prefix = "llm_load_tensors" if ik else "load_tensors"
         if ik or p.devices:
@@ -917,9 +941,10 @@ class Engine:
                 f"llama_context: {'CPU':>10}  output buffer size = "
                 f"{hp.n_vocab * 4 * self.n_slots / MiB:8.2f} MiB"
             )
-        if fail == "oom-kv":
-            mib = _oom_mib(dict(p.kv_buffers).get("CUDA0", 0))
-            self.cuda_oom(mib)
+        hit = self.overflow(p.kv_buffers)
+        if fail == "oom-kv" or hit:
+            dev, mib = hit or (0, _oom_mib(dict(p.kv_buffers).get("CUDA0", 0)))
+            self.cuda_oom(mib, dev)
             if ik:
                 lg.lib("llama_kv_cache_init: failed to allocate buffer for kv cache")
                 lg.lib(
@@ -955,16 +980,19 @@ class Engine:
         if self.stop.wait(seconds * 0.2):
             return 0
         compute = compute_buffers(layout, o, p)
-        if fail == "oom-compute":
-            mib = _oom_mib(dict(compute).get("CUDA0", 512 * MiB))
-            self.cuda_oom(mib)
+        hit = self.overflow(compute)
+        if fail == "oom-compute" or hit:
+            dev, mib = hit or (0, _oom_mib(dict(compute).get("CUDA0", 512 * MiB)))
+            self.cuda_oom(mib, dev)
             size = int(mib * MiB)
             if ik:
-                lg.lib(f"ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size {size}")
+                lg.lib(
+                    f"ggml_gallocr_reserve_n: failed to allocate CUDA{dev} buffer of size {size}"
+                )
                 lg.lib("llama_init_from_model: failed to allocate compute buffers")
             else:
                 lg.lib(
-                    f"ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size {size}",
+                    f"ggml_gallocr_reserve_n: failed to allocate CUDA{dev} buffer of size {size}",
                     "E",
                 )
                 lg.lib(
