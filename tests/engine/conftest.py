@@ -21,6 +21,33 @@ HOST = "127.0.0.1"
 DEFAULT_ARGS = ("-c", "512", "-t", "1")
 
 
+def engine_environment() -> dict[str, str]:
+    """The environment for engine processes: $MOE_STUDIO_ENGINE_LIBRARY_PATH (the mainline
+    wheel's library folder) becomes their LD_LIBRARY_PATH, never the test process's own."""
+    env = dict(os.environ)
+    library = os.environ.get("MOE_STUDIO_ENGINE_LIBRARY_PATH")
+    if library:
+        env["LD_LIBRARY_PATH"] = library
+    return env
+
+
+@pytest.fixture(scope="session")
+def engine_flavour(engine: Path) -> str:
+    """``ik`` or ``mainline``, from the engine's own --version/--help."""
+    from core.engine import probe_engine
+
+    info = probe_engine(engine, library_path=os.environ.get("MOE_STUDIO_ENGINE_LIBRARY_PATH", ""))
+    return str(info.flavour)
+
+
+@pytest.fixture
+def ik_engine(engine: Path, engine_flavour: str) -> Path:
+    """The engine, when it is ik_llama.cpp; skips with the reason otherwise."""
+    if engine_flavour != "ik":
+        pytest.skip(f"needs ik_llama.cpp; MOE_STUDIO_ENGINE is {engine_flavour} llama.cpp")
+    return engine
+
+
 @pytest.fixture(scope="session")
 def engine() -> Path:
     """The llama-server binary named by MOE_STUDIO_ENGINE; skips the test when it is unset."""
@@ -90,7 +117,11 @@ class LlamaServer:
     def __enter__(self) -> LlamaServer:
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=engine_environment(),
             )
         try:
             self._wait_ready()
@@ -168,12 +199,14 @@ StartServer = Callable[..., LlamaServer]
 
 
 @pytest.fixture
-def llama_server(engine: Path, tmp_path: Path) -> StartServer:
+def llama_server(engine: Path, engine_flavour: str, tmp_path: Path) -> StartServer:
     """``llama_server(model, *args)`` → a :class:`LlamaServer` to use in a ``with`` block.
 
     ``args`` replace the defaults ``-c 512 -t 1`` when given. Logs go to the test's tmp_path.
+    Mainline gets ``-lv 4``: at its default verbosity it prints no loader or buffer lines.
     """
     count = 0
+    verbosity = ("-lv", "4") if engine_flavour == "mainline" else ()
 
     def start(model: Path, *args: str, ready_timeout: float = 60.0) -> LlamaServer:
         nonlocal count
@@ -181,7 +214,7 @@ def llama_server(engine: Path, tmp_path: Path) -> StartServer:
         return LlamaServer(
             engine,
             model,
-            args or DEFAULT_ARGS,
+            (*(args or DEFAULT_ARGS), *verbosity),
             log_path=tmp_path / f"llama-server-{count}.log",
             ready_timeout=ready_timeout,
         )
@@ -256,6 +289,7 @@ class RpcServers:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    env=engine_environment(),
                 )
             self._procs.append(proc)
             problem = self._wait_accepting(port, proc, log_path)

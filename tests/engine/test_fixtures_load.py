@@ -22,7 +22,9 @@ _LOADED = re.compile(
 )
 _TYPE = re.compile(r"llama_model_loader: - type +(\w+): +(\d+) tensors")
 _UNUSED = re.compile(r"model has unused tensor (\S+) \(size = (\d+) bytes\) -- ignoring")
-_CPU_BUFFER = re.compile(r"llm_load_tensors: +CPU buffer size = +([\d.]+) MiB")
+# One mmapped host buffer per shard: ik "llm_load_tensors: CPU buffer size", mainline
+# "load_tensors: CPU_Mapped model buffer size".
+_CPU_BUFFER = re.compile(r"load_tensors: +CPU(?:_Mapped)? (?:model )?buffer size = +([\d.]+) MiB")
 
 
 def _loaded_line(log: str) -> tuple[int, int, str]:
@@ -84,7 +86,9 @@ def test_engine_reads_split_shards_as_we_do(tiny_split: Path, launch_log) -> Non
     assert buffers == [round(span / 2**20, 2) for span in spans]
 
 
-def test_engine_takes_deepseek_fixture_as_ik_flavour(tiny_deepseek2: Path, launch_log) -> None:
+def test_engine_takes_deepseek_fixture_as_ik_flavour(
+    tiny_deepseek2: Path, launch_log, ik_engine: Path
+) -> None:
     log = launch_log(tiny_deepseek2)
     n_layer = open_model(tiny_deepseek2).n_layer
     assert "Adjusted mainline llama.cpp MLA tensors" not in log
