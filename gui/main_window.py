@@ -48,6 +48,7 @@ from gui.dialogs import ImportCommandDialog, MachineDialog, RpcDialog
 from gui.document import Document
 from gui.messages import show_error
 from gui.palette import DevicePalette
+from gui.process.process_panel import ProcessPanel
 from gui.profile_controller import ProfileController
 from gui.settings_panel import SettingsPanel
 from gui.tasks import TaskRunner, Work
@@ -77,6 +78,7 @@ class MainWindow(QMainWindow):
         *,
         profile_library: ProfileLibrary | None = None,
         autosave_folder: Path | None = None,
+        auto_detect_engine: bool = True,
     ) -> None:
         super().__init__()
         self.document = document
@@ -93,6 +95,7 @@ class MainWindow(QMainWindow):
         self.budget = BudgetPlot(document)
         self.command_view = CommandView(document)
         self.settings_panel = SettingsPanel(document)
+        self.process_panel = ProcessPanel(document, auto_detect=auto_detect_engine)
         self._build_layout()
         self._build_menus()
         self._build_status()
@@ -136,6 +139,7 @@ class MainWindow(QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.settings_panel)
         tabs.addTab(scroll, "Settings")
+        tabs.addTab(self.process_panel, "Server")
         self.tabs = tabs
 
         right = QSplitter(Qt.Orientation.Vertical)
@@ -445,6 +449,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self.profiles.discard_own_autosave()
+        self.process_panel.shutdown()
         self.tasks.cancel()
         self.qsettings.setValue("window/geometry", self.saveGeometry())
         super().closeEvent(event)
