@@ -73,7 +73,11 @@ def window(
     tmp_path: Path,
 ) -> Iterator[MainWindow]:
     win = MainWindow(
-        demo_document, qsettings, profile_library=library, autosave_folder=tmp_path / "autosave"
+        demo_document,
+        qsettings,
+        profile_library=library,
+        autosave_folder=tmp_path / "autosave",
+        auto_detect_engine=False,
     )
     qtbot.addWidget(win)  # type: ignore[attr-defined]
     win.resize(1280, 800)
