@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from core.devices import CPU_NAME, Device, DeviceKind, Rig
-from core.memory import _layer_compute, compute_terms, kv_bytes
+from core.memory import _layer_compute, compute_terms, effective_mla, kv_bytes
 from core.model import Cell, ModelLayout
 from core.placement import Plan, assign
 from core.settings import Settings
@@ -105,7 +105,14 @@ def auto_place(
         if c in layout.cells and c not in plan.pinned
     ]
     head = sum(cell_bytes[c] for c in globals_free)
-    need = [active_bytes(il) + kv[il] for il in range(n_kv)]
+    # ik derives wk_b/wv_b from each attn_kv_b at load, beside it (see core.memory.estimate).
+    derived = [0] * layout.n_layer
+    if settings.is_ik and effective_mla(layout, settings):
+        for i in layout.attn_kv_b_indices:
+            t = layout.tensors[i]
+            if (t.layer, TensorGroup.ATTENTION) not in plan.pinned:
+                derived[t.layer] += t.nbytes
+    need = [active_bytes(il) + kv[il] + derived[il] for il in range(n_kv)]
     total_room = sum(max(0, b) for b in budget.values())
     # How many trailing layers fit on the GPUs (CPU layers must be a prefix).
     gpu_from = 0
@@ -144,7 +151,7 @@ def auto_place(
             if cell in layout.cells and cell not in plan.pinned:
                 put(cell, homes[il])
         if il < n_kv and homes[il] != CPU_NAME:
-            budget[homes[il]] -= kv[il]
+            budget[homes[il]] -= kv[il] + derived[il]
     for cell in globals_free:
         put(cell, last_gpu if gpu_from < n_kv else CPU_NAME)
     token = (GLOBAL_LAYER, TensorGroup.TOKEN_EMBD)

@@ -473,6 +473,20 @@ def classify_exit(
 
 # --- processes ------------------------------------------------------------------------------------
 
+
+def pdeathsig_prefix() -> tuple[str, ...]:
+    """``setpriv --pdeathsig TERM --`` where util-linux has it (Linux), else ``()``.
+
+    For processes started by Qt (``QProcess`` has no pre-exec hook): ``setpriv`` asks the
+    kernel to send SIGTERM to the child when MoE Studio dies, even by SIGKILL, then execs the
+    real program under the same pid.
+    """
+    if not sys.platform.startswith("linux"):
+        return ()
+    setpriv = shutil.which("setpriv")
+    return (setpriv, "--pdeathsig", "TERM", "--") if setpriv else ()
+
+
 PR_SET_PDEATHSIG = 1
 
 

@@ -432,6 +432,13 @@ def estimate(
             weights[d] += t.nbytes
             if d == CPU_NAME and t.group in ROUTED_EXPERT_GROUPS and t.nbytes > cpu_expert_max:
                 cpu_expert_max = t.nbytes
+    # ik splits each attn_kv_b into wk_b/wv_b at load (llm_prepare_mla) and keeps them beside it,
+    # outside the "buffer size" lines: about the size of attn_kv_b again (~1 GiB for DeepSeek-V3).
+    derived: Counter[str] = Counter()
+    if settings.is_ik and effective_mla(layout, settings):
+        for i in layout.attn_kv_b_indices:
+            if plan.devices[i]:
+                derived[plan.devices[i]] += tensors[i].nbytes
     kv_layers = kv_bytes(layout, settings) if kv_per_layer is None else kv_per_layer
     kv: Counter[str] = Counter()
     for il, dev in enumerate(layer_devices):
@@ -459,6 +466,7 @@ def estimate(
             is_host=is_cpu,
         )
         overhead = settings.gpu_overhead if device.kind is DeviceKind.CUDA else 0
+        overhead += derived[device.name]
         budgets.append(
             DeviceBudget(
                 name=device.name,

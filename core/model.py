@@ -169,9 +169,14 @@ class ModelLayout:
         return layer < self.hparams.n_layer_kv or layer == GLOBAL_LAYER
 
     @cached_property
+    def attn_kv_b_indices(self) -> tuple[int, ...]:
+        """Indices of the DeepSeek ``attn_kv_b`` tensors (ik/legacy flavour)."""
+        return tuple(i for i, t in enumerate(self.tensors) if t.name.endswith("attn_kv_b.weight"))
+
+    @property
     def has_attn_kv_b(self) -> bool:
         """DeepSeek flavour: ``attn_kv_b`` (ik/legacy) rather than mainline's k_b/v_b split."""
-        return any(t.name.endswith("attn_kv_b.weight") for t in self.tensors)
+        return bool(self.attn_kv_b_indices)
 
     @cached_property
     def type_histogram(self) -> dict[str, tuple[int, int]]:

@@ -374,8 +374,12 @@ def generate(
 
 
 def _cost(o: Overrides) -> tuple[int, int]:
+    """Flags first, then characters (so ``-cmoe`` beats ``--n-cpu-moe 58`` for all layers)."""
     flags = len(o.rules) + (1 if o.n_cpu_moe else 0)
-    return flags, sum(len(r) + len(b) for r, b in o.rules)
+    chars = sum(len(r) + len(b) + 5 for r, b in o.rules)
+    if o.n_cpu_moe:
+        chars += len("-cmoe") if o.n_cpu_moe >= 999 else len(f"--n-cpu-moe {o.n_cpu_moe}")
+    return flags, chars
 
 
 def _ncmoe_candidates(

@@ -9,7 +9,9 @@ the same estimate.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoStack
@@ -38,6 +40,8 @@ class Document(QObject):
         rig_changed: the hardware changed.
         dirty_changed: the document became modified or clean.
         profile_changed: the profile or its file changed (opened, saved as, new).
+        benchmarks_changed: a benchmark result was added, or another profile's results replaced
+            them.
     """
 
     plan_changed = Signal(object)
@@ -46,6 +50,7 @@ class Document(QObject):
     rig_changed = Signal()
     dirty_changed = Signal(bool)
     profile_changed = Signal()
+    benchmarks_changed = Signal()
 
     def __init__(
         self, layout: ModelLayout, rig: Rig, settings: Settings, plan: Plan | None = None
@@ -62,6 +67,8 @@ class Document(QObject):
         # benchmark results and unknown keys across saves), and its file.
         self.profile: Profile | None = None
         self.profile_path: str | None = None
+        # Benchmark results kept with the profile (Profile.benchmarks), oldest first.
+        self._benchmarks: list[Mapping[str, Any]] = []
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -84,6 +91,11 @@ class Document(QObject):
     @property
     def planner(self) -> Planner:
         return self._planner
+
+    @property
+    def benchmarks(self) -> tuple[Mapping[str, Any], ...]:
+        """Benchmark results of this profile, oldest first (saved with it)."""
+        return tuple(self._benchmarks)
 
     @property
     def is_dirty(self) -> bool:
@@ -160,23 +172,48 @@ class Document(QObject):
         self.plan_changed.emit(frozenset())
         self.settings_changed.emit()
 
+    def add_benchmark(self, result: Mapping[str, Any]) -> None:
+        """Keep a benchmark result with the profile; the document becomes unsaved.
+
+        Not an undo step: a measurement is a fact, like the rig. Undoing the last placement
+        edit must not delete a run that took minutes (and an edit after that undo would drop it
+        for good). The undo stack is only marked unclean, so the close prompt and the autosave
+        keep the new result until it is saved.
+        """
+        self._benchmarks.append(result)
+        self.undo_stack.resetClean()
+        self.benchmarks_changed.emit()
+
     def mark_clean(self) -> None:
         self.undo_stack.setClean()
 
     def to_profile(self, name: str = "") -> Profile:
-        """The current work as a profile (the opened profile updated, or a new one)."""
+        """The current work as a profile (the opened profile updated, or a new one), with the
+        benchmark results of this document."""
         if self.profile is not None:
-            return update_profile(
+            updated = update_profile(
                 self.profile, self._planner, self._plan, executable=self.executable
             )
+            return replace(updated, benchmarks=tuple(self._benchmarks))
         return profile_from_plan(
-            self._planner, self._plan, executable=self.executable, name=name or self._layout.name
+            self._planner,
+            self._plan,
+            executable=self.executable,
+            name=name or self._layout.name,
+            benchmarks=self._benchmarks,
         )
 
     def set_profile(self, profile: Profile | None, path: str | None) -> None:
+        """The profile now being edited (None: a new one); its benchmark results replace the
+        document's."""
         self.profile = profile
         self.profile_path = path
+        benchmarks = list(profile.benchmarks) if profile is not None else []
+        changed = benchmarks != self._benchmarks
+        self._benchmarks = benchmarks
         self.profile_changed.emit()
+        if changed:
+            self.benchmarks_changed.emit()
 
     # --- called by commands only ---------------------------------------------------------------
 

@@ -139,7 +139,11 @@ class MainWindow(QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.settings_panel)
         tabs.addTab(scroll, "Settings")
-        tabs.addTab(self.process_panel, "Server")
+        # Scroll areas keep the window usable at 1280×800: these panels are taller than the tab.
+        server_scroll = QScrollArea()
+        server_scroll.setWidgetResizable(True)
+        server_scroll.setWidget(self.process_panel)
+        tabs.addTab(server_scroll, "Server")
         self.tabs = tabs
 
         right = QSplitter(Qt.Orientation.Vertical)

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -36,6 +37,7 @@ from core.hardware.sampler import Sampler
 from core.health import HealthStatus, Phase, PromptResult, send_test_prompt
 from core.launch import ExitInfo, build_launch_spec, connect_host
 from core.units import format_bytes
+from gui.bench import BenchPanel
 from gui.document import Document
 from gui.messages import show_error
 from gui.process.live_plot import LivePlot
@@ -113,6 +115,9 @@ class ProcessPanel(QWidget):
         self.status_label.setWordWrap(True)
         self.status_label.setTextFormat(Qt.TextFormat.RichText)
         layout.addWidget(self.status_label)
+        self.prompt_label = QLabel()
+        self.prompt_label.setWordWrap(True)
+        layout.addWidget(self.prompt_label)
 
         self.diagnosis_box = QWidget()
         diag = QVBoxLayout(self.diagnosis_box)
@@ -150,6 +155,11 @@ class ProcessPanel(QWidget):
         self.tabs.addTab(self.compare_table, "Predicted vs actual")
         self.live = LivePlot(sampler=sampler)
         self.tabs.addTab(self.live, "Live")
+        self.bench = BenchPanel(document, lambda: self.engine_info)
+        bench_scroll = QScrollArea()
+        bench_scroll.setWidgetResizable(True)
+        bench_scroll.setWidget(self.bench)
+        self.tabs.addTab(bench_scroll, "Benchmarks")
         layout.addWidget(self.tabs, 1)
 
         self._compare_timer = QTimer(self)
@@ -191,10 +201,12 @@ class ProcessPanel(QWidget):
         assert isinstance(info, EngineInfo)
         self.engine_info = info
         self._show_engine()
+        self.bench.refresh()
 
     def _on_engine_missing(self, error: BaseException) -> None:
         self.engine_info = None
         self._show_engine(str(error))
+        self.bench.refresh()
 
     def _show_engine(self, problem: str = "") -> None:
         info = self.engine_info
@@ -271,13 +283,13 @@ class ProcessPanel(QWidget):
     def _on_prompt_done(self, result: object) -> None:
         assert isinstance(result, PromptResult)
         self.last_prompt = result
-        self._set_status_text(f"Test prompt: {result.summary}")
+        self.prompt_label.setText(f"Test prompt: {result.summary}")
         if not math.isnan(result.predicted_tokens_per_second):
             self.live.add_speed(time.monotonic(), "generation", result.predicted_tokens_per_second)
         self._update_buttons()
 
     def _on_prompt_failed(self, error: BaseException) -> None:
-        self._set_status_text(str(error), error=True)
+        self.prompt_label.setText(f"<span style='color:#D55E00'>{html.escape(str(error))}</span>")
         self._update_buttons()
 
     # --- server signals ------------------------------------------------------------------------
@@ -476,5 +488,6 @@ class ProcessPanel(QWidget):
             if not self.server.wait_stopped(6000):
                 self.server.kill()
                 self.server.wait_stopped(2000)
+        self.bench.shutdown()
         self.live.close_sampler()
         self.server.background.wait(3000)

@@ -38,7 +38,14 @@ from PySide6.QtCore import (
 from core.engine_log import EngineLogParser, Event, LoadReport
 from core.errors import EngineError
 from core.health import HealthStatus, HealthTracker, Phase, poll_health
-from core.launch import LaunchSpec, LogHistory, check_port, classify_exit, connect_host
+from core.launch import (
+    LaunchSpec,
+    LogHistory,
+    check_port,
+    classify_exit,
+    connect_host,
+    pdeathsig_prefix,
+)
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_MS = 5000
@@ -93,15 +100,6 @@ class Background(QObject):
 
     def wait(self, msecs: int = -1) -> bool:
         return self.pool.waitForDone(msecs)
-
-
-def _pdeathsig_prefix() -> tuple[str, ...]:
-    """``setpriv --pdeathsig TERM --`` where util-linux has it (Linux): the kernel then sends
-    SIGTERM to the server when MoE Studio dies, even by SIGKILL."""
-    if not sys.platform.startswith("linux"):
-        return ()
-    setpriv = shutil.which("setpriv")
-    return (setpriv, "--pdeathsig", "TERM", "--") if setpriv else ()
 
 
 class ServerProcess(QObject):
@@ -182,7 +180,7 @@ class ServerProcess(QObject):
         self._stop_requested = False
         self._killed = False
         self.notes = []
-        prefix = _pdeathsig_prefix()
+        prefix = pdeathsig_prefix()
         if not prefix and sys.platform.startswith("linux"):
             self.notes.append(
                 "setpriv is not installed: a server started now may outlive MoE Studio if MoE "

@@ -203,10 +203,12 @@ def test_window_geometry_is_remembered(qtbot: object, qsettings: QSettings) -> N
     qtbot.addWidget(first)  # type: ignore[attr-defined]
     first.resize(700, 500)
     first.show()
+    remembered = first.size()
     first.close()
     second = MainWindow(demo_document(), qsettings)
     qtbot.addWidget(second)  # type: ignore[attr-defined]
-    assert (second.width(), second.height()) == (700, 500)
+    assert second.size() == remembered
+    assert remembered != MainWindow(demo_document(), QSettings()).size()
 
 
 def test_dark_palette_and_full_hd(window: MainWindow, tmp_path: Path) -> None:

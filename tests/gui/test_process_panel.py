@@ -88,7 +88,7 @@ def test_launch_progress_ready_prompt_stop(
     panel.test_prompt()
     qtbot.waitUntil(lambda: panel.last_prompt is not None, timeout=10000)  # type: ignore[attr-defined]
     assert panel.last_prompt.predicted_tokens_per_second > 0  # type: ignore[union-attr]
-    assert "tokens/s" in panel.status_label.text()
+    assert "tokens/s" in panel.prompt_label.text()
     rows = {row[0]: row for row in panel.compare_rows()}
     assert "CUDA0" in rows and rows["CUDA0"][2] != "—"  # the engine's weights beside ours
     panel.tabs.setCurrentIndex(0)

@@ -8,7 +8,9 @@ array). Numbers are made up but plausible (speeds fall as the KV cache fills).
 
 Knobs: ``STANDIN_DIALECT`` (``ik``/``mainline``), ``STANDIN_BENCH_STEP_SECONDS`` (sleep per row,
 default 0), ``STANDIN_BENCH_ARGV`` (a file to write the argv to, one argument per line),
-``STANDIN_BENCH_FAIL=1`` (exit 1 after the loader lines, like a failed load).
+``STANDIN_BENCH_FAIL=1`` (exit 1 after the loader lines, like a failed load),
+``STANDIN_BENCH_IGNORE_TERM=1`` (ignore SIGTERM, so that only SIGKILL stops it),
+``STANDIN_BENCH_SPEED`` (a factor on every speed, default 1: two "placements" that differ).
 Standard library only.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -69,9 +72,10 @@ def sweep(argv: list[str]) -> int:
             "|    PP |     TG |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |\n"
             "|-------|--------|--------|----------|----------|----------|----------|\n"
         )
+    speed = float(os.environ.get("STANDIN_BENCH_SPEED", "1"))
     for n_kv in range(0, n_ctx, ub):
-        s_pp = 2000.0 / (1 + n_kv / 4096)
-        s_tg = 200.0 / (1 + n_kv / 8192)
+        s_pp = speed * 2000.0 / (1 + n_kv / 4096)
+        s_tg = speed * 200.0 / (1 + n_kv / 8192)
         t_pp, t_tg = ub / s_pp, tg / s_tg
         if fmt == "md":
             err.write(
@@ -112,12 +116,13 @@ def bench(argv: list[str], dialect: str) -> int:
     ub = int(_opt(argv, "-ub", "--ubatch-size", default="512") or 512)
     step = float(os.environ.get("STANDIN_BENCH_STEP_SECONDS", "0"))
     _loader(model)
+    speed = float(os.environ.get("STANDIN_BENCH_SPEED", "1"))
     rows = []
     for depth in depths:
         for pp, tg in ((n_prompt, 0), (0, n_gen)):
             if not (pp or tg):
                 continue
-            ts = (2000.0 if pp else 200.0) / (1 + depth / 4096)
+            ts = speed * (2000.0 if pp else 200.0) / (1 + depth / 4096)
             rows.append(
                 {
                     "build_commit": "unknown",
@@ -150,6 +155,8 @@ def bench(argv: list[str], dialect: str) -> int:
 
 def main(argv: list[str]) -> int:
     dialect = "mainline" if os.environ.get("STANDIN_DIALECT", "ik") in ("mainline", "ml") else "ik"
+    if os.environ.get("STANDIN_BENCH_IGNORE_TERM") == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     record = os.environ.get("STANDIN_BENCH_ARGV")
     if record:
         with open(record, "w", encoding="utf-8") as f:
