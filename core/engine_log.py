@@ -524,29 +524,6 @@ _ML_LISTEN = re.compile(r"listening on (?:(https?)://)?(\[[^\]]*\]|[^\s:/]+)(?::
 _ML_LISTEN_OLD = re.compile(r"HTTP server is listening, hostname: (\S+), port: (\d+)")
 
 _SLOT_PREFIX = re.compile(r"^slot\s+\S+: id\s+(\d+) \| task (-?\d+) \| ?")
-_RATE = rf"\(\s*({_NUM}) ms per token,\s*({_NUM}) tokens per second\)"
-_PROMPT_EVAL = re.compile(rf"^\s*prompt eval time =\s*({_NUM}) ms /\s*(\d+) tokens {_RATE}")
-_EVAL = re.compile(rf"^\s*eval time =\s*({_NUM}) ms /\s*(\d+) (?:tokens|runs)\s*{_RATE}")
-_TOTAL = re.compile(r"^\w+: KV self size\s*=\s*(" + _NUM + r") MiB(.*)$")
-_ML_KV_TOTAL = re.compile(
-    r"^llama_kv_cache\w*: size =\s*(" + _NUM + r") MiB \(\s*(\d+) cells,\s*(\d+) layers[^)]*\)(.*)$"
-)
-_KV_PART = re.compile(r"([A-Za-z^][\w^-]*) \((\w+)\):\s*(" + _NUM + ") MiB")
-_CONTEXT_START = re.compile(
-    r"^(?:llama_init_from_model|llama_context|llama_new_context_with_model): n_ctx"
-)
-_ML_LOADING = re.compile(r"^srv\s+load_model: loading model ")
-_UNUSED = re.compile(r"model has unused tensor (\S+) \(size = (\d+) bytes\)")
-_PINNED = re.compile(
-    r"failed to (?:allocate|register) (" + _NUM + r") MiB of pinned memory: ?(.*)$"
-)
-
-_IK_SERVER_LOG = re.compile(r"^\s*(INFO|WARN|ERR|VERB|DEBUG)\s+\[\s*(\S+)\]\s+(.*?)(?: \|(.*))?$")
-_KV_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
-_ML_LISTEN = re.compile(r"listening on (?:(https?)://)?(\[[^\]]*\]|[^\s:/]+)(?::(\d+))?")
-_ML_LISTEN_OLD = re.compile(r"HTTP server is listening, hostname: (\S+), port: (\d+)")
-
-_SLOT_PREFIX = re.compile(r"^slot\s+\S+: id\s+(\d+) \| task (-?\d+) \| ?")
 _PROMPT_EVAL = re.compile(
     r"^\s*prompt eval time =\s*("
     + _NUM

@@ -474,6 +474,16 @@ def classify_exit(
 # --- processes ------------------------------------------------------------------------------------
 
 
+def signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to the process group ``pid`` leads (its own session), or to ``pid`` alone when
+    there is no such group; a process already gone is not an error."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
 def pdeathsig_prefix() -> tuple[str, ...]:
     """``setpriv --pdeathsig TERM --`` where util-linux has it (Linux), else ``()``.
 

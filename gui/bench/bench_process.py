@@ -16,7 +16,6 @@ not keep a GPU busy after MoE Studio was killed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -29,7 +28,14 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signa
 from core.bench_results import BenchFormatError, parse_llama_bench, parse_sweep_bench
 from core.bench_run import BenchOutcome, BenchSpec, BenchTool, CurvePoint, bench_outcome, curve
 from core.errors import EngineError
-from core.launch import ExitInfo, ExitKind, LogHistory, classify_exit, pdeathsig_prefix
+from core.launch import (
+    ExitInfo,
+    ExitKind,
+    LogHistory,
+    classify_exit,
+    pdeathsig_prefix,
+    signal_group,
+)
 
 log = logging.getLogger(__name__)
 KILL_TIMEOUT_MS = 5000
@@ -171,14 +177,8 @@ class BenchProcess(QObject):
             self.blockSignals(False)
 
     def _signal_group(self, sig: int) -> None:
-        pid = self.pid
-        if pid is None:
-            return
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+        if self.pid is not None:
+            signal_group(self.pid, sig)
 
     # --- process signals -----------------------------------------------------------------------
 

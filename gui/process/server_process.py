@@ -15,7 +15,6 @@ Studio targets Linux servers).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -45,6 +44,7 @@ from core.launch import (
     classify_exit,
     connect_host,
     pdeathsig_prefix,
+    signal_group,
 )
 
 log = logging.getLogger(__name__)
@@ -233,14 +233,8 @@ class ServerProcess(QObject):
         )
 
     def _signal_group(self, sig: int) -> None:
-        pid = self.pid
-        if pid is None:
-            return
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+        if self.pid is not None:
+            signal_group(self.pid, sig)
 
     # --- process signals -----------------------------------------------------------------------
 
