@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.devices import CPU_NAME, DeviceKind, Rig
-from core.memory import Estimate, _layer_compute, compute_terms, offload_threshold
+from core.memory import Estimate, compute_terms, layer_compute_bytes, offload_threshold
 from core.model import ModelLayout
 from core.placement import Plan
 from core.settings import Settings
@@ -121,7 +121,7 @@ def advise(
                 holds_output=budget.compute > 0 and main == estimate.layer_devices[-1],
                 is_cuda=True,
                 cpu_expert_tensor_max=biggest,
-                layer_compute=_layer_compute(layout, s),
+                layer_compute=layer_compute_bytes(layout, s),
             )
             total = budget.total - budget.compute + terms.total
             offloads = ub >= threshold

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from core.devices import CPU_NAME, Device, DeviceKind, Rig
-from core.memory import _layer_compute, compute_terms, effective_mla, kv_bytes
+from core.memory import compute_terms, effective_mla, kv_bytes, layer_compute_bytes
 from core.model import Cell, ModelLayout
 from core.placement import Plan, assign
 from core.settings import Settings
@@ -47,7 +47,7 @@ class AutoPlacement:
 def _budgets(
     layout: ModelLayout, rig: Rig, settings: Settings, devices: list[Device]
 ) -> dict[str, int]:
-    layer_compute = _layer_compute(layout, settings)
+    layer_compute = layer_compute_bytes(layout, settings)
     biggest_expert = max(
         (t.nbytes for t in layout.tensors if t.group in ROUTED_EXPERT_GROUPS), default=0
     )

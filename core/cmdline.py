@@ -292,6 +292,7 @@ _WITH_VALUE = {
     "-mg",
 }
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_CACHE_TYPES = {name.lower(): name for name in (*CACHE_TYPES_IK, *CACHE_TYPES_MAINLINE)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,10 +446,16 @@ def parse_command(
                 extra += ["-sm", mode]
         elif flag == "-c":
             values["ctx"] = as_int(flag, take(flag))
-        elif flag == "-ctk":
-            values["cache_type_k"] = take(flag)
-        elif flag == "-ctv":
-            values["cache_type_v"] = take(flag)
+        elif flag in ("-ctk", "-ctv"):
+            name = take(flag)
+            if name.lower() not in _CACHE_TYPES:
+                raise CommandError(
+                    f"{flag} {name} is not a KV cache type; use one of "
+                    f"{', '.join(CACHE_TYPES_IK)} (q6_0 and q8_KV are ik_llama.cpp only)."
+                )
+            values["cache_type_k" if flag == "-ctk" else "cache_type_v"] = _CACHE_TYPES[
+                name.lower()
+            ]
         elif flag == "-b":
             values["batch"] = as_int(flag, take(flag))
         elif flag == "-ub":

@@ -698,11 +698,18 @@ def iter_tensors(model: GGUFModel) -> Iterable[tuple[int, RawTensor]]:
 
 
 def read_skipped_array(path: str | os.PathLike[str], array: SkippedArray) -> list[MetaValue]:
-    """Decode an array :func:`read_header` skipped (for example the vocabulary)."""
-    with Path(path).open("rb") as stream:
-        reader = _Reader(stream, str(path), _stream_size(stream))
-        reader._seek(array.offset)
-        reader.base = reader.pos = array.offset
-        value = _read_array(reader, array.elem_type, array.count, "array", True)
+    """Decode an array :func:`read_header` skipped (for example the vocabulary).
+
+    Raises:
+        GGUFFormatError: the file cannot be read there (gone, truncated, changed since).
+    """
+    try:
+        with Path(path).open("rb") as stream:
+            reader = _Reader(stream, str(path), _stream_size(stream))
+            reader._seek(array.offset)
+            reader.base = reader.pos = array.offset
+            value = _read_array(reader, array.elem_type, array.count, "array", True)
+    except OSError as exc:
+        raise GGUFFormatError(str(path), f"cannot be read: {exc.strerror or exc}") from None
     assert isinstance(value, list)
     return value

@@ -317,8 +317,13 @@ class LogHistory:
         """The line being written (the engines print loading dots without a newline)."""
         return self._partial
 
+    def decode(self, data: bytes) -> str:
+        """Decode a chunk as UTF-8, keeping a character split across chunks for the next one.
+        Feed the result to :meth:`feed_text` (and to anything else that reads the output)."""
+        return self._decoder.decode(data)
+
     def feed_bytes(self, data: bytes) -> list[str]:
-        return self.feed_text(self._decoder.decode(data))
+        return self.feed_text(self.decode(data))
 
     def feed_text(self, text: str) -> list[str]:
         """Append output; returns the lines it completed."""
@@ -472,6 +477,23 @@ def classify_exit(
 
 
 # --- processes ------------------------------------------------------------------------------------
+
+
+def resolve_program(program: str) -> str:
+    """The executable ``program`` names (a path, or a name on PATH).
+
+    Raises:
+        EngineError: it does not exist or is not executable.
+    """
+    resolved = shutil.which(program) if os.sep not in program else program
+    if not resolved or not Path(resolved).is_file():
+        raise EngineError(
+            f"{program} does not exist; build it, or choose the engine in the Server tab "
+            "(or with --engine / MOE_STUDIO_ENGINE)."
+        )
+    if not os.access(resolved, os.X_OK):
+        raise EngineError(f"{resolved} is not executable (chmod +x it, or choose another binary).")
+    return resolved
 
 
 def signal_group(pid: int, sig: int) -> None:

@@ -25,7 +25,7 @@ from core.engine import EngineInfo, EngineStore, Flavour, resolve_engine
 from core.engine_log import BufferKind, EngineLogParser, expected_load_dots
 from core.errors import EngineError, ProfileError
 from core.health import HealthTracker, Phase, poll_health, send_test_prompt
-from core.launch import LaunchSpec, ServerRun, build_launch_spec
+from core.launch import LaunchSpec, ServerRun, build_launch_spec, connect_host
 from core.placement import Plan
 from core.planning import Planner
 from core.units import format_bytes
@@ -339,7 +339,7 @@ class _Watcher:
             now = time.monotonic()
             if now - last_poll >= POLL_INTERVAL:
                 last_poll = now
-                self.tracker.on_poll(poll_health(self.spec.host, self.spec.port))
+                self.tracker.on_poll(poll_health(connect_host(self.spec.host), self.spec.port))
             if deadline is not None and now - self.t0 > deadline:
                 self.tracker.on_stop_requested()
                 self.tracker.on_exit(self.run.stop())
@@ -402,7 +402,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
             elapsed = time.monotonic() - watcher.t0
             out.write(
-                f"ready: http://{spec.host}:{spec.port} after {elapsed:.1f} s (pid {run.pid})\n"
+                f"ready: http://{connect_host(spec.host)}:{spec.port} "
+                f"after {elapsed:.1f} s (pid {run.pid})\n"
             )
             watcher.pump(0.2)  # buffers printed just before "listening"
             if not watcher.shown_table:
@@ -412,7 +413,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
                 watcher.calibrate()
             if args.test_prompt:
                 try:
-                    answer = send_test_prompt(spec.host, spec.port, args.test_prompt)
+                    answer = send_test_prompt(connect_host(spec.host), spec.port, args.test_prompt)
                     out.write(f"test prompt: {answer.summary}\n")
                 except EngineError as exc:
                     out.write(f"test prompt failed: {exc}\n")

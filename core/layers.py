@@ -69,8 +69,6 @@ def plan_layer_split(layout: ModelLayout, plan: Plan, rig: Rig, settings: Settin
     n_layer = layout.n_layer
     homes = layer_homes(layout, plan)
     homes += [homes[-1] if homes else CPU_NAME] * (n_layer - len(homes))  # nextn layers
-    out_i = layout.index.get("output.weight")
-    output_home = plan.devices[out_i] if out_i is not None and plan.devices[out_i] else CPU_NAME
     notes: list[str] = []
     gpu_used = [d for d in plan.used_devices() if _gpu_like(rig, d)]
     if not gpu_used:
@@ -130,7 +128,6 @@ def plan_layer_split(layout: ModelLayout, plan: Plan, rig: Rig, settings: Settin
     # last layer's device; -ot moves the output tensors when the plan wants them elsewhere.
     # When every layer stays on the CPU, mainline's -ngl 1 still offloads the output layer
     # (it is the first one offloaded), to the first device.
-    del output_home
     assigned.append(assigned[-1] if cpu_prefix < n_layer else order[0])
     ngl = (
         999

@@ -164,7 +164,7 @@ def graph_tokens(settings: Settings) -> int:
     return max(1, min(settings.ubatch, settings.batch, settings.kv_size))
 
 
-def _layer_compute(layout: ModelLayout, settings: Settings) -> float:
+def layer_compute_bytes(layout: ModelLayout, settings: Settings) -> float:
     """The FFN phase of the worst layer (bytes): ik's ``get_layer_sizes`` activations.
 
     Routed experts ``ne1 · T · n_used · 4`` per expert matrix, shared and dense FFN ``ne1 · T · 4``
@@ -291,7 +291,7 @@ def compute_terms(
         holds_output: The device holds the output matrix.
         is_cuda: A CUDA device (RAM-resident experts may be copied into its buffer).
         cpu_expert_tensor_max: Bytes of the largest routed-expert tensor left in RAM.
-        layer_compute: :func:`_layer_compute` when the caller caches it.
+        layer_compute: :func:`layer_compute_bytes` when the caller caches it.
         hosts_kv: The device holds the KV cache of some layers, so their attention runs there
             (default: ``holds_layers``).
         is_host: The CPU, which builds the graph inputs (mask, token embeddings).
@@ -308,13 +308,13 @@ def compute_terms(
     ffn = float(hp.n_embd * tokens * 4) if is_host else 0.0
     attention = 0.0
     if runs_attention:
-        ffn = _layer_compute(layout, settings) if layer_compute is None else layer_compute
+        ffn = layer_compute_bytes(layout, settings) if layer_compute is None else layer_compute
         attention = _attention_phase(layout, settings, tokens)
     elif holds_layers:
         if is_host:
             ffn = max(ffn, float(max(hp.n_ff_exp, 1) * max(hp.n_expert_used, 1) * tokens * 4))
         else:
-            ffn = _layer_compute(layout, settings) if layer_compute is None else layer_compute
+            ffn = layer_compute_bytes(layout, settings) if layer_compute is None else layer_compute
     logits = float(hp.n_vocab * tokens * 4) if holds_output else 0.0
     copy = 0.0
     offloading = tokens >= offload_threshold(layout, settings)
@@ -444,7 +444,7 @@ def estimate(
     for il, dev in enumerate(layer_devices):
         kv[dev] += kv_layers[il]
     if layer_compute is None:
-        layer_compute = _layer_compute(layout, settings)
+        layer_compute = layer_compute_bytes(layout, settings)
     output_index = layout.index.get("output.weight", layout.index.get("token_embd.weight"))
     output_device = plan.devices[output_index] if output_index is not None else CPU_NAME
     layer_set = set(layer_devices)

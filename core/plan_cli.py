@@ -14,7 +14,7 @@ from typing import TextIO
 
 from core import catalog
 from core.devices import Device, DeviceKind, HostInfo, Rig
-from core.errors import MoeStudioError
+from core.errors import CommandError, MoeStudioError
 from core.placement import Plan, as_mapping, initial_plan
 from core.planning import Planner, PlanResult, apply_pin
 from core.settings import DIALECTS, Settings
@@ -38,7 +38,8 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     hw.add_argument("--ram", metavar="SIZE", help="host RAM, e.g. 256GiB")
     hw.add_argument("--rig", metavar="FILE|PRESET", help="a rig file or preset (see moe-studio hw)")
     run = p.add_argument_group("run settings")
-    run.add_argument("--ctx", "-c", type=int, default=32768, help="context size (default 32768)")
+    # Options without a value here take the imported command's, else the Settings default.
+    run.add_argument("--ctx", "-c", type=int, help="context size (default 32768)")
     run.add_argument("--cache", metavar="TYPE", help="K and V cache type, e.g. q8_0")
     run.add_argument("--cache-k", metavar="TYPE")
     run.add_argument("--cache-v", metavar="TYPE")
@@ -46,14 +47,16 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
         "--ubatch", "-ub", type=int, help="physical batch (default: the advisor's choice)"
     )
     run.add_argument("--batch", "-b", type=int)
-    run.add_argument("--dialect", choices=DIALECTS, default="ik")
+    run.add_argument(
+        "--dialect", choices=DIALECTS, help="ik (default) or mainline; --import detects it"
+    )
     run.add_argument("--no-fa", action="store_true", help="flash attention off")
     run.add_argument("--mla", type=int, choices=(0, 1, 2, 3), help="ik -mla mode")
     run.add_argument("--amb", type=int, help="ik -amb MiB")
     run.add_argument("--threads", "-t", type=int)
-    run.add_argument("--parallel", "-np", type=int, default=1)
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8080)
+    run.add_argument("--parallel", "-np", type=int, help="slots (default 1)")
+    run.add_argument("--host", help="bind address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port (default 8080)")
     run.add_argument("--no-mmap", action="store_true")
     run.add_argument(
         "--extra",
@@ -80,6 +83,13 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     place.add_argument("--engine", metavar="PATH", help="llama-server to write into the command")
 
 
+def _memory(text: str) -> int:
+    """A memory size from the command line; a bare number is refused (bytes? GB? GiB?)."""
+    if text.strip().replace(".", "", 1).isdigit():
+        raise MoeStudioError(f"{text!r} has no unit; write it with one, for example {text}GiB.")
+    return parse_size(text)
+
+
 def _rig(args: argparse.Namespace) -> Rig:
     if args.rig:
         from core.hardware.cli import resolve_rig
@@ -95,7 +105,7 @@ def _rig(args: argparse.Namespace) -> Rig:
     for size in args.gpu:
         index = len([d for d in devices if d.kind is DeviceKind.CUDA])
         devices.append(
-            Device(f"CUDA{index}", DeviceKind.CUDA, parse_size(size), label="GPU", index=index)
+            Device(f"CUDA{index}", DeviceKind.CUDA, _memory(size), label="GPU", index=index)
         )
     for spec in args.rpc:
         endpoint, sep, size = spec.rpartition("=")
@@ -105,12 +115,12 @@ def _rig(args: argparse.Namespace) -> Rig:
             )
         from core.hardware.rpc import rpc_device
 
-        devices.append(rpc_device(endpoint, parse_size(size), label="RPC"))
+        devices.append(rpc_device(endpoint, _memory(size), label="RPC"))
     host = rig.host
     if args.ram:
         from dataclasses import replace
 
-        host = replace(host, ram_total=parse_size(args.ram))
+        host = replace(host, ram_total=_memory(args.ram))
     if not host.ram_total:
         raise MoeStudioError("Say how much RAM the machine has: --ram 256GiB.")
     rpc = [d for d in devices if d.kind is DeviceKind.RPC]
@@ -121,13 +131,14 @@ def _rig(args: argparse.Namespace) -> Rig:
 
 
 def _settings(args: argparse.Namespace, base: Settings) -> Settings:
-    changes: dict[str, object] = {
+    given = {
         "dialect": args.dialect,
         "ctx": args.ctx,
         "parallel": args.parallel,
         "host": args.host,
         "port": args.port,
     }
+    changes: dict[str, object] = {k: v for k, v in given.items() if v is not None}
     if args.cache:
         changes["cache_type_k"] = changes["cache_type_v"] = args.cache
     if args.cache_k:
@@ -158,13 +169,13 @@ def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
     layout = catalog.load(args.model)
     rig = _rig(args)
     notes: list[str] = []
-    base = Settings(dialect=args.dialect)
+    base = Settings(dialect=args.dialect or "ik")
     plan = initial_plan(layout)
     if args.import_command:
         from core.cmdline import import_command
 
         plan, imported, rig = import_command(args.import_command, layout, rig, dialect=args.dialect)
-        base = imported.settings.with_(dialect=args.dialect)
+        base = imported.settings
         notes += imported.notes
     settings = _settings(args, base)
     for rule in args.pin:
@@ -260,7 +271,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print_result(planner, result, notes, sys.stdout)
-    return 0 if result.command else 1
+    if result.command is None:
+        # The budget table above is still worth reading; the reason goes to stderr, exit 1.
+        raise CommandError(result.command_error)
+    return 0
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

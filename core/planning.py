@@ -16,7 +16,7 @@ from core.cmdline import Command, build_command
 from core.devices import Rig
 from core.errors import CommandError, MoeStudioError, PlanError
 from core.layers import LayerSplit, plan_layer_split
-from core.memory import Estimate, _layer_compute, estimate, kv_bytes
+from core.memory import Estimate, estimate, kv_bytes, layer_compute_bytes
 from core.model import Cell, ModelLayout
 from core.placement import Edit, Plan, assign, expert_cells, initial_plan, range_cells
 from core.settings import Settings
@@ -56,7 +56,7 @@ class Planner:
         """The fast path (a cell edit): split and memory per device."""
         if self._kv is None:
             self._kv = kv_bytes(self.layout, self.settings)
-            self._compute = _layer_compute(self.layout, self.settings)
+            self._compute = layer_compute_bytes(self.layout, self.settings)
         split = plan_layer_split(self.layout, plan, self.rig, self.settings)
         est = estimate(
             self.layout,

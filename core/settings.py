@@ -68,6 +68,29 @@ class Settings:
         pad = self.kv_padding
         return -(-self.ctx // pad) * pad
 
+    def for_dialect(self, dialect: Dialect) -> Settings:
+        """These settings for ``dialect``: switching to mainline turns the ik-only options off
+        (``-mla``, ``-amb``, ``-rtr``, ``-sm graph``, ``--merge-qkv``) and replaces ik-only cache
+        types with q8_0, so the command can be built."""
+        if dialect == "ik":
+            return replace(self, dialect=dialect)
+        ik_only_cache = ("q6_0", "q8_kv")
+        return replace(
+            self,
+            dialect=dialect,
+            mla=None,
+            amb=None,
+            rtr=False,
+            split_mode_graph=False,
+            merge_qkv=False,
+            cache_type_k="q8_0"
+            if self.cache_type_k.lower() in ik_only_cache
+            else self.cache_type_k,
+            cache_type_v="q8_0"
+            if self.cache_type_v.lower() in ik_only_cache
+            else self.cache_type_v,
+        )
+
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 

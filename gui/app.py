@@ -40,6 +40,16 @@ def _qt_message(mode: QtMsgType, context: QMessageLogContext, message: str) -> N
     logging.getLogger("qt").log(level, "%s", message)
 
 
+def _excepthook(kind: type[BaseException], error: BaseException, tb: object) -> None:
+    """Anything that escapes a slot ends in the one error dialog, never only on stderr."""
+    log.error("unhandled error", exc_info=(kind, error, tb))  # type: ignore[arg-type]
+    if isinstance(error, KeyboardInterrupt):
+        return
+    from gui.messages import show_error
+
+    show_error(QApplication.activeWindow(), "MoE Studio", error)
+
+
 def demo_document() -> Document:
     """The start-up picture: the demo model on the demo rig, advisor -b/-ub, auto-placed."""
     layout = catalog.load_catalog(catalog.DEMO)
@@ -114,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.self_test:
         return self_test()
     qInstallMessageHandler(_qt_message)
+    sys.excepthook = _excepthook
     app = QApplication.instance() or QApplication(["moe-studio"])
     app.setOrganizationName("moe-studio")
     app.setApplicationName("MoE Studio")

@@ -120,17 +120,4 @@ class CommandView(QWidget):
         dialect = self.dialect.itemData(index)
         settings = self._document.settings
         if dialect != settings.dialect:
-            changes: dict[str, object] = {"dialect": dialect}
-            if dialect == "mainline":
-                # ik-only options do not exist there; switching turns them off (undoable).
-                changes |= {
-                    "mla": None,
-                    "amb": None,
-                    "rtr": False,
-                    "split_mode_graph": False,
-                    "merge_qkv": False,
-                }
-                for field in ("cache_type_k", "cache_type_v"):
-                    if getattr(settings, field) in ("q6_0", "q8_KV"):
-                        changes[field] = "q8_0"
-            self._document.set_settings(settings.with_(**changes), f"Switch to {dialect}")
+            self._document.set_settings(settings.for_dialect(dialect), f"Switch to {dialect}")

@@ -148,6 +148,15 @@ class Document(QObject):
     def replace_plan(self, plan: Plan, text: str) -> None:
         self.apply_edit(Edit(self._plan, plan, frozenset()), text)
 
+    def replace_plan_and_settings(self, plan: Plan, settings: Settings, text: str) -> None:
+        """Both as one undo step (an imported command)."""
+        self.undo_stack.beginMacro(text)
+        try:
+            self.replace_plan(plan, text)
+            self.set_settings(settings, text)
+        finally:
+            self.undo_stack.endMacro()
+
     def set_settings(self, settings: Settings, text: str = "Change settings") -> None:
         if settings != self.settings:
             self.undo_stack.push(SettingsCommand(self, self.settings, settings, text))

@@ -51,7 +51,7 @@ from gui.palette import DevicePalette
 from gui.process.process_panel import ProcessPanel
 from gui.profile_controller import ProfileController
 from gui.settings_panel import SettingsPanel
-from gui.tasks import TaskRunner, Work
+from gui.tasks import Background, TaskRunner, Work
 from gui.tensor_map.model import TensorMapModel
 from gui.tensor_map.view import TensorMapView
 
@@ -85,6 +85,9 @@ class MainWindow(QMainWindow):
         self.qsettings = qsettings or QSettings()
         self.tasks = TaskRunner(self)
         self.last_error_dialog: QMessageBox | None = None
+        self._task_error_title = "Cannot open the model"
+        # Short jobs that must not cancel an opening model (hardware detection).
+        self.background = Background(self)
         self.profiles = ProfileController(
             self, self.qsettings, library=profile_library, autosave_folder=autosave_folder
         )
@@ -281,9 +284,17 @@ class MainWindow(QMainWindow):
 
         self.run_task(work, f"Opening {spec}", lambda result: self._on_model_opened(result, None))
 
-    def run_task(self, work: Work, text: str, done: Callable[[Any], None]) -> None:
-        """Run ``work`` in the background (cancelling the previous task); ``done`` on success."""
+    def run_task(
+        self,
+        work: Work,
+        text: str,
+        done: Callable[[Any], None],
+        error_title: str = "Cannot open the model",
+    ) -> None:
+        """Run ``work`` in the background (cancelling the previous task); ``done`` on success,
+        an error dialog titled ``error_title`` on failure."""
         self.status_label.setText(text + "…")
+        self._task_error_title = error_title
         self.tasks.start(work, done)
 
     def _on_model_opened(self, result: Opened, path: str | None) -> None:
@@ -303,7 +314,7 @@ class MainWindow(QMainWindow):
     def _on_tasks_failed(self, error: object) -> None:
         self._update_status()
         assert isinstance(error, BaseException)
-        self.last_error_dialog = show_error(self, "Cannot open the model", error)
+        self.last_error_dialog = show_error(self, self._task_error_title, error)
 
     def _on_tasks_progressed(self, fraction: float, text: str) -> None:
         self.progress.setValue(int(fraction * 1000))
@@ -357,8 +368,7 @@ class MainWindow(QMainWindow):
             return False
         if rig != self.document.rig:
             self.document.set_rig(rig)
-        self.document.replace_plan(plan, "Import command")
-        self.document.set_settings(imported.settings, "Import command settings")
+        self.document.replace_plan_and_settings(plan, imported.settings, "Import command")
         self.command_view.extra_notes = list(imported.notes)
         self.command_view.refresh()
         return True
@@ -368,10 +378,11 @@ class MainWindow(QMainWindow):
     def detect_hardware(self) -> None:
         from core.hardware.detect import detect_rig
 
-        def work(progress: Progress, cancelled: IsCancelled) -> Rig:
-            return detect_rig()
+        self.statusBar().showMessage("Detecting hardware…", 5000)
+        self.background.call(detect_rig, self._on_rig_ready, self._on_detect_failed)
 
-        self.run_task(work, "Detecting hardware", self._on_rig_ready)
+    def _on_detect_failed(self, error: BaseException) -> None:
+        self.last_error_dialog = show_error(self, "Cannot detect the hardware", error)
 
     def _on_rig_ready(self, rig: object) -> None:
         assert isinstance(rig, Rig)
@@ -455,5 +466,6 @@ class MainWindow(QMainWindow):
         self.profiles.discard_own_autosave()
         self.process_panel.shutdown()
         self.tasks.cancel()
+        self.background.wait(3000)
         self.qsettings.setValue("window/geometry", self.saveGeometry())
         super().closeEvent(event)

@@ -227,7 +227,12 @@ class ProfileController(QObject):
                 self.window.command_view.extra_notes = list(profile.warnings)
                 self.window.command_view.refresh()
 
-        self.window.run_task(work, f"Opening {Path(path).name if path else profile.title}", done)
+        self.window.run_task(
+            work,
+            f"Opening {Path(path).name if path else profile.title}",
+            done,
+            "Cannot open the profile",
+        )
 
     # --- save ----------------------------------------------------------------------------------
 

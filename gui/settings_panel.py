@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
-from core.settings import Settings
+from core.settings import DIALECTS, Dialect, Settings
 from core.units import MiB
 from gui.document import Document
 
@@ -137,10 +137,15 @@ class SettingsPanel(QWidget):
             self.overhead,
         ):
             spin.valueChanged.connect(self._on_field_changed)
-        for combo in (self.cache_k, self.cache_v, self.dialect, self.mla, self.numa):
+        for combo in (self.cache_k, self.cache_v, self.mla, self.numa):
             combo.currentIndexChanged.connect(self._on_field_changed)
+        self.dialect.currentIndexChanged.connect(self._on_dialect_changed)
         for combo in (self.batch, self.ubatch):
-            combo.currentTextChanged.connect(self._on_field_changed)
+            # One change per choice or finished edit, not one undo step per keystroke.
+            combo.activated.connect(self._on_field_changed)
+            line = combo.lineEdit()
+            if line is not None:
+                line.editingFinished.connect(self._on_field_changed)
         for check in (self.flash, self.rtr, self.graph, self.merge_qkv, self.no_mmap, self.metrics):
             check.toggled.connect(self._on_field_changed)
         for line in (self.host, self.extra):
@@ -244,3 +249,12 @@ class SettingsPanel(QWidget):
         if self._updating:
             return
         self._document.set_settings(self.current())
+
+    def _on_dialect_changed(self, *_: object) -> None:
+        if self._updating:
+            return
+        dialect = self.dialect.currentText()
+        settings = self._document.settings
+        if dialect != settings.dialect and dialect in DIALECTS:
+            chosen: Dialect = "ik" if dialect == "ik" else "mainline"
+            self._document.set_settings(settings.for_dialect(chosen), f"Switch to {dialect}")

@@ -113,3 +113,53 @@ class TaskRunner(QObject):
             self._current = 0
             self.running_changed.emit(False)
             self.failed.emit(error)
+
+
+class _CallRelay(QObject):
+    done = Signal(object, object)  # (callback, result)
+    failed = Signal(object, object)  # (callback, exception)
+
+
+class _Call(QRunnable):
+    def __init__(
+        self,
+        fn: Callable[[], Any],
+        relay: _CallRelay,
+        on_done: Callable[[Any], None],
+        on_error: Callable[[BaseException], None] | None,
+    ) -> None:
+        super().__init__()
+        self._fn, self._relay, self._on_done, self._on_error = fn, relay, on_done, on_error
+
+    def run(self) -> None:
+        try:
+            result = self._fn()
+        except Exception as exc:
+            if self._on_error is not None:
+                self._relay.failed.emit(self._on_error, exc)
+            return
+        self._relay.done.emit(self._on_done, result)
+
+
+class Background(QObject):
+    """Short blocking calls (a health poll, a test prompt, an engine probe) off the GUI thread;
+    results come back on the GUI thread."""
+
+    def __init__(self, parent: QObject | None = None, threads: int = 2) -> None:
+        super().__init__(parent)
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(threads)
+        self._relay = _CallRelay()
+        self._relay.done.connect(lambda cb, result: cb(result))
+        self._relay.failed.connect(lambda cb, exc: cb(exc))
+
+    def call(
+        self,
+        fn: Callable[[], Any],
+        on_done: Callable[[Any], None],
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.pool.start(_Call(fn, self._relay, on_done, on_error))
+
+    def wait(self, msecs: int = -1) -> bool:
+        return self.pool.waitForDone(msecs)

@@ -17,8 +17,6 @@ not keep a GPU busy after MoE Studio was killed.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -34,27 +32,12 @@ from core.launch import (
     LogHistory,
     classify_exit,
     pdeathsig_prefix,
+    resolve_program,
     signal_group,
 )
 
 log = logging.getLogger(__name__)
 KILL_TIMEOUT_MS = 5000
-
-
-def resolve_program(program: str) -> str:
-    """The executable ``program`` names (a path, or a name on PATH).
-
-    Raises:
-        EngineError: it does not exist or is not executable.
-    """
-    resolved = shutil.which(program) if os.sep not in program else program
-    if not resolved or not Path(resolved).is_file():
-        raise EngineError(
-            f"{program} does not exist; build it or choose an engine folder that has it."
-        )
-    if not os.access(resolved, os.X_OK):
-        raise EngineError(f"{resolved} is not executable (chmod +x it).")
-    return resolved
 
 
 class BenchProcess(QObject):

@@ -166,9 +166,8 @@ class BudgetPlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         self._legend.addItem(self._gpus.overflow, "over budget")
         self.ci.layout.setColumnStretchFactor(0, 5)
         self.ci.layout.setColumnStretchFactor(1, 1)
+        # set_model and set_rig announce a plan change too, so this one signal is enough.
         document.plan_changed.connect(self._on_document_plan_changed)
-        document.model_changed.connect(self.refresh)
-        document.rig_changed.connect(self.refresh)
         self.refresh()
 
     def refresh(self) -> None:

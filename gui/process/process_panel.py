@@ -135,7 +135,7 @@ class ProcessPanel(QWidget):
         log_layout = QVBoxLayout(log_tab)
         filter_row = QHBoxLayout()
         self.filter_edit = QLineEdit()
-        self.filter_edit.setPlaceholderText("Filter the log (text or regular expression)")
+        self.filter_edit.setPlaceholderText("Show only lines containing…")
         filter_row.addWidget(self.filter_edit, 1)
         self.save_log_button = QPushButton("Save log…")
         filter_row.addWidget(self.save_log_button)
@@ -261,9 +261,9 @@ class ProcessPanel(QWidget):
             self._set_status_text(str(exc), error=True)
             self.last_error = show_error(self, "Cannot launch the server", exc)
             return False
-        for note in (*spec.notes, *self.server.notes):
-            self._append_lines([f"# {note}"])
-        self._append_lines([f"# {spec.shell()}"])
+        # Into the history too, so the filter and "Save log…" keep them.
+        header = [f"# {note}" for note in (*spec.notes, *self.server.notes)] + [f"# {spec.shell()}"]
+        self._append_lines(self.server.history.feed_text("\n".join(header) + "\n"))
         self._update_buttons()
         return True
 

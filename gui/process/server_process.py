@@ -16,20 +16,13 @@ Studio targets Linux servers).
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import (
     QObject,
     QProcess,
     QProcessEnvironment,
-    QRunnable,
-    QThreadPool,
     QTimer,
     Signal,
 )
@@ -44,62 +37,14 @@ from core.launch import (
     classify_exit,
     connect_host,
     pdeathsig_prefix,
+    resolve_program,
     signal_group,
 )
+from gui.tasks import Background
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_MS = 5000
 POLL_MS = 500
-
-
-class _Relay(QObject):
-    done = Signal(object, object)  # (callback, result)
-    failed = Signal(object, object)  # (callback, exception)
-
-
-class _Call(QRunnable):
-    def __init__(
-        self,
-        fn: Callable[[], Any],
-        relay: _Relay,
-        on_done: Callable[[Any], None],
-        on_error: Callable[[BaseException], None] | None,
-    ) -> None:
-        super().__init__()
-        self._fn, self._relay, self._on_done, self._on_error = fn, relay, on_done, on_error
-
-    def run(self) -> None:
-        try:
-            result = self._fn()
-        except Exception as exc:
-            if self._on_error is not None:
-                self._relay.failed.emit(self._on_error, exc)
-            return
-        self._relay.done.emit(self._on_done, result)
-
-
-class Background(QObject):
-    """Short blocking calls (a health poll, a test prompt, an engine probe) off the GUI thread;
-    results come back on the GUI thread."""
-
-    def __init__(self, parent: QObject | None = None, threads: int = 2) -> None:
-        super().__init__(parent)
-        self.pool = QThreadPool(self)
-        self.pool.setMaxThreadCount(threads)
-        self._relay = _Relay()
-        self._relay.done.connect(lambda cb, result: cb(result))
-        self._relay.failed.connect(lambda cb, exc: cb(exc))
-
-    def call(
-        self,
-        fn: Callable[[], Any],
-        on_done: Callable[[Any], None],
-        on_error: Callable[[BaseException], None] | None = None,
-    ) -> None:
-        self.pool.start(_Call(fn, self._relay, on_done, on_error))
-
-    def wait(self, msecs: int = -1) -> bool:
-        return self.pool.waitForDone(msecs)
 
 
 class ServerProcess(QObject):
@@ -162,16 +107,7 @@ class ServerProcess(QObject):
         """Start the server; problems that can be known before starting raise EngineError."""
         if self.running:
             raise EngineError("A server is already running; stop it first.")
-        program = spec.full_argv[0]
-        resolved = shutil.which(program) if os.sep not in program else program
-        if not resolved or not Path(resolved).is_file():
-            raise EngineError(
-                f"{program} does not exist; choose the llama-server binary in the process panel."
-            )
-        if not os.access(resolved, os.X_OK):
-            raise EngineError(
-                f"{resolved} is not executable (chmod +x it, or choose another binary)."
-            )
+        resolved = resolve_program(spec.full_argv[0])
         check_port(connect_host(spec.host), spec.port)
         self.spec = spec
         self.history = LogHistory(self.history.max_lines)
@@ -179,6 +115,7 @@ class ServerProcess(QObject):
         self.tracker = HealthTracker()
         self._stop_requested = False
         self._killed = False
+        self._poll_timer.setInterval(POLL_MS)
         self.notes = []
         prefix = pdeathsig_prefix()
         if not prefix and sys.platform.startswith("linux"):
@@ -239,15 +176,17 @@ class ServerProcess(QObject):
     # --- process signals -----------------------------------------------------------------------
 
     def _on_process_started(self) -> None:
+        if self._stop_requested:  # stopped while it was starting: it had no pid to signal then
+            self._signal_group(signal.SIGTERM)
         self._poll_timer.start()
         self.started.emit(self.pid or 0)
 
     def _on_process_ready_read(self) -> None:
         if self._process is None:
             return
-        data = bytes(self._process.readAllStandardOutput().data())
-        lines = self.history.feed_bytes(data)
-        text = data.decode("utf-8", errors="replace")
+        # Decoded once, incrementally: a UTF-8 character split across reads stays whole.
+        text = self.history.decode(bytes(self._process.readAllStandardOutput().data()))
+        lines = self.history.feed_text(text)
         self._handle_events(self.parser.feed_text(text))
         if lines:
             self.lines_received.emit(lines)
@@ -266,6 +205,7 @@ class ServerProcess(QObject):
                 f"{self._process.program()} could not be started: {self._process.errorString()}."
             )
             self._poll_timer.stop()
+            self._process.deleteLater()
             self._process = None
             self.start_failed.emit(message)
 
@@ -288,6 +228,10 @@ class ServerProcess(QObject):
         )
         if self.tracker.on_exit(info):
             self._set_status_changed()
+        # This QProcess is done; a new one is made per launch.
+        if self._process is not None:
+            self._process.deleteLater()
+            self._process = None
         self.finished.emit(info)
 
     def _on_kill_timer_timeout(self) -> None:

@@ -64,9 +64,14 @@ class CellInfo:
     pinned: bool
     loaded: bool
     label: str = ""
+    # Worked out once per plan change, not on every repaint.
+    background: QColor | None = None
+    foreground: QColor | None = None
 
 
 _EMPTY = CellInfo((), None, 0, False, True)
+_NOT_LOADED_BG = QColor("#d9d9d9")
+_NOT_LOADED_FG = QColor("#7a7a7a")
 
 
 def _short(n: int) -> str:
@@ -91,8 +96,8 @@ class TensorMapModel(QAbstractTableModel):
         self._info: list[list[CellInfo]] = []
         self._group_size = 1
         document.model_changed.connect(self._on_document_model_changed)
+        # set_rig announces a plan change too (device colours follow the rig).
         document.plan_changed.connect(self._on_document_plan_changed)
-        document.rig_changed.connect(self._on_document_plan_changed)
         self._rebuild()
 
     # --- structure -----------------------------------------------------------------------------
@@ -178,7 +183,7 @@ class TensorMapModel(QAbstractTableModel):
         group = self._columns[column]
         return tuple((layer, group) for layer in spec.layers() if (layer, group) in cells)
 
-    def _compute_info(self, row: int, column: int) -> CellInfo:
+    def _compute_info(self, row: int, column: int, order: list[str]) -> CellInfo:
         keys = self._cell_keys(row, column)
         if not keys:
             return _EMPTY
@@ -194,11 +199,17 @@ class TensorMapModel(QAbstractTableModel):
         device = next(iter(devices)) if len(devices) == 1 else None
         pinned = all(k in plan.pinned for k in keys)
         label = keys[0][1].short_label if self._rows[row].is_global else ""
-        return CellInfo(keys, device, nbytes, pinned, loaded, label)
+        if not loaded:
+            background, foreground = _NOT_LOADED_BG, _NOT_LOADED_FG
+        else:
+            background = theme.MIXED_COLOR if device is None else theme.device_color(device, order)
+            foreground = theme.text_color_on(background)
+        return CellInfo(keys, device, nbytes, pinned, loaded, label, background, foreground)
 
     def _recompute(self) -> None:
+        order = self._device_order()
         self._info = [
-            [self._compute_info(r, c) for c in range(self.columnCount())]
+            [self._compute_info(r, c, order) for c in range(self.columnCount())]
             for r in range(len(self._rows))
         ]
 
@@ -230,27 +241,9 @@ class TensorMapModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             return self._tooltip(info) if info.cells else None
         if role == Qt.ItemDataRole.BackgroundRole:
-            if not info.cells:
-                return None
-            if not info.loaded:
-                return QBrush(QColor("#d9d9d9"))
-            color = (
-                theme.MIXED_COLOR
-                if info.device is None
-                else theme.device_color(info.device, self._device_order())
-            )
-            return QBrush(color)
+            return QBrush(info.background) if info.background is not None else None
         if role == Qt.ItemDataRole.ForegroundRole:
-            if not info.cells:
-                return None
-            if not info.loaded:
-                return QBrush(QColor("#7a7a7a"))
-            bg = (
-                theme.MIXED_COLOR
-                if info.device is None
-                else theme.device_color(info.device, self._device_order())
-            )
-            return QBrush(theme.text_color_on(bg))
+            return QBrush(info.foreground) if info.foreground is not None else None
         if role == Qt.ItemDataRole.TextAlignmentRole:
             return int(Qt.AlignmentFlag.AlignCenter)
         if role == CELLS_ROLE:

@@ -162,6 +162,7 @@ class TensorMapView(QTableView):
             self.selectionModel().select(index, self.selectionModel().SelectionFlag.ClearAndSelect)
         menu = self.build_menu()
         menu.exec(self.viewport().mapToGlobal(event.pos()))
+        menu.deleteLater()
 
     def build_menu(self) -> QMenu:
         """The context menu for the current selection (separate so tests can inspect it)."""

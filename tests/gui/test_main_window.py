@@ -217,3 +217,45 @@ def test_dark_palette_and_full_hd(window: MainWindow, tmp_path: Path) -> None:
     QApplication.processEvents()
     save_screenshot(window, "04-dark-1920x1080.png", tmp_path)
     window.set_palette_mode("light")
+
+
+def test_switching_to_mainline_turns_ik_options_off(window: MainWindow) -> None:
+    doc = window.document
+    panel = window.settings_panel
+    panel.rtr.setChecked(True)
+    panel.amb.setValue(512)
+    assert doc.settings.rtr and doc.settings.amb == 512
+    panel.dialect.setCurrentText("mainline")
+    s = doc.settings
+    assert s.dialect == "mainline" and not s.rtr and s.amb is None
+    assert not panel.rtr.isChecked() and not panel.rtr.isEnabled()
+    assert doc.result().command is not None  # the command can be built
+    doc.undo_stack.undo()
+    assert doc.settings.dialect == "ik" and doc.settings.rtr
+
+
+def test_typing_a_batch_size_is_one_change(window: MainWindow, qtbot: object) -> None:
+    from PySide6.QtTest import QTest
+
+    doc = window.document
+    steps = doc.undo_stack.count()
+    combo = window.settings_panel.batch
+    line = combo.lineEdit()
+    assert line is not None
+    line.selectAll()
+    QTest.keyClicks(line, "3072")
+    assert doc.undo_stack.count() == steps  # nothing yet while typing
+    line.editingFinished.emit()
+    assert doc.settings.batch == 3072 and doc.undo_stack.count() == steps + 1
+
+
+def test_an_import_is_one_undo_step_and_bad_cache_types_are_refused(window: MainWindow) -> None:
+    doc = window.document
+    before_plan, before_settings = doc.plan, doc.settings
+    assert window.import_command_text("llama-server -m x.gguf -ngl 999 -ot exps=CPU -c 4096")
+    doc.undo_stack.undo()
+    assert doc.plan == before_plan and doc.settings == before_settings
+    assert not window.import_command_text("llama-server -m x.gguf -ctk bogus -fa on")
+    assert "not a KV cache type" in window.last_error_dialog.text()  # type: ignore[union-attr]
+    assert doc.settings == before_settings
+    window.last_error_dialog.close()  # type: ignore[union-attr]
