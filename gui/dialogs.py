@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.devices import Device, DeviceKind, HostInfo, Rig
-from core.errors import HardwareError
+from core.errors import HardwareError, MoeStudioError
 from core.hardware.rpc import parse_endpoint, rpc_device
 from core.units import GiB, parse_size
 
@@ -53,12 +53,42 @@ class ImportCommandDialog(QDialog):
         return self.text.toPlainText()
 
 
-class MachineDialog(QDialog):
+class _RigDialog(QDialog):
+    """OK builds a changed :class:`Rig`; a bad entry is shown and the dialog stays open."""
+
+    def __init__(self, rig: Rig, title: str, parent: QWidget | None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(title)
+        self._rig = rig
+        self.result_rig: Rig | None = None
+        self.error = QLabel()
+
+    def build(self) -> Rig:
+        raise NotImplementedError
+
+    def _add_buttons(self, form: QFormLayout) -> None:
+        form.addRow(self.error)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.accepted.connect(self._on_accepted)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def _on_accepted(self) -> None:
+        try:
+            self.result_rig = self.build()
+        except MoeStudioError as exc:
+            self.error.setText(f"<span style='color:#D55E00'>{exc}</span>")
+            return
+        self.accept()
+
+
+class MachineDialog(_RigDialog):
     """ "Plan for another machine": GPU sizes, PCIe, RAM, cores."""
 
     def __init__(self, rig: Rig, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Plan for another machine")
+        super().__init__(rig, "Plan for another machine", parent)
         form = QFormLayout(self)
         gpus = ", ".join(f"{d.memory_total / GiB:g}" for d in rig.gpus) or "24"
         self.gpus = QLineEdit(gpus)
@@ -82,16 +112,7 @@ class MachineDialog(QDialog):
         form.addRow("PCIe lanes", self.pcie_width)
         form.addRow("RAM", self.ram)
         form.addRow("Physical cores", self.cores)
-        self.error = QLabel()
-        form.addRow(self.error)
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        buttons.accepted.connect(self._on_accepted)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
-        self._rig = rig
-        self.result_rig: Rig | None = None
+        self._add_buttons(form)
 
     def build(self) -> Rig:
         sizes = [s.strip() for s in self.gpus.text().replace(";", ",").split(",") if s.strip()]
@@ -122,21 +143,12 @@ class MachineDialog(QDialog):
         )
         return Rig("another machine", host, tuple(devices), source="declared in MoE Studio")
 
-    def _on_accepted(self) -> None:
-        try:
-            self.result_rig = self.build()
-        except Exception as exc:
-            self.error.setText(f"<span style='color:#D55E00'>{exc}</span>")
-            return
-        self.accept()
 
-
-class RpcDialog(QDialog):
+class RpcDialog(_RigDialog):
     """Add an rpc-server endpoint with its memory."""
 
     def __init__(self, rig: Rig, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Add an RPC device")
+        super().__init__(rig, "Add an RPC device", parent)
         form = QFormLayout(self)
         self.endpoint = QLineEdit("192.168.1.20:50052")
         self.memory = QLineEdit("24GiB")
@@ -148,16 +160,7 @@ class RpcDialog(QDialog):
                 "use an rpc-server built from the same engine."
             )
         )
-        self.error = QLabel()
-        form.addRow(self.error)
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        buttons.accepted.connect(self._on_accepted)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
-        self._rig = rig
-        self.result_rig: Rig | None = None
+        self._add_buttons(form)
 
     def build(self) -> Rig:
         host, port = parse_endpoint(self.endpoint.text().strip())
@@ -170,11 +173,3 @@ class RpcDialog(QDialog):
         rpc = [d for d in self._rig.devices if d.kind is DeviceKind.RPC] + [device]
         gpus = [d for d in self._rig.devices if d.kind is not DeviceKind.RPC]
         return self._rig.with_devices((*rpc, *gpus))
-
-    def _on_accepted(self) -> None:
-        try:
-            self.result_rig = self.build()
-        except Exception as exc:
-            self.error.setText(f"<span style='color:#D55E00'>{exc}</span>")
-            return
-        self.accept()
