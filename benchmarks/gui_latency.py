@@ -30,7 +30,7 @@ sys.path.insert(0, {root!r})
 from PySide6.QtCore import QEvent, QObject, QSettings
 from PySide6.QtWidgets import QApplication
 app = QApplication(["moe-studio"])
-from gui.app import build_window, _parser
+from moe_studio.gui.app import build_window, _parser
 settings = QSettings({ini!r}, QSettings.Format.IniFormat)
 window = build_window(_parser().parse_args([]), settings)
 
@@ -65,12 +65,11 @@ def cold_start(runs: int = 5) -> tuple[float, float]:
 
 
 def assignment_latency(samples: int = 60) -> tuple[float, float]:
+    from moe_studio.core.memory import DeviceBudget
+    from moe_studio.core.placement import expert_cells
+    from moe_studio.gui.app import _parser, build_window
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
-
-    from core.memory import DeviceBudget
-    from core.placement import expert_cells
-    from gui.app import _parser, build_window
 
     app = QApplication.instance() or QApplication(["bench"])
     window = build_window(

@@ -18,15 +18,15 @@ import sys
 import time
 from collections.abc import Callable
 
-from core.catalog import load_catalog
-from core.cmdline import build_command
-from core.devices import Device, DeviceKind, HostInfo, Rig
-from core.model import Cell
-from core.placement import Plan, assign
-from core.planning import Planner, apply_pin
-from core.settings import Settings
-from core.tensors import ROUTED_EXPERT_GROUPS
-from core.units import GiB
+from moe_studio.core.catalog import load_catalog
+from moe_studio.core.cmdline import build_command
+from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.model import Cell
+from moe_studio.core.placement import Plan, assign
+from moe_studio.core.planning import Planner, apply_pin
+from moe_studio.core.settings import Settings
+from moe_studio.core.tensors import ROUTED_EXPERT_GROUPS
+from moe_studio.core.units import GiB
 
 GPUS_GIB = (24, 16, 48, 12)
 PINS = ("L:0-2=CUDA2", "E:3-12=CPU", r"blk\.60\.ffn_(up|gate)_exps=CUDA0")

@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 import psutil
-
-from core.hardware.sampler import Sampler
-from core.units import format_bytes
+from moe_studio.core.hardware.sampler import Sampler
+from moe_studio.core.units import format_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +42,7 @@ _COLD = """
 import json, sys, time
 from pathlib import Path
 t0 = time.perf_counter()
-from core.hardware.detect import probe_hardware
+from moe_studio.core.hardware.detect import probe_hardware
 t1 = time.perf_counter()
 kwargs = {"cpuinfo_cache": Path(sys.argv[1])}
 if sys.argv[2] != "-":

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from core.errors import MoeStudioError
+from moe_studio.core.errors import MoeStudioError
 
 __all__ = [
     "BenchFormatError",

@@ -30,19 +30,19 @@ from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 
-from core.bench_results import (
+from moe_studio.core.bench_results import (
     BenchFormatError,
     BenchRow,
     SweepResult,
     parse_llama_bench,
     parse_sweep_bench,
 )
-from core.cmdline import shell_join
-from core.engine import EngineInfo
-from core.errors import EngineError
-from core.launch import ExitInfo, LogHistory, ManagedProcess, build_launch_spec
-from core.planning import PlanResult
-from core.settings import Dialect
+from moe_studio.core.cmdline import shell_join
+from moe_studio.core.engine import EngineInfo
+from moe_studio.core.errors import EngineError
+from moe_studio.core.launch import ExitInfo, LogHistory, ManagedProcess, build_launch_spec
+from moe_studio.core.planning import PlanResult
+from moe_studio.core.settings import Dialect
 
 
 class BenchTool(StrEnum):

@@ -27,10 +27,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.diagnosis import CompareRow
-from core.errors import EngineError
-from core.model import ModelLayout
-from core.settings import Settings
+from moe_studio.core.diagnosis import CompareRow
+from moe_studio.core.errors import EngineError
+from moe_studio.core.model import ModelLayout
+from moe_studio.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

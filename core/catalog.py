@@ -15,9 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import CatalogError
-from core.ggml_types import GGMLType, type_by_name
-from core.model import ModelLayout, classify_tensors, hyperparams_from_metadata, open_model
+from moe_studio.core.errors import CatalogError
+from moe_studio.core.ggml_types import GGMLType, type_by_name
+from moe_studio.core.model import (
+    ModelLayout,
+    classify_tensors,
+    hyperparams_from_metadata,
+    open_model,
+)
 
 PREFIX = "catalog:"
 SPLIT_MAX_BYTES = 50 * 1000**3  # gguf-split --split-max-size 50G

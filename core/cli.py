@@ -17,11 +17,11 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO, TypeAlias
 
-from core import __version__, catalog
-from core.errors import MoeStudioError
-from core.model import ModelLayout
-from core.tensors import GLOBAL_LAYER, TensorGroup
-from core.units import GiB, format_bytes, format_params
+from moe_studio.core import __version__, catalog
+from moe_studio.core.errors import MoeStudioError
+from moe_studio.core.model import ModelLayout
+from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.units import GiB, format_bytes, format_params
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -225,8 +225,8 @@ def _add_catalog(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _registrations() -> list[AddParser]:
     # Imported here so that the CLI's start-up does not pay for modules a command does not use.
-    from core import export_cli, launch_cli, plan_cli
-    from core.hardware import cli as hardware_cli
+    from moe_studio.core import export_cli, launch_cli, plan_cli
+    from moe_studio.core.hardware import cli as hardware_cli
 
     return [
         _add_inspect,

@@ -17,20 +17,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from core.devices import CPU_NAME, Device, DeviceKind, Rig, rpc_name
-from core.errors import CommandError, DialectError
-from core.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
-from core.layers import (
+from moe_studio.core.devices import CPU_NAME, Device, DeviceKind, Rig, rpc_name
+from moe_studio.core.errors import CommandError, DialectError
+from moe_studio.core.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
+from moe_studio.core.layers import (
     LayerSplit,
     engine_layer_devices,
     ik_tensor_split,
     mainline_tensor_split,
     plan_layer_split,
 )
-from core.model import ModelLayout
-from core.overrides import Overrides, Rule, generate, resolve
-from core.placement import Plan, plan_from_mapping
-from core.settings import Dialect, Settings
+from moe_studio.core.model import ModelLayout
+from moe_studio.core.overrides import Overrides, Rule, generate, resolve
+from moe_studio.core.placement import Plan, plan_from_mapping
+from moe_studio.core.settings import Dialect, Settings
 
 DEFAULT_EXECUTABLE = "llama-server"
 

@@ -28,15 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from core.devices import CPU_NAME, Rig
-from core.engine_log import BufferKind, Failure, FailureKind, LoadReport, buffer_device
-from core.memory import Estimate
-from core.model import Cell, ModelLayout
-from core.placement import Edit, Plan
-from core.planning import Planner
-from core.settings import Settings
-from core.tensors import ROUTED_EXPERT_GROUPS
-from core.units import MiB, format_bytes
+from moe_studio.core.devices import CPU_NAME, Rig
+from moe_studio.core.engine_log import BufferKind, Failure, FailureKind, LoadReport, buffer_device
+from moe_studio.core.memory import Estimate
+from moe_studio.core.model import Cell, ModelLayout
+from moe_studio.core.placement import Edit, Plan
+from moe_studio.core.planning import Planner
+from moe_studio.core.settings import Settings
+from moe_studio.core.tensors import ROUTED_EXPERT_GROUPS
+from moe_studio.core.units import MiB, format_bytes
 
 MIN_UBATCH = 128
 MIN_CONTEXT = 4096

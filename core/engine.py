@@ -34,7 +34,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-from core.errors import EngineError
+from moe_studio.core.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -523,7 +523,7 @@ class EngineStore:
             self._write(entries)
 
     def _write(self, entries: Mapping[Flavour, EnginePath]) -> None:
-        from core.fsutil import atomic_write_text
+        from moe_studio.core.fsutil import atomic_write_text
 
         data = {
             "version": self.VERSION,

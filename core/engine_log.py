@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
-from core.ggml_types import Engine
-from core.units import MiB, format_bytes
+from moe_studio.core.ggml_types import Engine
+from moe_studio.core.units import MiB, format_bytes
 
 log = logging.getLogger(__name__)
 

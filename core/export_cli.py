@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import catalog
-from core.errors import ExportError, MoeStudioError, ProfileError
-from core.exports import (
+from moe_studio.core import catalog
+from moe_studio.core.errors import ExportError, MoeStudioError, ProfileError
+from moe_studio.core.exports import (
     ExportFormat,
     bash_script,
     batch_script,
@@ -28,9 +28,9 @@ from core.exports import (
     powershell_script,
     router_preset_ini,
 )
-from core.fsutil import atomic_write_bytes
-from core.model import ModelLayout
-from core.profiles import Profile, load_profile, planner_from_profile, require_model
+from moe_studio.core.fsutil import atomic_write_bytes
+from moe_studio.core.model import ModelLayout
+from moe_studio.core.profiles import Profile, load_profile, planner_from_profile, require_model
 
 # --to names → formats.
 FORMATS: dict[str, ExportFormat] = {

@@ -56,8 +56,7 @@ from enum import StrEnum
 from typing import Any
 
 import yaml
-
-from core.errors import ExportError
+from moe_studio.core.errors import ExportError
 
 __all__ = [
     "DEFAULT_HEALTH_CHECK_TIMEOUT",

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.errors import MoeStudioError
+from moe_studio.core.errors import MoeStudioError
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,6 @@ def _free_space_text(folder: Path) -> str:
         free = shutil.disk_usage(folder).free
     except OSError:
         return ""
-    from core.units import format_bytes
+    from moe_studio.core.units import format_bytes
 
     return f" ({format_bytes(free)} free)"

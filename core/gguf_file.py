@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from core.errors import Cancelled, GGUFFormatError, ShardError, UnknownTypeError
-from core.ggml_types import type_by_id
+from moe_studio.core.errors import Cancelled, GGUFFormatError, ShardError, UnknownTypeError
+from moe_studio.core.ggml_types import type_by_id
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from core.engine_log import (
+from moe_studio.core.engine_log import (
     BufferSize,
     Event,
     Failure,
@@ -45,8 +45,8 @@ from core.engine_log import (
     ModelLoaded,
     TensorOverride,
 )
-from core.errors import EngineError
-from core.launch import ExitInfo, ExitKind, connect_host
+from moe_studio.core.errors import EngineError
+from moe_studio.core.launch import ExitInfo, ExitKind, connect_host
 
 HEALTH_TIMEOUT = 0.5
 

@@ -57,11 +57,11 @@ from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 
-from core.cmdline import shell_join
-from core.engine import EngineInfo, Flavour
-from core.errors import EngineError
-from core.planning import PlanResult
-from core.settings import Dialect
+from moe_studio.core.cmdline import shell_join
+from moe_studio.core.engine import EngineInfo, Flavour
+from moe_studio.core.errors import EngineError
+from moe_studio.core.planning import PlanResult
+from moe_studio.core.settings import Dialect
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ class LogHistory:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the kept lines to ``path`` (atomically)."""
-        from core.fsutil import atomic_write_text
+        from moe_studio.core.fsutil import atomic_write_text
 
         atomic_write_text(path, self.text(), backup=False, error=EngineError)
 

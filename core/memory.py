@@ -19,13 +19,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from core.devices import CPU_NAME, DeviceKind, Rig
-from core.ggml_types import GGMLType, type_by_name
-from core.model import ModelLayout
-from core.placement import Plan
-from core.settings import Settings
-from core.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
-from core.units import MiB
+from moe_studio.core.devices import CPU_NAME, DeviceKind, Rig
+from moe_studio.core.ggml_types import GGMLType, type_by_name
+from moe_studio.core.model import ModelLayout
+from moe_studio.core.placement import Plan
+from moe_studio.core.settings import Settings
+from moe_studio.core.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.units import MiB
 
 # ik's CUDA backend offloads a MoE matmul whose weights live in RAM when
 # batch * n_used >= MIN_BATCH * n_expert (ggml-cuda.cu, engines.md §1.1); mainline when batch >= 32.
@@ -35,7 +35,7 @@ OP_OFFLOAD_MIN_BATCH = 32
 def cache_type(name: str) -> GGMLType:
     found = type_by_name(name)
     if found is None:
-        from core.errors import CommandError
+        from moe_studio.core.errors import CommandError
 
         raise CommandError(
             f"{name!r} is not a KV cache type; use f16, q8_0, q4_0 or another ggml type."

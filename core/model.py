@@ -15,10 +15,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
-from core.errors import GGUFFormatError
-from core.ggml_types import type_name
-from core.gguf_file import GGUFModel, IsCancelled, MetaValue, Progress, SkippedArray, read_model
-from core.tensors import (
+from moe_studio.core.errors import GGUFFormatError
+from moe_studio.core.ggml_types import type_name
+from moe_studio.core.gguf_file import (
+    GGUFModel,
+    IsCancelled,
+    MetaValue,
+    Progress,
+    SkippedArray,
+    read_model,
+)
+from moe_studio.core.tensors import (
     GLOBAL_LAYER,
     LAYER_COLUMNS,
     ROUTED_EXPERT_GROUPS,

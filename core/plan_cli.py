@@ -12,13 +12,13 @@ import json
 import sys
 from typing import TextIO
 
-from core import catalog
-from core.devices import Device, DeviceKind, HostInfo, Rig
-from core.errors import CommandError, MoeStudioError
-from core.placement import Plan, as_mapping, initial_plan
-from core.planning import Planner, PlanResult, apply_pin
-from core.settings import DIALECTS, Settings
-from core.units import format_bytes, parse_size
+from moe_studio.core import catalog
+from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.errors import CommandError, MoeStudioError
+from moe_studio.core.placement import Plan, as_mapping, initial_plan
+from moe_studio.core.planning import Planner, PlanResult, apply_pin
+from moe_studio.core.settings import DIALECTS, Settings
+from moe_studio.core.units import format_bytes, parse_size
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,13 +92,13 @@ def _memory(text: str) -> int:
 
 def _rig(args: argparse.Namespace) -> Rig:
     if args.rig:
-        from core.hardware.cli import resolve_rig
+        from moe_studio.core.hardware.cli import resolve_rig
 
         rig = resolve_rig(args.rig)
     elif args.gpu or args.rpc or args.ram:
         rig = Rig("command line", HostInfo(0), source="command line")
     else:
-        from core.hardware.detect import detect_rig
+        from moe_studio.core.hardware.detect import detect_rig
 
         rig = detect_rig()
     devices = list(rig.devices)
@@ -113,7 +113,7 @@ def _rig(args: argparse.Namespace) -> Rig:
             raise MoeStudioError(
                 f"--rpc {spec!r}: write HOST:PORT=SIZE, e.g. 192.168.1.5:50052=24GiB."
             )
-        from core.hardware.rpc import rpc_device
+        from moe_studio.core.hardware.rpc import rpc_device
 
         devices.append(rpc_device(endpoint, _memory(size), label="RPC"))
     host = rig.host
@@ -172,7 +172,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
     base = Settings(dialect=args.dialect or "ik")
     plan = initial_plan(layout)
     if args.import_command:
-        from core.cmdline import import_command
+        from moe_studio.core.cmdline import import_command
 
         plan, imported, rig = import_command(args.import_command, layout, rig, dialect=args.dialect)
         base = imported.settings
@@ -262,7 +262,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     planner, plan, notes = make_plan(args)
     result = planner.result(plan, executable=args.engine or "llama-server")
     if args.save:
-        from core.profiles import save_profile_from_plan
+        from moe_studio.core.profiles import save_profile_from_plan
 
         save_profile_from_plan(args.save, planner, plan, executable=args.engine or "llama-server")
         notes.append(f"Saved the profile to {args.save}.")

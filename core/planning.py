@@ -10,16 +10,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from core.advisor import Advice, advise
-from core.autoplace import AutoPlacement, auto_place
-from core.cmdline import Command, build_command
-from core.devices import Rig
-from core.errors import CommandError, MoeStudioError, PlanError
-from core.layers import LayerSplit, plan_layer_split
-from core.memory import Estimate, estimate, kv_bytes, layer_compute_bytes
-from core.model import Cell, ModelLayout
-from core.placement import Edit, Plan, assign, expert_cells, initial_plan, range_cells
-from core.settings import Settings
+from moe_studio.core.advisor import Advice, advise
+from moe_studio.core.autoplace import AutoPlacement, auto_place
+from moe_studio.core.cmdline import Command, build_command
+from moe_studio.core.devices import Rig
+from moe_studio.core.errors import CommandError, MoeStudioError, PlanError
+from moe_studio.core.layers import LayerSplit, plan_layer_split
+from moe_studio.core.memory import Estimate, estimate, kv_bytes, layer_compute_bytes
+from moe_studio.core.model import Cell, ModelLayout
+from moe_studio.core.placement import Edit, Plan, assign, expert_cells, initial_plan, range_cells
+from moe_studio.core.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,18 +70,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from core import __version__
-from core.devices import Rig
-from core.errors import ProfileError
-from core.fsutil import atomic_write_bytes, atomic_write_text, backup_path
-from core.model import Cell, ModelLayout
-from core.placement import Plan, as_mapping, plan_from_mapping
-from core.settings import Dialect, Settings
-from core.tensors import GLOBAL_LAYER, TensorGroup
-from core.units import format_bytes
+from moe_studio.core import __version__
+from moe_studio.core.devices import Rig
+from moe_studio.core.errors import ProfileError
+from moe_studio.core.fsutil import atomic_write_bytes, atomic_write_text, backup_path
+from moe_studio.core.model import Cell, ModelLayout
+from moe_studio.core.placement import Plan, as_mapping, plan_from_mapping
+from moe_studio.core.settings import Dialect, Settings
+from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.units import format_bytes
 
 if typing.TYPE_CHECKING:
-    from core.planning import Planner
+    from moe_studio.core.planning import Planner
 
 log = logging.getLogger(__name__)
 
@@ -965,7 +965,7 @@ def planner_from_profile(profile: Profile, layout: ModelLayout) -> tuple[Planner
     Raises:
         ProfileError: see :func:`plan_from_profile`.
     """
-    from core.planning import Planner
+    from moe_studio.core.planning import Planner
 
     return Planner(layout, profile.rig, profile.settings), plan_from_profile(profile, layout)
 

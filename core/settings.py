@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
-from core.units import MiB
+from moe_studio.core.units import MiB
 
 Dialect = Literal["ik", "mainline"]
 DIALECTS: tuple[Dialect, ...] = ("ik", "mainline")

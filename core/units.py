@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from core.errors import MoeStudioError
+from moe_studio.core.errors import MoeStudioError
 
 KiB = 1024
 MiB = 1024**2

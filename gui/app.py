@@ -12,17 +12,16 @@ import os
 import sys
 from collections.abc import Sequence
 
+from moe_studio.core import __version__, catalog
+from moe_studio.core.devices import Rig
+from moe_studio.core.errors import MoeStudioError
+from moe_studio.core.hardware.rigs import load_preset
+from moe_studio.core.settings import Settings
+from moe_studio.gui import theme
+from moe_studio.gui.document import Document
+from moe_studio.gui.main_window import MainWindow, prepare_plan
 from PySide6.QtCore import QMessageLogContext, QSettings, QTimer, QtMsgType, qInstallMessageHandler
 from PySide6.QtWidgets import QApplication
-
-from core import __version__, catalog
-from core.devices import Rig
-from core.errors import MoeStudioError
-from core.hardware.rigs import load_preset
-from core.settings import Settings
-from gui import theme
-from gui.document import Document
-from gui.main_window import MainWindow, prepare_plan
 
 log = logging.getLogger("gui")
 DEMO_RIG = "demo-24g-256g"
@@ -45,7 +44,7 @@ def _excepthook(kind: type[BaseException], error: BaseException, tb: object) -> 
     log.error("unhandled error", exc_info=(kind, error, tb))  # type: ignore[arg-type]
     if isinstance(error, KeyboardInterrupt):
         return
-    from gui.messages import show_error
+    from moe_studio.gui.messages import show_error
 
     show_error(QApplication.activeWindow(), "MoE Studio", error)
 
@@ -62,7 +61,7 @@ def demo_document() -> Document:
 def build_window(args: argparse.Namespace, qsettings: QSettings | None = None) -> MainWindow:
     document = demo_document()
     if args.rig:
-        from core.hardware.cli import resolve_rig
+        from moe_studio.core.hardware.cli import resolve_rig
 
         rig: Rig = resolve_rig(args.rig)
         document.set_rig(rig)

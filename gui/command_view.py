@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import html
 
+from moe_studio.core.planning import PlanResult
+from moe_studio.gui import theme
+from moe_studio.gui.document import Document
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QFont, QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
@@ -17,10 +20,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from core.planning import PlanResult
-from gui import theme
-from gui.document import Document
 
 
 class CommandView(QWidget):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from moe_studio.core.model import Cell
+from moe_studio.core.placement import Plan
+from moe_studio.core.settings import Settings
 from PySide6.QtGui import QUndoCommand
 
-from core.model import Cell
-from core.placement import Plan
-from core.settings import Settings
-
 if TYPE_CHECKING:
-    from gui.document import Document
+    from moe_studio.gui.document import Document
 
 PLAN_STROKE_ID = 1001
 

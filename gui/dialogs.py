@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.errors import HardwareError, MoeStudioError
+from moe_studio.core.hardware.rpc import parse_endpoint, rpc_device
+from moe_studio.core.units import GiB, parse_size
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -16,11 +20,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from core.devices import Device, DeviceKind, HostInfo, Rig
-from core.errors import HardwareError, MoeStudioError
-from core.hardware.rpc import parse_endpoint, rpc_device
-from core.units import GiB, parse_size
 
 
 class ImportCommandDialog(QDialog):

@@ -13,19 +13,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from moe_studio.core.autoplace import AutoPlacement
+from moe_studio.core.devices import Rig
+from moe_studio.core.layers import LayerSplit
+from moe_studio.core.memory import Estimate
+from moe_studio.core.model import Cell, ModelLayout
+from moe_studio.core.placement import Edit, Plan, assign, initial_plan, reset, set_pinned
+from moe_studio.core.planning import Planner, PlanResult
+from moe_studio.core.profiles import Profile, profile_from_plan, update_profile
+from moe_studio.core.settings import Settings
+from moe_studio.gui.commands import PlanCommand, SettingsCommand
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoStack
-
-from core.autoplace import AutoPlacement
-from core.devices import Rig
-from core.layers import LayerSplit
-from core.memory import Estimate
-from core.model import Cell, ModelLayout
-from core.placement import Edit, Plan, assign, initial_plan, reset, set_pinned
-from core.planning import Planner, PlanResult
-from core.profiles import Profile, profile_from_plan, update_profile
-from core.settings import Settings
-from gui.commands import PlanCommand, SettingsCommand
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,33 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from moe_studio import resources
+from moe_studio.core import catalog
+from moe_studio.core.autoplace import AutoPlacement
+from moe_studio.core.cmdline import import_command
+from moe_studio.core.devices import Rig
+from moe_studio.core.errors import MoeStudioError
+from moe_studio.core.gguf_file import IsCancelled, Progress
+from moe_studio.core.hardware.rigs import list_presets, load_preset, load_rig_file
+from moe_studio.core.model import ModelLayout, open_model
+from moe_studio.core.placement import initial_plan
+from moe_studio.core.planning import Planner
+from moe_studio.core.profiles import ProfileLibrary
+from moe_studio.core.settings import Settings
+from moe_studio.core.units import format_bytes, format_params
+from moe_studio.gui import theme
+from moe_studio.gui.budget.budget_plot import BudgetPlot
+from moe_studio.gui.command_view import CommandView
+from moe_studio.gui.dialogs import ImportCommandDialog, MachineDialog, RpcDialog
+from moe_studio.gui.document import Document
+from moe_studio.gui.messages import show_error
+from moe_studio.gui.palette import DevicePalette
+from moe_studio.gui.process.process_panel import ProcessPanel
+from moe_studio.gui.profile_controller import ProfileController
+from moe_studio.gui.settings_panel import SettingsPanel
+from moe_studio.gui.tasks import Background, TaskRunner, Work
+from moe_studio.gui.tensor_map.model import TensorMapModel
+from moe_studio.gui.tensor_map.view import TensorMapView
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
@@ -26,34 +53,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-import resources
-from core import catalog
-from core.autoplace import AutoPlacement
-from core.cmdline import import_command
-from core.devices import Rig
-from core.errors import MoeStudioError
-from core.gguf_file import IsCancelled, Progress
-from core.hardware.rigs import list_presets, load_preset, load_rig_file
-from core.model import ModelLayout, open_model
-from core.placement import initial_plan
-from core.planning import Planner
-from core.profiles import ProfileLibrary
-from core.settings import Settings
-from core.units import format_bytes, format_params
-from gui import theme
-from gui.budget.budget_plot import BudgetPlot
-from gui.command_view import CommandView
-from gui.dialogs import ImportCommandDialog, MachineDialog, RpcDialog
-from gui.document import Document
-from gui.messages import show_error
-from gui.palette import DevicePalette
-from gui.process.process_panel import ProcessPanel
-from gui.profile_controller import ProfileController
-from gui.settings_panel import SettingsPanel
-from gui.tasks import Background, TaskRunner, Work
-from gui.tensor_map.model import TensorMapModel
-from gui.tensor_map.view import TensorMapView
 
 log = logging.getLogger(__name__)
 MAX_RECENT = 10
@@ -376,7 +375,7 @@ class MainWindow(QMainWindow):
     # --- hardware ------------------------------------------------------------------------------
 
     def detect_hardware(self) -> None:
-        from core.hardware.detect import detect_rig
+        from moe_studio.core.hardware.detect import detect_rig
 
         self.statusBar().showMessage("Detecting hardware…", 5000)
         self.background.call(detect_rig, self._on_rig_ready, self._on_detect_failed)
@@ -447,7 +446,7 @@ class MainWindow(QMainWindow):
         )
 
     def _about(self) -> None:
-        from core import __version__
+        from moe_studio.core import __version__
 
         QMessageBox.about(
             self,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import traceback
 
+from moe_studio.core.errors import MoeStudioError
 from PySide6.QtWidgets import QMessageBox, QWidget
-
-from core.errors import MoeStudioError
 
 log = logging.getLogger(__name__)
 

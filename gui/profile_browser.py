@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from moe_studio.core.profiles import ProfileLibrary, ProfileSummary
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -16,8 +17,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from core.profiles import ProfileLibrary, ProfileSummary
 
 Index = QModelIndex | QPersistentModelIndex
 COLUMNS = ("Profile", "Model", "Rig", "Engine", "Saved", "Fits", "Tokens/s")

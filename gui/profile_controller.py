@@ -10,17 +10,14 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QObject, QSettings, QTimer
-from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
-
-from core import catalog
-from core.errors import MoeStudioError, ProfileError
-from core.export_cli import FORMATS, launch_spec, render
-from core.exports import ExportFormat, encode_export
-from core.fsutil import atomic_write_bytes
-from core.gguf_file import IsCancelled, Progress
-from core.model import ModelLayout, open_model
-from core.profiles import (
+from moe_studio.core import catalog
+from moe_studio.core.errors import MoeStudioError, ProfileError
+from moe_studio.core.export_cli import FORMATS, launch_spec, render
+from moe_studio.core.exports import ExportFormat, encode_export
+from moe_studio.core.fsutil import atomic_write_bytes
+from moe_studio.core.gguf_file import IsCancelled, Progress
+from moe_studio.core.model import ModelLayout, open_model
+from moe_studio.core.profiles import (
     PROFILE_SUFFIX,
     Profile,
     ProfileLibrary,
@@ -34,11 +31,13 @@ from core.profiles import (
     require_model,
     save_profile,
 )
-from gui.messages import show_error
-from gui.profile_browser import ProfileBrowser
+from moe_studio.gui.messages import show_error
+from moe_studio.gui.profile_browser import ProfileBrowser
+from PySide6.QtCore import QObject, QSettings, QTimer
+from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
 
 if TYPE_CHECKING:
-    from gui.main_window import MainWindow
+    from moe_studio.gui.main_window import MainWindow
 
 log = logging.getLogger(__name__)
 AUTOSAVE_MS = 30_000

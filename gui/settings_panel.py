@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import shlex
 
+from moe_studio.core.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
+from moe_studio.core.settings import DIALECTS, Dialect, Settings
+from moe_studio.core.units import MiB
+from moe_studio.gui.document import Document
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -19,11 +23,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from core.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
-from core.settings import DIALECTS, Dialect, Settings
-from core.units import MiB
-from gui.document import Document
 
 BATCH_CHOICES = ["128", "256", "512", "1024", "2048", "4096", "8192"]
 

@@ -7,11 +7,11 @@ the same :class:`core.devices.Rig`. Probing degrades instead of raising: what co
 (live readings), ``detect`` (all of it together), ``cli`` (``moe-studio hw``).
 """
 
-from core.hardware.detect import HardwareReport, detect_rig, probe_hardware
-from core.hardware.host import ProcessSample
-from core.hardware.rigs import list_presets, load_preset, load_rig_file, parse_rig
-from core.hardware.rpc import RpcCheck, RpcStatus, check_endpoint, rpc_device
-from core.hardware.sampler import GpuSample, Sample, Sampler
+from moe_studio.core.hardware.detect import HardwareReport, detect_rig, probe_hardware
+from moe_studio.core.hardware.host import ProcessSample
+from moe_studio.core.hardware.rigs import list_presets, load_preset, load_rig_file, parse_rig
+from moe_studio.core.hardware.rpc import RpcCheck, RpcStatus, check_endpoint, rpc_device
+from moe_studio.core.hardware.sampler import GpuSample, Sample, Sampler
 
 __all__ = [
     "GpuSample",

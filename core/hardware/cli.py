@@ -16,13 +16,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from core.devices import Device, Rig
-from core.hardware.detect import HardwareReport, probe_hardware
-from core.hardware.numa import format_cpulist
-from core.hardware.nvml import GpuInfo
-from core.hardware.rigs import list_presets, load_preset, load_rig_file
-from core.hardware.rpc import RpcCheck, check_endpoint
-from core.units import format_bytes
+from moe_studio.core.devices import Device, Rig
+from moe_studio.core.hardware.detect import HardwareReport, probe_hardware
+from moe_studio.core.hardware.numa import format_cpulist
+from moe_studio.core.hardware.nvml import GpuInfo
+from moe_studio.core.hardware.rigs import list_presets, load_preset, load_rig_file
+from moe_studio.core.hardware.rpc import RpcCheck, check_endpoint
+from moe_studio.core.units import format_bytes
 
 RPC_TIMEOUT = 1.0
 

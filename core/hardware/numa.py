@@ -11,8 +11,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from core.devices import NumaNode
-from core.units import KiB
+from moe_studio.core.devices import NumaNode
+from moe_studio.core.units import KiB
 
 log = logging.getLogger(__name__)
 

@@ -47,11 +47,11 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from core.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
-from core.errors import HardwareError, MoeStudioError
-from core.hardware.numa import parse_cpulist
-from core.hardware.rpc import FLAVOURS, flavour_note, parse_endpoint, rpc_device
-from core.units import parse_size
+from moe_studio.core.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
+from moe_studio.core.errors import HardwareError, MoeStudioError
+from moe_studio.core.hardware.numa import parse_cpulist
+from moe_studio.core.hardware.rpc import FLAVOURS, flavour_note, parse_endpoint, rpc_device
+from moe_studio.core.units import parse_size
 
 TOP_KEYS = ("name", "host", "gpu", "numa", "rpc")
 HOST_KEYS = ("ram", "swap", "cores", "threads", "cpu", "flags", "numa_nodes")
@@ -462,7 +462,7 @@ def load_rig_file(path: str | Path) -> Rig:
 
 def presets_dir() -> Path:
     """The folder of the shipped presets, ``resources/rigs``."""
-    from resources import path
+    from moe_studio.resources import path
 
     return path("rigs")
 

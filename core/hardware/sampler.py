@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
-from core.hardware.host import ProcessFactory, ProcessSample, ProcessTree, psutil_process
-from core.hardware.nvml import (
+from moe_studio.core.hardware.host import ProcessFactory, ProcessSample, ProcessTree, psutil_process
+from moe_studio.core.hardware.nvml import (
     Nvml,
     NvmlLoader,
     call,

@@ -21,12 +21,17 @@ import signal
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
-
-from core.bench_results import BenchFormatError, parse_llama_bench, parse_sweep_bench
-from core.bench_run import BenchOutcome, BenchSpec, BenchTool, CurvePoint, bench_outcome, curve
-from core.errors import EngineError
-from core.launch import (
+from moe_studio.core.bench_results import BenchFormatError, parse_llama_bench, parse_sweep_bench
+from moe_studio.core.bench_run import (
+    BenchOutcome,
+    BenchSpec,
+    BenchTool,
+    CurvePoint,
+    bench_outcome,
+    curve,
+)
+from moe_studio.core.errors import EngineError
+from moe_studio.core.launch import (
     ExitInfo,
     ExitKind,
     LogHistory,
@@ -35,6 +40,7 @@ from core.launch import (
     resolve_program,
     signal_group,
 )
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 log = logging.getLogger(__name__)
 KILL_TIMEOUT_MS = 5000

@@ -9,16 +9,15 @@ warning does not rely on colour alone. Cells dragged from the grid can be droppe
 from __future__ import annotations
 
 import pyqtgraph as pg
+from moe_studio.core.devices import DeviceKind
+from moe_studio.core.memory import DeviceBudget, Estimate
+from moe_studio.core.units import GiB, format_bytes
+from moe_studio.gui import theme
+from moe_studio.gui.document import Document
+from moe_studio.gui.tensor_map.model import CELLS_MIME, cells_from_mime
 from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtGui import QBrush, QDragEnterEvent, QDragMoveEvent, QDropEvent
 from PySide6.QtWidgets import QWidget
-
-from core.devices import DeviceKind
-from core.memory import DeviceBudget, Estimate
-from core.units import GiB, format_bytes
-from gui import theme
-from gui.document import Document
-from gui.tensor_map.model import CELLS_MIME, cells_from_mime
 
 SEGMENTS = ("weights", "kv", "compute", "overhead")
 SEGMENT_LABELS = {

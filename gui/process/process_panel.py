@@ -10,6 +10,20 @@ import math
 import time
 from pathlib import Path
 
+from moe_studio.core.calibration import append_record, make_record
+from moe_studio.core.diagnosis import Diagnosis, Fix, compare, diagnose
+from moe_studio.core.engine import EngineInfo, EngineStore, probe_engine, resolve_engine
+from moe_studio.core.engine_log import BufferSize, Event, RequestTiming
+from moe_studio.core.errors import MoeStudioError
+from moe_studio.core.hardware.sampler import Sampler
+from moe_studio.core.health import HealthStatus, Phase, PromptResult, send_test_prompt
+from moe_studio.core.launch import ExitInfo, build_launch_spec, connect_host
+from moe_studio.core.units import format_bytes
+from moe_studio.gui.bench import BenchPanel
+from moe_studio.gui.document import Document
+from moe_studio.gui.messages import show_error
+from moe_studio.gui.process.live_plot import LivePlot
+from moe_studio.gui.process.server_process import ServerProcess
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QFont, QFontDatabase
 from PySide6.QtWidgets import (
@@ -27,21 +41,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from core.calibration import append_record, make_record
-from core.diagnosis import Diagnosis, Fix, compare, diagnose
-from core.engine import EngineInfo, EngineStore, probe_engine, resolve_engine
-from core.engine_log import BufferSize, Event, RequestTiming
-from core.errors import MoeStudioError
-from core.hardware.sampler import Sampler
-from core.health import HealthStatus, Phase, PromptResult, send_test_prompt
-from core.launch import ExitInfo, build_launch_spec, connect_host
-from core.units import format_bytes
-from gui.bench import BenchPanel
-from gui.document import Document
-from gui.messages import show_error
-from gui.process.live_plot import LivePlot
-from gui.process.server_process import ServerProcess
 
 log = logging.getLogger(__name__)
 COMPARE_COLUMNS = (

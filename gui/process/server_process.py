@@ -19,18 +19,10 @@ import logging
 import signal
 import sys
 
-from PySide6.QtCore import (
-    QObject,
-    QProcess,
-    QProcessEnvironment,
-    QTimer,
-    Signal,
-)
-
-from core.engine_log import EngineLogParser, Event, LoadReport
-from core.errors import EngineError
-from core.health import HealthStatus, HealthTracker, Phase, poll_health
-from core.launch import (
+from moe_studio.core.engine_log import EngineLogParser, Event, LoadReport
+from moe_studio.core.errors import EngineError
+from moe_studio.core.health import HealthStatus, HealthTracker, Phase, poll_health
+from moe_studio.core.launch import (
     LaunchSpec,
     LogHistory,
     check_port,
@@ -40,7 +32,14 @@ from core.launch import (
     resolve_program,
     signal_group,
 )
-from gui.tasks import Background
+from moe_studio.gui.tasks import Background
+from PySide6.QtCore import (
+    QObject,
+    QProcess,
+    QProcessEnvironment,
+    QTimer,
+    Signal,
+)
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_MS = 5000

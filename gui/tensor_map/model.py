@@ -7,6 +7,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from moe_studio.core.model import Cell, ModelLayout
+from moe_studio.core.placement import cell_devices
+from moe_studio.core.tensors import GLOBAL_COLUMNS, GLOBAL_LAYER, TensorGroup
+from moe_studio.core.units import format_bytes
+from moe_studio.gui import theme
+from moe_studio.gui.document import Document
 from PySide6.QtCore import (
     QAbstractTableModel,
     QByteArray,
@@ -16,13 +22,6 @@ from PySide6.QtCore import (
     Qt,
 )
 from PySide6.QtGui import QBrush, QColor
-
-from core.model import Cell, ModelLayout
-from core.placement import cell_devices
-from core.tensors import GLOBAL_COLUMNS, GLOBAL_LAYER, TensorGroup
-from core.units import format_bytes
-from gui import theme
-from gui.document import Document
 
 CELLS_MIME = "application/x-moe-studio-cells"
 Index = QModelIndex | QPersistentModelIndex

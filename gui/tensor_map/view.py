@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import itertools
 
+from moe_studio.core.devices import CPU_NAME
+from moe_studio.core.model import Cell
+from moe_studio.gui.document import Document
+from moe_studio.gui.tensor_map.delegate import CellDelegate
+from moe_studio.gui.tensor_map.model import CELLS_ROLE, LOADED_ROLE, PINNED_ROLE, TensorMapModel
 from PySide6.QtCore import QModelIndex, QPoint, Qt, Signal
 from PySide6.QtGui import QAction, QContextMenuEvent, QKeyEvent, QMouseEvent
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QMenu, QTableView, QWidget
-
-from core.devices import CPU_NAME
-from core.model import Cell
-from gui.document import Document
-from gui.tensor_map.delegate import CellDelegate
-from gui.tensor_map.model import CELLS_ROLE, LOADED_ROLE, PINNED_ROLE, TensorMapModel
 
 _strokes = itertools.count(1)
 

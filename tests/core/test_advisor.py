@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from functools import cache
 
-from core import catalog
-from core.advisor import advise
-from core.autoplace import auto_place
-from core.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
-from core.layers import plan_layer_split
-from core.memory import estimate, offload_threshold
-from core.model import ModelLayout
-from core.placement import Plan, initial_plan
-from core.settings import Settings
-from core.units import GiB
+from moe_studio.core import catalog
+from moe_studio.core.advisor import advise
+from moe_studio.core.autoplace import auto_place
+from moe_studio.core.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
+from moe_studio.core.layers import plan_layer_split
+from moe_studio.core.memory import estimate, offload_threshold
+from moe_studio.core.model import ModelLayout
+from moe_studio.core.placement import Plan, initial_plan
+from moe_studio.core.settings import Settings
+from moe_studio.core.units import GiB
 
 
 @cache

@@ -11,8 +11,7 @@ import math
 from pathlib import Path
 
 import pytest
-
-from core.bench_results import (
+from moe_studio.core.bench_results import (
     BenchFormatError,
     SweepHeader,
     SweepRow,

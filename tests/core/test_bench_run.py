@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from core import catalog
-from core.bench_results import parse_llama_bench
-from core.bench_run import (
+from moe_studio.core import catalog
+from moe_studio.core.bench_results import parse_llama_bench
+from moe_studio.core.bench_run import (
     BenchRun,
     BenchTool,
     CurvePoint,
@@ -19,14 +18,15 @@ from core.bench_run import (
     default_depths,
     run_bench,
 )
-from core.devices import Device, DeviceKind, HostInfo, Rig
-from core.engine import EngineInfo, probe_engine
-from core.errors import EngineError
-from core.hardware.rpc import rpc_device
-from core.placement import assign, expert_cells, initial_plan, range_cells
-from core.planning import Planner, PlanResult
-from core.settings import Dialect, Settings
-from core.units import GiB
+from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.engine import EngineInfo, probe_engine
+from moe_studio.core.errors import EngineError
+from moe_studio.core.hardware.rpc import rpc_device
+from moe_studio.core.placement import assign, expert_cells, initial_plan, range_cells
+from moe_studio.core.planning import Planner, PlanResult
+from moe_studio.core.settings import Dialect, Settings
+from moe_studio.core.units import GiB
+
 from tests.support.standin_tools import clean_env, install_standin
 
 BENCH_DATA = Path(__file__).resolve().parents[1] / "data" / "bench"

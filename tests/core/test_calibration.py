@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from moe_studio.core import catalog
+from moe_studio.core.cmdline import import_command, imported_split
+from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.layers import ik_layer_sizes
+from moe_studio.core.memory import engine_settings, estimate
+from moe_studio.core.model import ModelLayout, open_model
+from moe_studio.core.units import GiB, MiB
 
-from core import catalog
-from core.cmdline import import_command, imported_split
-from core.devices import Device, DeviceKind, HostInfo, Rig
-from core.layers import ik_layer_sizes
-from core.memory import engine_settings, estimate
-from core.model import ModelLayout, open_model
-from core.units import GiB, MiB
 from tests.support.tiny_models import write_tiny_model
 
 CALIBRATION = Path(__file__).resolve().parents[2] / "resources" / "calibration"

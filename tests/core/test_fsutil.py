@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from core.errors import ExportError, MoeStudioError, ProfileError
-from core.fsutil import atomic_write_bytes, atomic_write_text, backup_path
+from moe_studio.core.errors import ExportError, MoeStudioError, ProfileError
+from moe_studio.core.fsutil import atomic_write_bytes, atomic_write_text, backup_path
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = ROOT / "tests" / "support" / "fsutil_child.py"

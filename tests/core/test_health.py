@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
-
-from core.engine_log import (
+from moe_studio.core.engine_log import (
     BufferKind,
     BufferSize,
     EngineLogParser,
@@ -22,8 +21,8 @@ from core.engine_log import (
     MetadataLoaded,
     ModelLoaded,
 )
-from core.errors import EngineError
-from core.health import (
+from moe_studio.core.errors import EngineError
+from moe_studio.core.health import (
     HealthTracker,
     Phase,
     PollKind,
@@ -32,7 +31,7 @@ from core.health import (
     poll_health,
     send_test_prompt,
 )
-from core.launch import ExitKind, classify_exit
+from moe_studio.core.launch import ExitKind, classify_exit
 
 REFUSED = PollOutcome(PollKind.REFUSED)
 HANGS = PollOutcome(PollKind.TIMEOUT)

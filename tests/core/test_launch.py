@@ -20,14 +20,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from core import catalog
-from core.advisor import Advice
-from core.devices import HostInfo, Rig
-from core.engine import EngineInfo, probe_engine
-from core.engine_log import EngineLogParser, LoadReport
-from core.errors import EngineError
-from core.health import (
+from moe_studio.core import catalog
+from moe_studio.core.advisor import Advice
+from moe_studio.core.devices import HostInfo, Rig
+from moe_studio.core.engine import EngineInfo, probe_engine
+from moe_studio.core.engine_log import EngineLogParser, LoadReport
+from moe_studio.core.errors import EngineError
+from moe_studio.core.health import (
     HealthTracker,
     Phase,
     PollKind,
@@ -35,7 +34,7 @@ from core.health import (
     poll_health,
     send_test_prompt,
 )
-from core.launch import (
+from moe_studio.core.launch import (
     ExitKind,
     LaunchSpec,
     LogHistory,
@@ -46,10 +45,11 @@ from core.launch import (
     port_in_use,
     server_address,
 )
-from core.placement import initial_plan
-from core.planning import Planner, PlanResult
-from core.settings import Settings
-from core.units import GiB
+from moe_studio.core.placement import initial_plan
+from moe_studio.core.planning import Planner, PlanResult
+from moe_studio.core.settings import Settings
+from moe_studio.core.units import GiB
+
 from tests.support.standin_tools import clean_env, install_standin
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from core import catalog
-from core.calibration import (
+from moe_studio.core import catalog
+from moe_studio.core.calibration import (
     FORMAT_VERSION,
     SETTINGS_KEYS,
     CalibrationRecord,
@@ -17,9 +16,9 @@ from core.calibration import (
     make_record,
     read_records,
 )
-from core.diagnosis import CompareRow
-from core.errors import EngineError
-from core.settings import Settings
+from moe_studio.core.diagnosis import CompareRow
+from moe_studio.core.errors import EngineError
+from moe_studio.core.settings import Settings
 
 ROWS = [
     CompareRow("CUDA0", 100, 20, 30, 101, 20, None),

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import psutil
 import pytest
+from moe_studio.core import catalog
+from moe_studio.core.calibration import read_records
+from moe_studio.core.cli import main
+from moe_studio.core.devices import HostInfo, Rig
+from moe_studio.core.placement import initial_plan
+from moe_studio.core.planning import Planner
+from moe_studio.core.settings import Settings
+from moe_studio.core.units import GiB
 
-from core import catalog
-from core.calibration import read_records
-from core.cli import main
-from core.devices import HostInfo, Rig
-from core.placement import initial_plan
-from core.planning import Planner
-from core.settings import Settings
-from core.units import GiB
 from tests.support.standin_tools import clean_env, install_standin
 
 
@@ -193,7 +193,7 @@ def test_launch_a_profile(
     tiny_qwen3moe: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from core.profiles import save_profile_from_plan
+    from moe_studio.core.profiles import save_profile_from_plan
 
     layout = catalog.load(str(tiny_qwen3moe))
     settings = Settings(ctx=1024, ubatch=256, port=9)  # the port is overridden below

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from core import __version__
+from moe_studio.core import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = ROOT / "resources"
@@ -127,7 +126,7 @@ def test_icon_renders_with_qsvgrenderer() -> None:
 
 def test_every_resource_file_is_in_the_package_data() -> None:
     """A resource that no [tool.setuptools.package-data] pattern matches is missing from wheels."""
-    patterns: list[str] = _pyproject()["tool"]["setuptools"]["package-data"]["resources"]
+    patterns: list[str] = _pyproject()["tool"]["setuptools"]["package-data"]["moe_studio.resources"]
     shipped = {".svg", ".qss", ".desktop", ".xml", ".toml", ".json", ".png"}
     files = [
         p.relative_to(RESOURCES).as_posix()
@@ -144,7 +143,7 @@ def test_pyinstaller_spec_and_build_script_are_well_formed() -> None:
     text = spec.read_text(encoding="utf-8")
     compile(text, str(spec), "exec")
     assert '"gui" / "entry.py"' in text
-    assert _pyproject()["project"]["scripts"] == {"moe-studio": "gui.entry:main"}
+    assert _pyproject()["project"]["scripts"] == {"moe-studio": "moe_studio.gui.entry:main"}
     script = ROOT / "packaging" / "build.sh"
     assert os.access(script, os.X_OK)
     if sys.platform != "win32":
@@ -175,3 +174,49 @@ def test_the_bundle_builds_and_passes_its_self_test(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "self-test passed" in result.stdout
     assert f"moe-studio {__version__}" in result.stdout
+
+
+def test_every_package_folder_is_installed_under_moe_studio() -> None:
+    """A folder with an __init__.py that [tool.setuptools] packages misses is absent from wheels."""
+    listed = set(_pyproject()["tool"]["setuptools"]["packages"])
+    folders = {
+        "moe_studio." + ".".join(init.parent.relative_to(ROOT).parts)
+        for part in ("core", "gui", "resources")
+        for init in (ROOT / part).rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert folders - listed == set(), "add these to [tool.setuptools] packages"
+    assert listed - folders == set(), "these listed packages have no folder"
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
+    """`pip install .` must put only `moe_studio` (and the dist-info) into site-packages."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    import zipfile
+
+    (wheel,) = tmp_path.glob("moe_studio-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/", 1)[0] for name in names}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"moe_studio"}
+    assert "moe_studio/core/__init__.py" in names
+    assert "moe_studio/gui/entry.py" in names
+    assert "moe_studio/resources/rigs/demo-24g-256g.toml" in names

@@ -6,8 +6,7 @@ import json
 import shlex
 
 import pytest
-
-from core.cli import main
+from moe_studio.core.cli import main
 
 
 def _plan(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:

@@ -11,16 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from core import __version__, catalog, profiles
-from core.cli import main
-from core.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
-from core.errors import ProfileError
-from core.fsutil import backup_path
-from core.model import ModelLayout, open_model
-from core.placement import as_mapping, assign, expert_cells
-from core.planning import Planner
-from core.profiles import (
+from moe_studio.core import __version__, catalog, profiles
+from moe_studio.core.cli import main
+from moe_studio.core.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
+from moe_studio.core.errors import ProfileError
+from moe_studio.core.fsutil import backup_path
+from moe_studio.core.model import ModelLayout, open_model
+from moe_studio.core.placement import as_mapping, assign, expert_cells
+from moe_studio.core.planning import Planner
+from moe_studio.core.profiles import (
     ModelRef,
     Profile,
     ProfileLibrary,
@@ -37,9 +36,10 @@ from core.profiles import (
     save_profile,
     to_json,
 )
-from core.settings import Settings
-from core.tensors import GLOBAL_LAYER, TensorGroup
-from core.units import GiB, MiB
+from moe_studio.core.settings import Settings
+from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.units import GiB, MiB
+
 from tests.support.sparse import write_catalog_sparse
 from tests.support.tiny_models import write_tiny_model
 

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from core.engine_log import BufferKind, FailureKind, LoadPhase, LoadReport, parse_log
-from core.model import open_model
-from core.units import MiB
+from moe_studio.core.engine_log import BufferKind, FailureKind, LoadPhase, LoadReport, parse_log
+from moe_studio.core.model import open_model
+from moe_studio.core.units import MiB
 
 STANDIN = Path(__file__).resolve().parents[1] / "support" / "standin_engine.py"
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from core import catalog
-from core.tensors import GLOBAL_LAYER, TensorGroup, classify
+from moe_studio.core import catalog
+from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup, classify
 
 G = TensorGroup
 

@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-
-from core.gguf_file import read_header, read_model
-from core.model import open_model
+from moe_studio.core.gguf_file import read_header, read_model
+from moe_studio.core.model import open_model
 
 pytestmark = pytest.mark.engine
 

@@ -17,18 +17,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from moe_studio.core.cmdline import Command, build_command
+from moe_studio.core.devices import CPU_NAME, HostInfo, Rig
+from moe_studio.core.hardware.rpc import rpc_device
+from moe_studio.core.layers import ik_layer_sizes
+from moe_studio.core.memory import Estimate, engine_settings, estimate
+from moe_studio.core.model import ModelLayout, open_model
+from moe_studio.core.overrides import Overrides, effective_rules, resolve
+from moe_studio.core.placement import (
+    Plan,
+    as_mapping,
+    assign,
+    expert_cells,
+    initial_plan,
+    range_cells,
+)
+from moe_studio.core.settings import Settings
+from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.units import GiB, MiB
 
-from core.cmdline import Command, build_command
-from core.devices import CPU_NAME, HostInfo, Rig
-from core.hardware.rpc import rpc_device
-from core.layers import ik_layer_sizes
-from core.memory import Estimate, engine_settings, estimate
-from core.model import ModelLayout, open_model
-from core.overrides import Overrides, effective_rules, resolve
-from core.placement import Plan, as_mapping, assign, expert_cells, initial_plan, range_cells
-from core.settings import Settings
-from core.tensors import GLOBAL_LAYER, TensorGroup
-from core.units import GiB, MiB
 from tests.engine.compute_calibration import spread
 from tests.engine.conftest import LlamaServer, free_port
 

@@ -10,16 +10,15 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
+from moe_studio.core import catalog
+from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.profiles import ProfileLibrary
+from moe_studio.core.settings import Settings
+from moe_studio.core.units import GiB
+from moe_studio.gui.document import Document
+from moe_studio.gui.main_window import MainWindow, prepare_plan
 from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt
 from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent
-
-from core import catalog
-from core.devices import Device, DeviceKind, HostInfo, Rig
-from core.profiles import ProfileLibrary
-from core.settings import Settings
-from core.units import GiB
-from gui.document import Document
-from gui.main_window import MainWindow, prepare_plan
 
 
 def rig_of(*gpus: int, ram: int = 256) -> Rig:
@@ -132,7 +131,7 @@ def drag_move_event(pos: QPointF, mime: QMimeData) -> QDragMoveEvent:
 def _no_modal_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Modal questions would block an offscreen test: unsaved work is discarded at teardown and
     recovery is declined unless a test installs its own answer."""
-    import gui.profile_controller as controller
+    import moe_studio.gui.profile_controller as controller
 
     monkeypatch.setattr(controller, "_ask_unsaved", lambda window, what: "discard")
     monkeypatch.setattr(controller, "_ask_recovery", lambda window, description: False)

@@ -11,17 +11,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from moe_studio.core.bench_results import parse_llama_bench, parse_sweep_bench
+from moe_studio.core.bench_run import BenchTool, curve
+from moe_studio.core.engine import EngineInfo, probe_engine
+from moe_studio.core.placement import expert_cells
+from moe_studio.core.profiles import load_profile, save_profile
+from moe_studio.gui.bench import BenchPanel
+from moe_studio.gui.bench.runs import experts_summary
+from moe_studio.gui.document import Document
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from core.bench_results import parse_llama_bench, parse_sweep_bench
-from core.bench_run import BenchTool, curve
-from core.engine import EngineInfo, probe_engine
-from core.placement import expert_cells
-from core.profiles import load_profile, save_profile
-from gui.bench import BenchPanel
-from gui.bench.runs import experts_summary
-from gui.document import Document
 from tests.support.standin_tools import clean_env, install_standin
 
 from .conftest import save_screenshot

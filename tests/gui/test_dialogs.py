@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from core.devices import DeviceKind
-from core.units import GiB
-from gui.dialogs import MachineDialog, RpcDialog
+from moe_studio.core.devices import DeviceKind
+from moe_studio.core.units import GiB
+from moe_studio.gui.dialogs import MachineDialog, RpcDialog
 
 from .conftest import rig_of
 

@@ -6,16 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from moe_studio.core.cmdline import build_command
+from moe_studio.core.placement import cell_device, expert_cells
+from moe_studio.core.tensors import TensorGroup
+from moe_studio.core.units import GiB
+from moe_studio.gui.app import _parser, build_window, demo_document
+from moe_studio.gui.main_window import MainWindow
 from PySide6.QtCore import QPointF, QSettings, Qt
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QApplication, QMessageBox
-
-from core.cmdline import build_command
-from core.placement import cell_device, expert_cells
-from core.tensors import TensorGroup
-from core.units import GiB
-from gui.app import _parser, build_window, demo_document
-from gui.main_window import MainWindow
 
 from .conftest import drag_enter_event, drag_move_event, rig_of, save_screenshot
 

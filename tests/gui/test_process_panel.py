@@ -16,16 +16,16 @@ from pathlib import Path
 
 import psutil
 import pytest
+from moe_studio.core.engine import EngineStore, probe_engine
+from moe_studio.core.health import Phase
+from moe_studio.core.model import open_model
+from moe_studio.core.placement import assign, expert_cells, initial_plan, range_cells
+from moe_studio.core.settings import Settings
+from moe_studio.gui.document import Document
+from moe_studio.gui.process import server_process
+from moe_studio.gui.process.process_panel import ProcessPanel
 from PySide6.QtWidgets import QApplication
 
-from core.engine import EngineStore, probe_engine
-from core.health import Phase
-from core.model import open_model
-from core.placement import assign, expert_cells, initial_plan, range_cells
-from core.settings import Settings
-from gui.document import Document
-from gui.process import server_process
-from gui.process.process_panel import ProcessPanel
 from tests.support.standin_tools import install_standin
 
 from .conftest import rig_of, save_screenshot
@@ -182,8 +182,8 @@ CHILD = textwrap.dedent(
     os.environ["QT_QPA_PLATFORM"] = "offscreen"
     sys.path.insert(0, {root!r})
     from PySide6.QtWidgets import QApplication
-    from core.launch import LaunchSpec
-    from gui.process.server_process import ServerProcess
+    from moe_studio.core.launch import LaunchSpec
+    from moe_studio.gui.process.server_process import ServerProcess
     app = QApplication([])
     server = ServerProcess()
     server.started.connect(lambda pid: (print(pid, flush=True)))

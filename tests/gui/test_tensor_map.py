@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt
-from PySide6.QtGui import QDropEvent
-from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QApplication
-
-from core.devices import CPU_NAME
-from core.placement import as_mapping, cell_device
-from core.tensors import GLOBAL_LAYER, TensorGroup
-from gui.document import Document
-from gui.palette import DevicePalette
-from gui.tensor_map.model import (
+from moe_studio.core.devices import CPU_NAME
+from moe_studio.core.placement import as_mapping, cell_device
+from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.gui.document import Document
+from moe_studio.gui.palette import DevicePalette
+from moe_studio.gui.tensor_map.model import (
     CELLS_MIME,
     CELLS_ROLE,
     DEVICE_ROLE,
@@ -20,7 +15,11 @@ from gui.tensor_map.model import (
     PINNED_ROLE,
     TensorMapModel,
 )
-from gui.tensor_map.view import TensorMapView
+from moe_studio.gui.tensor_map.view import TensorMapView
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt
+from PySide6.QtGui import QDropEvent
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication
 
 from .conftest import drag_enter_event
 
@@ -79,7 +78,7 @@ def test_rows_columns_and_roles(document: Document) -> None:
 
 
 def test_glm_mtp_rows_are_greyed_and_not_selectable(document: Document) -> None:
-    from core import catalog
+    from moe_studio.core import catalog
 
     document.set_model(catalog.load_catalog("glm-4.6"))
     model = TensorMapModel(document)

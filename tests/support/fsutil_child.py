@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from core.fsutil import atomic_write_text
+from moe_studio.core.fsutil import atomic_write_text
 
 
 def main() -> None:

@@ -8,11 +8,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from moe_studio.core.cli import command_names, main
+from moe_studio.core.hardware import cli as hw_cli
+from moe_studio.core.hardware.detect import HardwareReport, probe_hardware
+from moe_studio.core.hardware.nvml import NvmlLoader
 
-from core.cli import command_names, main
-from core.hardware import cli as hw_cli
-from core.hardware.detect import HardwareReport, probe_hardware
-from core.hardware.nvml import NvmlLoader
 from tests.core.hardware.fake_host import DATA, FakePsutil, GiB
 from tests.core.hardware.fake_nvml import NVML_ERROR_LIBRARY_NOT_FOUND, FakeNvml, four_gpus
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from core.hardware.cpu import cpu_key, detect_cpu, read_proc_cpuinfo, relevant_flags
+from moe_studio.core.hardware.cpu import cpu_key, detect_cpu, read_proc_cpuinfo, relevant_flags
+
 from tests.core.hardware.fake_host import DATA
 
 

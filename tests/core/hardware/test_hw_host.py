@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.hardware.host import ProcessTree, probe_host
+from moe_studio.core.hardware.host import ProcessTree, probe_host
+
 from tests.core.hardware.fake_host import (
     DATA,
     FakeProcessTable,

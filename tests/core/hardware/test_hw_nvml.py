@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from core.devices import DeviceKind
-from core.hardware.nvml import (
+from moe_studio.core.devices import DeviceKind
+from moe_studio.core.hardware.nvml import (
     GpuInfo,
     cuda_order,
     detect_gpus,
@@ -13,6 +12,7 @@ from core.hardware.nvml import (
     open_nvml,
     process_gpu_memory,
 )
+
 from tests.core.hardware.fake_nvml import (
     A100_80GB,
     NVML_ERROR_DRIVER_NOT_LOADED,

@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from core.devices import DeviceKind
-from core.errors import HardwareError
-from core.hardware.rigs import even_numa, list_presets, load_preset, load_rig_file, parse_rig
-from core.units import GiB, MiB
+from moe_studio.core.devices import DeviceKind
+from moe_studio.core.errors import HardwareError
+from moe_studio.core.hardware.rigs import (
+    even_numa,
+    list_presets,
+    load_preset,
+    load_rig_file,
+    parse_rig,
+)
+from moe_studio.core.units import GiB, MiB
 
 PRESETS = {
     "rtx4090-192g",

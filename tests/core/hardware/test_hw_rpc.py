@@ -5,10 +5,15 @@ from __future__ import annotations
 import socket
 
 import pytest
-
-from core.devices import DeviceKind
-from core.errors import HardwareError
-from core.hardware.rpc import Connect, RpcStatus, check_endpoint, parse_endpoint, rpc_device
+from moe_studio.core.devices import DeviceKind
+from moe_studio.core.errors import HardwareError
+from moe_studio.core.hardware.rpc import (
+    Connect,
+    RpcStatus,
+    check_endpoint,
+    parse_endpoint,
+    rpc_device,
+)
 
 
 @pytest.mark.parametrize(

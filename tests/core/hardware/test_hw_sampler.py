@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from itertools import count
 
-from core.hardware.sampler import Sampler
+from moe_studio.core.hardware.sampler import Sampler
+
 from tests.core.hardware.fake_host import FakeProcessTable, GiB, ProcState
 from tests.core.hardware.fake_nvml import (
     NVML_ERROR_GPU_IS_LOST,
