@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
 
-from moe_studio.core.gguf_file import read_model
-from moe_studio.core.model import open_model
+from moe_studio.core.gguf.model import open_model
+from moe_studio.core.gguf.reader import read_model
 
 from tests.support.sparse import write_catalog_sparse
 
@@ -49,13 +49,13 @@ which, paths = sys.argv[1], [Path(p) for p in sys.argv[2:]]
 if which == "gguf":
     import gguf
 else:
-    import moe_studio.core.model
+    import moe_studio.core.gguf.model
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tracemalloc.start()
 if which == "gguf":
     rows = [(t.name, int(t.n_bytes)) for p in paths for t in gguf.GGUFReader(p).tensors]
 elif which == "ours":
-    rows = [(t.name, t.nbytes) for t in moe_studio.core.model.open_model(paths[0]).tensors]
+    rows = [(t.name, t.nbytes) for t in moe_studio.core.gguf.model.open_model(paths[0]).tensors]
 peak = tracemalloc.get_traced_memory()[1]
 grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
 print(peak, grown * 1024)

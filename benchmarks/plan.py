@@ -18,14 +18,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from moe_studio.core.catalog import load_catalog
-from moe_studio.core.cmdline import build_command
-from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
-from moe_studio.core.model import Cell
-from moe_studio.core.placement import Plan, assign
-from moe_studio.core.planning import Planner, apply_pin
-from moe_studio.core.settings import Settings
-from moe_studio.core.tensors import ROUTED_EXPERT_GROUPS
+from moe_studio.core.gguf.catalog import load_catalog
+from moe_studio.core.gguf.model import Cell
+from moe_studio.core.gguf.tensors import ROUTED_EXPERT_GROUPS
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.plan.cmdline import build_command
+from moe_studio.core.plan.placement import Plan, assign
+from moe_studio.core.plan.planning import Planner, apply_pin
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
 
 GPUS_GIB = (24, 16, 48, 12)

@@ -12,11 +12,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from moe_studio.core import __version__, catalog
-from moe_studio.core.devices import Rig
+from moe_studio.core import __version__
 from moe_studio.core.errors import MoeStudioError
+from moe_studio.core.gguf import catalog
+from moe_studio.core.hardware.devices import Rig
 from moe_studio.core.hardware.rigs import load_preset
-from moe_studio.core.settings import Settings
+from moe_studio.core.plan.settings import Settings
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow, prepare_plan
@@ -61,7 +62,7 @@ def demo_document() -> Document:
 def build_window(args: argparse.Namespace, qsettings: QSettings | None = None) -> MainWindow:
     document = demo_document()
     if args.rig:
-        from moe_studio.core.hardware.cli import resolve_rig
+        from moe_studio.core.cli.hw import resolve_rig
 
         rig: Rig = resolve_rig(args.rig)
         document.set_rig(rig)

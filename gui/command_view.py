@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 
-from moe_studio.core.planning import PlanResult
+from moe_studio.core.plan.planning import PlanResult
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document
 from PySide6.QtCore import QTimer

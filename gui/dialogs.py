@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.errors import HardwareError, MoeStudioError
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.hardware.rpc import parse_endpoint, rpc_device
 from moe_studio.core.units import GiB, parse_size
 from PySide6.QtWidgets import (

@@ -13,15 +13,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from moe_studio.core.autoplace import AutoPlacement
-from moe_studio.core.devices import Rig
-from moe_studio.core.layers import LayerSplit
-from moe_studio.core.memory import Estimate
-from moe_studio.core.model import Cell, ModelLayout
-from moe_studio.core.placement import Edit, Plan, assign, initial_plan, reset, set_pinned
-from moe_studio.core.planning import Planner, PlanResult
-from moe_studio.core.profiles import Profile, profile_from_plan, update_profile
-from moe_studio.core.settings import Settings
+from moe_studio.core.gguf.model import Cell, ModelLayout
+from moe_studio.core.hardware.devices import Rig
+from moe_studio.core.plan.autoplace import AutoPlacement
+from moe_studio.core.plan.layers import LayerSplit
+from moe_studio.core.plan.memory import Estimate
+from moe_studio.core.plan.placement import Edit, Plan, assign, initial_plan, reset, set_pinned
+from moe_studio.core.plan.planning import Planner, PlanResult
+from moe_studio.core.plan.settings import Settings
+from moe_studio.core.profiles.schema import Profile, profile_from_plan, update_profile
 from moe_studio.gui.commands import PlanCommand, SettingsCommand
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoStack

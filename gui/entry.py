@@ -9,7 +9,7 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     """``moe-studio [MODEL]`` opens the app; ``moe-studio COMMAND …`` runs a headless command."""
     args = list(sys.argv[1:] if argv is None else argv)
-    from moe_studio.core import cli
+    from moe_studio.core.cli import main as cli
 
     if args and (args[0] in cli.command_names() or args[0] in ("-h", "--help", "--version")):
         return cli.main(args)

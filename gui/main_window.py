@@ -10,18 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from moe_studio import resources
-from moe_studio.core import catalog
-from moe_studio.core.autoplace import AutoPlacement
-from moe_studio.core.cmdline import import_command
-from moe_studio.core.devices import Rig
 from moe_studio.core.errors import MoeStudioError
-from moe_studio.core.gguf_file import IsCancelled, Progress
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.model import ModelLayout, open_model
+from moe_studio.core.gguf.reader import IsCancelled, Progress
+from moe_studio.core.hardware.devices import Rig
 from moe_studio.core.hardware.rigs import list_presets, load_preset, load_rig_file
-from moe_studio.core.model import ModelLayout, open_model
-from moe_studio.core.placement import initial_plan
-from moe_studio.core.planning import Planner
-from moe_studio.core.profiles import ProfileLibrary
-from moe_studio.core.settings import Settings
+from moe_studio.core.plan.autoplace import AutoPlacement
+from moe_studio.core.plan.cmdline import import_command
+from moe_studio.core.plan.placement import initial_plan
+from moe_studio.core.plan.planning import Planner
+from moe_studio.core.plan.settings import Settings
+from moe_studio.core.profiles.schema import ProfileLibrary
 from moe_studio.core.units import format_bytes, format_params
 from moe_studio.gui import theme
 from moe_studio.gui.budget.budget_plot import BudgetPlot

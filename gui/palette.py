@@ -5,7 +5,7 @@ Each device button is also a drop target: drop a selection from the grid on it t
 
 from __future__ import annotations
 
-from moe_studio.core.devices import CPU_NAME
+from moe_studio.core.hardware.devices import CPU_NAME
 from moe_studio.core.units import format_bytes
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document

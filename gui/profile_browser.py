@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from moe_studio.core.profiles import ProfileLibrary, ProfileSummary
+from moe_studio.core.profiles.schema import ProfileLibrary, ProfileSummary
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,

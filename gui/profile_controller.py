@@ -10,14 +10,14 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moe_studio.core import catalog
+from moe_studio.core.cli.export import FORMATS, launch_spec, render
 from moe_studio.core.errors import MoeStudioError, ProfileError
-from moe_studio.core.export_cli import FORMATS, launch_spec, render
-from moe_studio.core.exports import ExportFormat, encode_export
 from moe_studio.core.fsutil import atomic_write_bytes
-from moe_studio.core.gguf_file import IsCancelled, Progress
-from moe_studio.core.model import ModelLayout, open_model
-from moe_studio.core.profiles import (
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.model import ModelLayout, open_model
+from moe_studio.core.gguf.reader import IsCancelled, Progress
+from moe_studio.core.profiles.exports import ExportFormat, encode_export
+from moe_studio.core.profiles.schema import (
     PROFILE_SUFFIX,
     Profile,
     ProfileLibrary,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import shlex
 
-from moe_studio.core.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
-from moe_studio.core.settings import DIALECTS, Dialect, Settings
+from moe_studio.core.gguf.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
+from moe_studio.core.plan.settings import DIALECTS, Dialect, Settings
 from moe_studio.core.units import MiB
 from moe_studio.gui.document import Document
 from PySide6.QtCore import Qt

@@ -4,7 +4,7 @@ never by colour alone."""
 
 from __future__ import annotations
 
-from moe_studio.core.devices import CPU_NAME
+from moe_studio.core.hardware.devices import CPU_NAME
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
 

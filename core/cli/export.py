@@ -16,9 +16,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moe_studio.core import catalog
 from moe_studio.core.errors import ExportError, MoeStudioError, ProfileError
-from moe_studio.core.exports import (
+from moe_studio.core.fsutil import atomic_write_bytes
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.profiles.exports import (
     ExportFormat,
     bash_script,
     batch_script,
@@ -28,9 +30,12 @@ from moe_studio.core.exports import (
     powershell_script,
     router_preset_ini,
 )
-from moe_studio.core.fsutil import atomic_write_bytes
-from moe_studio.core.model import ModelLayout
-from moe_studio.core.profiles import Profile, load_profile, planner_from_profile, require_model
+from moe_studio.core.profiles.schema import (
+    Profile,
+    load_profile,
+    planner_from_profile,
+    require_model,
+)
 
 # --to names → formats.
 FORMATS: dict[str, ExportFormat] = {

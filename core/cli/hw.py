@@ -16,8 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from moe_studio.core.devices import Device, Rig
 from moe_studio.core.hardware.detect import HardwareReport, probe_hardware
+from moe_studio.core.hardware.devices import Device, Rig
 from moe_studio.core.hardware.numa import format_cpulist
 from moe_studio.core.hardware.nvml import GpuInfo
 from moe_studio.core.hardware.rigs import list_presets, load_preset, load_rig_file

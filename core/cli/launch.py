@@ -20,14 +20,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
-from moe_studio.core.diagnosis import CompareRow, Diagnosis, Fix, FixKind, compare, diagnose
-from moe_studio.core.engine import EngineInfo, EngineStore, Flavour, resolve_engine
-from moe_studio.core.engine_log import BufferKind, EngineLogParser, expected_load_dots
+from moe_studio.core.engine.diagnosis import CompareRow, Diagnosis, Fix, FixKind, compare, diagnose
+from moe_studio.core.engine.discovery import EngineInfo, EngineStore, Flavour, resolve_engine
+from moe_studio.core.engine.health import HealthTracker, Phase, poll_health, send_test_prompt
+from moe_studio.core.engine.launch import LaunchSpec, ServerRun, build_launch_spec, connect_host
+from moe_studio.core.engine.log_parser import BufferKind, EngineLogParser, expected_load_dots
 from moe_studio.core.errors import EngineError, ProfileError
-from moe_studio.core.health import HealthTracker, Phase, poll_health, send_test_prompt
-from moe_studio.core.launch import LaunchSpec, ServerRun, build_launch_spec, connect_host
-from moe_studio.core.placement import Plan
-from moe_studio.core.planning import Planner
+from moe_studio.core.plan.placement import Plan
+from moe_studio.core.plan.planning import Planner
 from moe_studio.core.units import format_bytes
 
 POLL_INTERVAL = 0.5
@@ -35,7 +35,7 @@ EXIT_FAILED = 1
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from moe_studio.core.plan_cli import add_plan_arguments
+    from moe_studio.core.cli.plan import add_plan_arguments
 
     p = sub.add_parser(
         "launch",
@@ -102,14 +102,14 @@ def _from_profile(
 ) -> tuple[Planner, Plan, list[str], str]:
     """Planner and plan of a profile, with the plan options the user gave on top."""
     try:
-        from moe_studio.core import profiles
+        from moe_studio.core.profiles import schema as profiles
     except ImportError:  # pragma: no cover - profiles ship with this version
         raise ProfileError(
             "This version cannot launch profiles; pass the model file and the plan options."
         ) from None
-    from moe_studio.core import catalog
-    from moe_studio.core.plan_cli import _rig, _settings
-    from moe_studio.core.planning import apply_pin
+    from moe_studio.core.cli.plan import _rig, _settings
+    from moe_studio.core.gguf import catalog
+    from moe_studio.core.plan.planning import apply_pin
 
     profile = profiles.load_profile(args.model)
     layout = catalog.load(profile.model.source)
@@ -177,7 +177,7 @@ def prepare(
             "leave --dialect out to follow the engine."
         )
     if planner is None:
-        from moe_studio.core.plan_cli import make_plan
+        from moe_studio.core.cli.plan import make_plan
 
         args.dialect = dialect
         planner, plan, notes = make_plan(args)
@@ -365,7 +365,7 @@ class _Watcher:
                 self.out.write(f"  | {line}\n")
 
     def calibrate(self) -> None:
-        from moe_studio.core.calibration import append_record, make_record
+        from moe_studio.core.engine.calibration import append_record, make_record
 
         report = self.parser.report()
         rows = compare(self.estimate, report)

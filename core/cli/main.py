@@ -17,10 +17,11 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO, TypeAlias
 
-from moe_studio.core import __version__, catalog
+from moe_studio.core import __version__
 from moe_studio.core.errors import MoeStudioError
-from moe_studio.core.model import ModelLayout
-from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
 from moe_studio.core.units import GiB, format_bytes, format_params
 
 EXIT_ERROR = 1
@@ -225,8 +226,10 @@ def _add_catalog(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _registrations() -> list[AddParser]:
     # Imported here so that the CLI's start-up does not pay for modules a command does not use.
-    from moe_studio.core import export_cli, launch_cli, plan_cli
-    from moe_studio.core.hardware import cli as hardware_cli
+    from moe_studio.core.cli import export as export_cli
+    from moe_studio.core.cli import hw as hardware_cli
+    from moe_studio.core.cli import launch as launch_cli
+    from moe_studio.core.cli import plan as plan_cli
 
     return [
         _add_inspect,

@@ -12,12 +12,12 @@ import json
 import sys
 from typing import TextIO
 
-from moe_studio.core import catalog
-from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.errors import CommandError, MoeStudioError
-from moe_studio.core.placement import Plan, as_mapping, initial_plan
-from moe_studio.core.planning import Planner, PlanResult, apply_pin
-from moe_studio.core.settings import DIALECTS, Settings
+from moe_studio.core.gguf import catalog
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.plan.placement import Plan, as_mapping, initial_plan
+from moe_studio.core.plan.planning import Planner, PlanResult, apply_pin
+from moe_studio.core.plan.settings import DIALECTS, Settings
 from moe_studio.core.units import format_bytes, parse_size
 
 
@@ -92,7 +92,7 @@ def _memory(text: str) -> int:
 
 def _rig(args: argparse.Namespace) -> Rig:
     if args.rig:
-        from moe_studio.core.hardware.cli import resolve_rig
+        from moe_studio.core.cli.hw import resolve_rig
 
         rig = resolve_rig(args.rig)
     elif args.gpu or args.rpc or args.ram:
@@ -172,7 +172,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
     base = Settings(dialect=args.dialect or "ik")
     plan = initial_plan(layout)
     if args.import_command:
-        from moe_studio.core.cmdline import import_command
+        from moe_studio.core.plan.cmdline import import_command
 
         plan, imported, rig = import_command(args.import_command, layout, rig, dialect=args.dialect)
         base = imported.settings
@@ -262,7 +262,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     planner, plan, notes = make_plan(args)
     result = planner.result(plan, executable=args.engine or "llama-server")
     if args.save:
-        from moe_studio.core.profiles import save_profile_from_plan
+        from moe_studio.core.profiles.schema import save_profile_from_plan
 
         save_profile_from_plan(args.save, planner, plan, executable=args.engine or "llama-server")
         notes.append(f"Saved the profile to {args.save}.")

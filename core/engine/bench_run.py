@@ -30,19 +30,19 @@ from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 
-from moe_studio.core.bench_results import (
+from moe_studio.core.engine.bench_results import (
     BenchFormatError,
     BenchRow,
     SweepResult,
     parse_llama_bench,
     parse_sweep_bench,
 )
-from moe_studio.core.cmdline import shell_join
-from moe_studio.core.engine import EngineInfo
+from moe_studio.core.engine.discovery import EngineInfo
+from moe_studio.core.engine.launch import ExitInfo, LogHistory, ManagedProcess, build_launch_spec
 from moe_studio.core.errors import EngineError
-from moe_studio.core.launch import ExitInfo, LogHistory, ManagedProcess, build_launch_spec
-from moe_studio.core.planning import PlanResult
-from moe_studio.core.settings import Dialect
+from moe_studio.core.plan.cmdline import shell_join
+from moe_studio.core.plan.planning import PlanResult
+from moe_studio.core.plan.settings import Dialect
 
 
 class BenchTool(StrEnum):

@@ -27,10 +27,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from moe_studio.core.diagnosis import CompareRow
+from moe_studio.core.engine.diagnosis import CompareRow
 from moe_studio.core.errors import EngineError
-from moe_studio.core.model import ModelLayout
-from moe_studio.core.settings import Settings
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.plan.settings import Settings
 
 log = logging.getLogger(__name__)
 

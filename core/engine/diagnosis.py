@@ -28,14 +28,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from moe_studio.core.devices import CPU_NAME, Rig
-from moe_studio.core.engine_log import BufferKind, Failure, FailureKind, LoadReport, buffer_device
-from moe_studio.core.memory import Estimate
-from moe_studio.core.model import Cell, ModelLayout
-from moe_studio.core.placement import Edit, Plan
-from moe_studio.core.planning import Planner
-from moe_studio.core.settings import Settings
-from moe_studio.core.tensors import ROUTED_EXPERT_GROUPS
+from moe_studio.core.engine.log_parser import (
+    BufferKind,
+    Failure,
+    FailureKind,
+    LoadReport,
+    buffer_device,
+)
+from moe_studio.core.gguf.model import Cell, ModelLayout
+from moe_studio.core.gguf.tensors import ROUTED_EXPERT_GROUPS
+from moe_studio.core.hardware.devices import CPU_NAME, Rig
+from moe_studio.core.plan.memory import Estimate
+from moe_studio.core.plan.placement import Edit, Plan
+from moe_studio.core.plan.planning import Planner
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import MiB, format_bytes
 
 MIN_UBATCH = 128

@@ -33,7 +33,8 @@ import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from moe_studio.core.engine_log import (
+from moe_studio.core.engine.launch import ExitInfo, ExitKind, connect_host
+from moe_studio.core.engine.log_parser import (
     BufferSize,
     Event,
     Failure,
@@ -46,7 +47,6 @@ from moe_studio.core.engine_log import (
     TensorOverride,
 )
 from moe_studio.core.errors import EngineError
-from moe_studio.core.launch import ExitInfo, ExitKind, connect_host
 
 HEALTH_TIMEOUT = 0.5
 

@@ -57,11 +57,11 @@ from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 
-from moe_studio.core.cmdline import shell_join
-from moe_studio.core.engine import EngineInfo, Flavour
+from moe_studio.core.engine.discovery import EngineInfo, Flavour
 from moe_studio.core.errors import EngineError
-from moe_studio.core.planning import PlanResult
-from moe_studio.core.settings import Dialect
+from moe_studio.core.plan.cmdline import shell_join
+from moe_studio.core.plan.planning import PlanResult
+from moe_studio.core.plan.settings import Dialect
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
-from moe_studio.core.ggml_types import Engine
+from moe_studio.core.gguf.ggml_types import Engine
 from moe_studio.core.units import MiB, format_bytes
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moe_studio.core.errors import CatalogError
-from moe_studio.core.ggml_types import GGMLType, type_by_name
-from moe_studio.core.model import (
+from moe_studio.core.gguf.ggml_types import GGMLType, type_by_name
+from moe_studio.core.gguf.model import (
     ModelLayout,
     classify_tensors,
     hyperparams_from_metadata,

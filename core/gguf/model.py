@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from moe_studio.core.errors import GGUFFormatError
-from moe_studio.core.ggml_types import type_name
-from moe_studio.core.gguf_file import (
+from moe_studio.core.gguf.ggml_types import type_name
+from moe_studio.core.gguf.reader import (
     GGUFModel,
     IsCancelled,
     MetaValue,
@@ -25,7 +25,7 @@ from moe_studio.core.gguf_file import (
     SkippedArray,
     read_model,
 )
-from moe_studio.core.tensors import (
+from moe_studio.core.gguf.tensors import (
     GLOBAL_LAYER,
     LAYER_COLUMNS,
     ROUTED_EXPERT_GROUPS,

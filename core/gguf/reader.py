@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from moe_studio.core.errors import Cancelled, GGUFFormatError, ShardError, UnknownTypeError
-from moe_studio.core.ggml_types import type_by_id
+from moe_studio.core.gguf.ggml_types import type_by_id
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from moe_studio.core import gguf_file as g
-from moe_studio.core.model import ModelLayout
+from moe_studio.core.gguf import reader as g
+from moe_studio.core.gguf.model import ModelLayout
 
 
 @dataclass(frozen=True, slots=True)

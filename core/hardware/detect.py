@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from moe_studio.core.devices import Rig
 from moe_studio.core.hardware.cpu import CpuinfoProbe, run_py_cpuinfo
+from moe_studio.core.hardware.devices import Rig
 from moe_studio.core.hardware.host import Psutil, probe_host
 from moe_studio.core.hardware.nvml import GpuProbe, NvmlLoader, detect_gpus, load_pynvml
 

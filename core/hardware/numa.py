@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from moe_studio.core.devices import NumaNode
+from moe_studio.core.hardware.devices import NumaNode
 from moe_studio.core.units import KiB
 
 log = logging.getLogger(__name__)

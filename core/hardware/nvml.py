@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
-from moe_studio.core.devices import Device, DeviceKind, pcie_bandwidth
+from moe_studio.core.hardware.devices import Device, DeviceKind, pcie_bandwidth
 
 log = logging.getLogger(__name__)
 

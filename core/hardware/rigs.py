@@ -47,8 +47,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from moe_studio.core.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
 from moe_studio.core.errors import HardwareError, MoeStudioError
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
 from moe_studio.core.hardware.numa import parse_cpulist
 from moe_studio.core.hardware.rpc import FLAVOURS, flavour_note, parse_endpoint, rpc_device
 from moe_studio.core.units import parse_size

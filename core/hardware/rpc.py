@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from moe_studio.core.devices import Device, DeviceKind, rpc_name
 from moe_studio.core.errors import HardwareError
+from moe_studio.core.hardware.devices import Device, DeviceKind, rpc_name
 
 DEFAULT_PORT = 50052
 _LOCAL = ("127.0.0.1", "localhost", "::1")

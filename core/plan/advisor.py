@@ -15,12 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from moe_studio.core.devices import CPU_NAME, DeviceKind, Rig
-from moe_studio.core.memory import Estimate, compute_terms, layer_compute_bytes, offload_threshold
-from moe_studio.core.model import ModelLayout
-from moe_studio.core.placement import Plan
-from moe_studio.core.settings import Settings
-from moe_studio.core.tensors import ROUTED_EXPERT_GROUPS
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.gguf.tensors import ROUTED_EXPERT_GROUPS
+from moe_studio.core.hardware.devices import CPU_NAME, DeviceKind, Rig
+from moe_studio.core.plan.memory import (
+    Estimate,
+    compute_terms,
+    layer_compute_bytes,
+    offload_threshold,
+)
+from moe_studio.core.plan.placement import Plan
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import format_bytes
 
 # Assumed when the GPU's PCIe link is unknown (PCIe 4.0 x16), and the share of the theoretical

@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from moe_studio.core.devices import CPU_NAME, Device, DeviceKind, Rig
-from moe_studio.core.memory import compute_terms, effective_mla, kv_bytes, layer_compute_bytes
-from moe_studio.core.model import Cell, ModelLayout
-from moe_studio.core.placement import Plan, assign
-from moe_studio.core.settings import Settings
-from moe_studio.core.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.gguf.model import Cell, ModelLayout
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.hardware.devices import CPU_NAME, Device, DeviceKind, Rig
+from moe_studio.core.plan.memory import compute_terms, effective_mla, kv_bytes, layer_compute_bytes
+from moe_studio.core.plan.placement import Plan, assign
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import format_bytes
 
 ALWAYS_ACTIVE = (

@@ -17,20 +17,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from moe_studio.core.devices import CPU_NAME, Device, DeviceKind, Rig, rpc_name
 from moe_studio.core.errors import CommandError, DialectError
-from moe_studio.core.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
-from moe_studio.core.layers import (
+from moe_studio.core.gguf.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.hardware.devices import CPU_NAME, Device, DeviceKind, Rig, rpc_name
+from moe_studio.core.plan.layers import (
     LayerSplit,
     engine_layer_devices,
     ik_tensor_split,
     mainline_tensor_split,
     plan_layer_split,
 )
-from moe_studio.core.model import ModelLayout
-from moe_studio.core.overrides import Overrides, Rule, generate, resolve
-from moe_studio.core.placement import Plan, plan_from_mapping
-from moe_studio.core.settings import Dialect, Settings
+from moe_studio.core.plan.overrides import Overrides, Rule, generate, resolve
+from moe_studio.core.plan.placement import Plan, plan_from_mapping
+from moe_studio.core.plan.settings import Dialect, Settings
 
 DEFAULT_EXECUTABLE = "llama-server"
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from moe_studio.core.devices import CPU_NAME, Rig
-from moe_studio.core.ggml_types import Q8_0, TYPES
-from moe_studio.core.memory import cache_type, engine_settings
-from moe_studio.core.model import ModelLayout, TensorInfo
-from moe_studio.core.placement import Plan, layer_homes
-from moe_studio.core.settings import Settings
-from moe_studio.core.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.gguf.ggml_types import Q8_0, TYPES
+from moe_studio.core.gguf.model import ModelLayout, TensorInfo
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.hardware.devices import CPU_NAME, Rig
+from moe_studio.core.plan.memory import cache_type, engine_settings
+from moe_studio.core.plan.placement import Plan, layer_homes
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import MiB
 
 IK_FIT_MARGIN = 1024 * MiB  # ik subtracts this from each device's free memory

@@ -19,12 +19,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from moe_studio.core.devices import CPU_NAME, DeviceKind, Rig
-from moe_studio.core.ggml_types import GGMLType, type_by_name
-from moe_studio.core.model import ModelLayout
-from moe_studio.core.placement import Plan
-from moe_studio.core.settings import Settings
-from moe_studio.core.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.gguf.ggml_types import GGMLType, type_by_name
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.hardware.devices import CPU_NAME, DeviceKind, Rig
+from moe_studio.core.plan.placement import Plan
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import MiB
 
 # ik's CUDA backend offloads a MoE matmul whose weights live in RAM when

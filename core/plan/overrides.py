@@ -19,13 +19,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from moe_studio.core.devices import CPU_NAME
 from moe_studio.core.errors import CommandError
-from moe_studio.core.layers import LayerSplit
-from moe_studio.core.model import ModelLayout
-from moe_studio.core.placement import NOT_LOADED, Plan
-from moe_studio.core.settings import Dialect
-from moe_studio.core.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.hardware.devices import CPU_NAME
+from moe_studio.core.plan.layers import LayerSplit
+from moe_studio.core.plan.placement import NOT_LOADED, Plan
+from moe_studio.core.plan.settings import Dialect
 
 Rule = tuple[str, str]  # (regex, buffer type)
 EXPERT_RULE = "exps"  # what users write: matches ffn_{up,gate,down,gate_up}_exps and _chexps

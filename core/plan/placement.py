@@ -11,10 +11,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from moe_studio.core.devices import CPU_NAME
 from moe_studio.core.errors import PlanError
-from moe_studio.core.model import Cell, ModelLayout
-from moe_studio.core.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.gguf.model import Cell, ModelLayout
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.hardware.devices import CPU_NAME
 
 NOT_LOADED = ""  # device of tensors the engine skips (GLM nextn blocks)
 

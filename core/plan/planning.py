@@ -10,16 +10,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from moe_studio.core.advisor import Advice, advise
-from moe_studio.core.autoplace import AutoPlacement, auto_place
-from moe_studio.core.cmdline import Command, build_command
-from moe_studio.core.devices import Rig
 from moe_studio.core.errors import CommandError, MoeStudioError, PlanError
-from moe_studio.core.layers import LayerSplit, plan_layer_split
-from moe_studio.core.memory import Estimate, estimate, kv_bytes, layer_compute_bytes
-from moe_studio.core.model import Cell, ModelLayout
-from moe_studio.core.placement import Edit, Plan, assign, expert_cells, initial_plan, range_cells
-from moe_studio.core.settings import Settings
+from moe_studio.core.gguf.model import Cell, ModelLayout
+from moe_studio.core.hardware.devices import Rig
+from moe_studio.core.plan.advisor import Advice, advise
+from moe_studio.core.plan.autoplace import AutoPlacement, auto_place
+from moe_studio.core.plan.cmdline import Command, build_command
+from moe_studio.core.plan.layers import LayerSplit, plan_layer_split
+from moe_studio.core.plan.memory import Estimate, estimate, kv_bytes, layer_compute_bytes
+from moe_studio.core.plan.placement import (
+    Edit,
+    Plan,
+    assign,
+    expert_cells,
+    initial_plan,
+    range_cells,
+)
+from moe_studio.core.plan.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,17 +71,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from moe_studio.core import __version__
-from moe_studio.core.devices import Rig
 from moe_studio.core.errors import ProfileError
 from moe_studio.core.fsutil import atomic_write_bytes, atomic_write_text, backup_path
-from moe_studio.core.model import Cell, ModelLayout
-from moe_studio.core.placement import Plan, as_mapping, plan_from_mapping
-from moe_studio.core.settings import Dialect, Settings
-from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.gguf.model import Cell, ModelLayout
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.hardware.devices import Rig
+from moe_studio.core.plan.placement import Plan, as_mapping, plan_from_mapping
+from moe_studio.core.plan.settings import Dialect, Settings
 from moe_studio.core.units import format_bytes
 
 if typing.TYPE_CHECKING:
-    from moe_studio.core.planning import Planner
+    from moe_studio.core.plan.planning import Planner
 
 log = logging.getLogger(__name__)
 
@@ -965,7 +965,7 @@ def planner_from_profile(profile: Profile, layout: ModelLayout) -> tuple[Planner
     Raises:
         ProfileError: see :func:`plan_from_profile`.
     """
-    from moe_studio.core.planning import Planner
+    from moe_studio.core.plan.planning import Planner
 
     return Planner(layout, profile.rig, profile.settings), plan_from_profile(profile, layout)
 

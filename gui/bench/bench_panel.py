@@ -17,8 +17,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from moe_studio.core.bench_run import BenchOutcome, BenchSpec, BenchTool, build_bench_spec
-from moe_studio.core.engine import EngineInfo
+from moe_studio.core.engine.bench_run import BenchOutcome, BenchSpec, BenchTool, build_bench_spec
+from moe_studio.core.engine.discovery import EngineInfo
 from moe_studio.core.errors import MoeStudioError
 from moe_studio.gui import theme
 from moe_studio.gui.bench.bench_plot import BenchPlot, RunCurve, run_icon

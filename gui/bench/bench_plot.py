@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyqtgraph as pg
-from moe_studio.core.bench_run import CurvePoint
+from moe_studio.core.engine.bench_run import CurvePoint
 from moe_studio.gui import theme
 from pyqtgraph.graphicsItems.LegendItem import ItemSample
 from pyqtgraph.graphicsItems.ScatterPlotItem import drawSymbol

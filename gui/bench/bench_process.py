@@ -21,8 +21,12 @@ import signal
 import time
 from pathlib import Path
 
-from moe_studio.core.bench_results import BenchFormatError, parse_llama_bench, parse_sweep_bench
-from moe_studio.core.bench_run import (
+from moe_studio.core.engine.bench_results import (
+    BenchFormatError,
+    parse_llama_bench,
+    parse_sweep_bench,
+)
+from moe_studio.core.engine.bench_run import (
     BenchOutcome,
     BenchSpec,
     BenchTool,
@@ -30,8 +34,7 @@ from moe_studio.core.bench_run import (
     bench_outcome,
     curve,
 )
-from moe_studio.core.errors import EngineError
-from moe_studio.core.launch import (
+from moe_studio.core.engine.launch import (
     ExitInfo,
     ExitKind,
     LogHistory,
@@ -40,6 +43,7 @@ from moe_studio.core.launch import (
     resolve_program,
     signal_group,
 )
+from moe_studio.core.errors import EngineError
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 log = logging.getLogger(__name__)

@@ -22,12 +22,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from moe_studio.core.bench_run import BenchOutcome, BenchTool, CurvePoint, default_depths
-from moe_studio.core.devices import CPU_NAME
-from moe_studio.core.model import ModelLayout
-from moe_studio.core.placement import Plan
-from moe_studio.core.settings import Dialect
-from moe_studio.core.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS
+from moe_studio.core.engine.bench_run import BenchOutcome, BenchTool, CurvePoint, default_depths
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS
+from moe_studio.core.hardware.devices import CPU_NAME
+from moe_studio.core.plan.placement import Plan
+from moe_studio.core.plan.settings import Dialect
 
 
 def _finite(value: float | None) -> float | None:

@@ -9,8 +9,8 @@ warning does not rely on colour alone. Cells dragged from the grid can be droppe
 from __future__ import annotations
 
 import pyqtgraph as pg
-from moe_studio.core.devices import DeviceKind
-from moe_studio.core.memory import DeviceBudget, Estimate
+from moe_studio.core.hardware.devices import DeviceKind
+from moe_studio.core.plan.memory import DeviceBudget, Estimate
 from moe_studio.core.units import GiB, format_bytes
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document

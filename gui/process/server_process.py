@@ -19,10 +19,8 @@ import logging
 import signal
 import sys
 
-from moe_studio.core.engine_log import EngineLogParser, Event, LoadReport
-from moe_studio.core.errors import EngineError
-from moe_studio.core.health import HealthStatus, HealthTracker, Phase, poll_health
-from moe_studio.core.launch import (
+from moe_studio.core.engine.health import HealthStatus, HealthTracker, Phase, poll_health
+from moe_studio.core.engine.launch import (
     LaunchSpec,
     LogHistory,
     check_port,
@@ -32,6 +30,8 @@ from moe_studio.core.launch import (
     resolve_program,
     signal_group,
 )
+from moe_studio.core.engine.log_parser import EngineLogParser, Event, LoadReport
+from moe_studio.core.errors import EngineError
 from moe_studio.gui.tasks import Background
 from PySide6.QtCore import (
     QObject,

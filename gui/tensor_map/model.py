@@ -7,9 +7,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from moe_studio.core.model import Cell, ModelLayout
-from moe_studio.core.placement import cell_devices
-from moe_studio.core.tensors import GLOBAL_COLUMNS, GLOBAL_LAYER, TensorGroup
+from moe_studio.core.gguf.model import Cell, ModelLayout
+from moe_studio.core.gguf.tensors import GLOBAL_COLUMNS, GLOBAL_LAYER, TensorGroup
+from moe_studio.core.plan.placement import cell_devices
 from moe_studio.core.units import format_bytes
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import itertools
 
-from moe_studio.core.devices import CPU_NAME
-from moe_studio.core.model import Cell
+from moe_studio.core.gguf.model import Cell
+from moe_studio.core.hardware.devices import CPU_NAME
 from moe_studio.gui.document import Document
 from moe_studio.gui.tensor_map.delegate import CellDelegate
 from moe_studio.gui.tensor_map.model import CELLS_ROLE, LOADED_ROLE, PINNED_ROLE, TensorMapModel

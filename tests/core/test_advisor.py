@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from functools import cache
 
-from moe_studio.core import catalog
-from moe_studio.core.advisor import advise
-from moe_studio.core.autoplace import auto_place
-from moe_studio.core.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
-from moe_studio.core.layers import plan_layer_split
-from moe_studio.core.memory import estimate, offload_threshold
-from moe_studio.core.model import ModelLayout
-from moe_studio.core.placement import Plan, initial_plan
-from moe_studio.core.settings import Settings
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
+from moe_studio.core.plan.advisor import advise
+from moe_studio.core.plan.autoplace import auto_place
+from moe_studio.core.plan.layers import plan_layer_split
+from moe_studio.core.plan.memory import estimate, offload_threshold
+from moe_studio.core.plan.placement import Plan, initial_plan
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
 
 

@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from moe_studio.core import catalog
-from moe_studio.core.bench_results import parse_llama_bench
-from moe_studio.core.bench_run import (
+from moe_studio.core.engine.bench_results import parse_llama_bench
+from moe_studio.core.engine.bench_run import (
     BenchRun,
     BenchTool,
     CurvePoint,
@@ -18,13 +17,14 @@ from moe_studio.core.bench_run import (
     default_depths,
     run_bench,
 )
-from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
-from moe_studio.core.engine import EngineInfo, probe_engine
+from moe_studio.core.engine.discovery import EngineInfo, probe_engine
 from moe_studio.core.errors import EngineError
+from moe_studio.core.gguf import catalog
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.hardware.rpc import rpc_device
-from moe_studio.core.placement import assign, expert_cells, initial_plan, range_cells
-from moe_studio.core.planning import Planner, PlanResult
-from moe_studio.core.settings import Dialect, Settings
+from moe_studio.core.plan.placement import assign, expert_cells, initial_plan, range_cells
+from moe_studio.core.plan.planning import Planner, PlanResult
+from moe_studio.core.plan.settings import Dialect, Settings
 from moe_studio.core.units import GiB
 
 from tests.support.standin_tools import clean_env, install_standin

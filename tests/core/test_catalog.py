@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from moe_studio.core import catalog
-from moe_studio.core.cli import layout_json
+from moe_studio.core.cli.main import layout_json
 from moe_studio.core.errors import CatalogError
-from moe_studio.core.model import open_model
-from moe_studio.core.tensors import TensorGroup
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.model import open_model
+from moe_studio.core.gguf.tensors import TensorGroup
 
 PUBLISHED = {
     "deepseek-v3": 671e9,
@@ -52,7 +52,7 @@ def test_deepseek_flavours() -> None:
 
 
 def test_every_row_is_a_whole_number_of_blocks() -> None:
-    from moe_studio.core.ggml_types import TYPES
+    from moe_studio.core.gguf.ggml_types import TYPES
 
     for key, entry in catalog.CATALOG.items():
         for recipe in entry.recipes:

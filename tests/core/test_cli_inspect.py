@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from moe_studio.core.cli import main
+from moe_studio.core.cli.main import main
 
 
 def test_inspect_json_has_the_documented_fields(capsys: pytest.CaptureFixture[str]) -> None:

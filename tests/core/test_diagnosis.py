@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from moe_studio.core import catalog
-from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
-from moe_studio.core.diagnosis import Diagnosis, FixKind, _choose_layers, compare, diagnose
-from moe_studio.core.engine_log import Failure, FailureKind, parse_log
-from moe_studio.core.memory import DeviceBudget, Estimate
-from moe_studio.core.model import ModelLayout
-from moe_studio.core.placement import Plan, assign, expert_cells, initial_plan, range_cells
-from moe_studio.core.settings import Settings
-from moe_studio.core.tensors import ROUTED_EXPERT_GROUPS
+from moe_studio.core.engine.diagnosis import Diagnosis, FixKind, _choose_layers, compare, diagnose
+from moe_studio.core.engine.log_parser import Failure, FailureKind, parse_log
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.gguf.tensors import ROUTED_EXPERT_GROUPS
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.plan.memory import DeviceBudget, Estimate
+from moe_studio.core.plan.placement import Plan, assign, expert_cells, initial_plan, range_cells
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB, MiB
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs" / "ik"

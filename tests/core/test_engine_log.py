@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from moe_studio.core.engine_log import (
+from moe_studio.core.engine.log_parser import (
     BufferKind,
     BufferSize,
     EngineLogParser,
@@ -189,7 +189,7 @@ def test_dots_of_a_pending_line_report_progress() -> None:
 
 
 def test_expected_dots_from_the_model_sizes(tiny_qwen3moe: Path) -> None:
-    from moe_studio.core.model import open_model
+    from moe_studio.core.gguf.model import open_model
 
     layout = open_model(tiny_qwen3moe)
     expected = expected_load_dots(t.nbytes for t in layout.tensors if t.loaded)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from moe_studio.core.engine import (
+from moe_studio.core.engine.discovery import (
     EngineInfo,
     EngineStore,
     detect_flavour,

@@ -18,18 +18,18 @@ from typing import Any
 
 import pytest
 import yaml
-from moe_studio.core import catalog
-from moe_studio.core.cli import command_names, main
-from moe_studio.core.cmdline import build_command, import_command
-from moe_studio.core.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
-from moe_studio.core.export_cli import default_model_id, estimate_load_seconds
-from moe_studio.core.exports import suggest_health_check_timeout
+from moe_studio.core.cli.export import default_model_id, estimate_load_seconds
+from moe_studio.core.cli.main import command_names, main
 from moe_studio.core.fsutil import backup_path
-from moe_studio.core.model import ModelLayout, open_model
-from moe_studio.core.placement import Plan, assign, expert_cells, initial_plan
-from moe_studio.core.planning import Planner
-from moe_studio.core.profiles import Profile, profile_from_plan, save_profile
-from moe_studio.core.settings import Settings
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.model import ModelLayout, open_model
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
+from moe_studio.core.plan.cmdline import build_command, import_command
+from moe_studio.core.plan.placement import Plan, assign, expert_cells, initial_plan
+from moe_studio.core.plan.planning import Planner
+from moe_studio.core.plan.settings import Settings
+from moe_studio.core.profiles.exports import suggest_health_check_timeout
+from moe_studio.core.profiles.schema import Profile, profile_from_plan, save_profile
 from moe_studio.core.units import GiB
 
 from tests.support.tiny_models import write_tiny_model

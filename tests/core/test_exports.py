@@ -37,7 +37,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moe_studio.core.errors import ExportError
-from moe_studio.core.exports import (
+from moe_studio.core.profiles.exports import (
     ExportFormat,
     bash_script,
     batch_script,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moe_studio.core import gguf_file as g
 from moe_studio.core.errors import GGUFFormatError, ModelFileError, ShardError, UnknownTypeError
-from moe_studio.core.ggml_types import type_by_name
-from moe_studio.core.gguf_write import Typed, header_bytes, shard_name
+from moe_studio.core.gguf import reader as g
+from moe_studio.core.gguf.ggml_types import type_by_name
+from moe_studio.core.gguf.writer import Typed, header_bytes, shard_name
 
 I32 = g.INT32
 

@@ -10,7 +10,17 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
-from moe_studio.core.engine_log import (
+from moe_studio.core.engine.health import (
+    HealthTracker,
+    Phase,
+    PollKind,
+    PollOutcome,
+    parse_metrics,
+    poll_health,
+    send_test_prompt,
+)
+from moe_studio.core.engine.launch import ExitKind, classify_exit
+from moe_studio.core.engine.log_parser import (
     BufferKind,
     BufferSize,
     EngineLogParser,
@@ -22,16 +32,6 @@ from moe_studio.core.engine_log import (
     ModelLoaded,
 )
 from moe_studio.core.errors import EngineError
-from moe_studio.core.health import (
-    HealthTracker,
-    Phase,
-    PollKind,
-    PollOutcome,
-    parse_metrics,
-    poll_health,
-    send_test_prompt,
-)
-from moe_studio.core.launch import ExitKind, classify_exit
 
 REFUSED = PollOutcome(PollKind.REFUSED)
 HANGS = PollOutcome(PollKind.TIMEOUT)

@@ -20,13 +20,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from moe_studio.core import catalog
-from moe_studio.core.advisor import Advice
-from moe_studio.core.devices import HostInfo, Rig
-from moe_studio.core.engine import EngineInfo, probe_engine
-from moe_studio.core.engine_log import EngineLogParser, LoadReport
-from moe_studio.core.errors import EngineError
-from moe_studio.core.health import (
+from moe_studio.core.engine.discovery import EngineInfo, probe_engine
+from moe_studio.core.engine.health import (
     HealthTracker,
     Phase,
     PollKind,
@@ -34,7 +29,7 @@ from moe_studio.core.health import (
     poll_health,
     send_test_prompt,
 )
-from moe_studio.core.launch import (
+from moe_studio.core.engine.launch import (
     ExitKind,
     LaunchSpec,
     LogHistory,
@@ -45,9 +40,14 @@ from moe_studio.core.launch import (
     port_in_use,
     server_address,
 )
-from moe_studio.core.placement import initial_plan
-from moe_studio.core.planning import Planner, PlanResult
-from moe_studio.core.settings import Settings
+from moe_studio.core.engine.log_parser import EngineLogParser, LoadReport
+from moe_studio.core.errors import EngineError
+from moe_studio.core.gguf import catalog
+from moe_studio.core.hardware.devices import HostInfo, Rig
+from moe_studio.core.plan.advisor import Advice
+from moe_studio.core.plan.placement import initial_plan
+from moe_studio.core.plan.planning import Planner, PlanResult
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
 
 from tests.support.standin_tools import clean_env, install_standin

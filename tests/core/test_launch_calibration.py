@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from moe_studio.core import catalog
-from moe_studio.core.calibration import (
+from moe_studio.core.engine.calibration import (
     FORMAT_VERSION,
     SETTINGS_KEYS,
     CalibrationRecord,
@@ -16,9 +15,10 @@ from moe_studio.core.calibration import (
     make_record,
     read_records,
 )
-from moe_studio.core.diagnosis import CompareRow
+from moe_studio.core.engine.diagnosis import CompareRow
 from moe_studio.core.errors import EngineError
-from moe_studio.core.settings import Settings
+from moe_studio.core.gguf import catalog
+from moe_studio.core.plan.settings import Settings
 
 ROWS = [
     CompareRow("CUDA0", 100, 20, 30, 101, 20, None),

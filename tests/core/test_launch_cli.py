@@ -15,13 +15,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from moe_studio.core import catalog
-from moe_studio.core.calibration import read_records
-from moe_studio.core.cli import main
-from moe_studio.core.devices import HostInfo, Rig
-from moe_studio.core.placement import initial_plan
-from moe_studio.core.planning import Planner
-from moe_studio.core.settings import Settings
+from moe_studio.core.cli.main import main
+from moe_studio.core.engine.calibration import read_records
+from moe_studio.core.gguf import catalog
+from moe_studio.core.hardware.devices import HostInfo, Rig
+from moe_studio.core.plan.placement import initial_plan
+from moe_studio.core.plan.planning import Planner
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
 
 from tests.support.standin_tools import clean_env, install_standin
@@ -147,7 +147,7 @@ def test_ctrl_c_or_sigterm_stops_the_server_cleanly(
     # Ctrl-C reaches a foreground program, so give the CLI Python's usual handler back.
     code = (
         "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "from core.cli import main; sys.exit(main(sys.argv[1:]))"
+        "from moe_studio.core.cli.main import main; sys.exit(main(sys.argv[1:]))"
     )
     cli = subprocess.Popen(
         [sys.executable, "-c", code, *base_args(tiny_qwen3moe, bins["ik"], port)],
@@ -193,7 +193,7 @@ def test_launch_a_profile(
     tiny_qwen3moe: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from moe_studio.core.profiles import save_profile_from_plan
+    from moe_studio.core.profiles.schema import save_profile_from_plan
 
     layout = catalog.load(str(tiny_qwen3moe))
     settings = Settings(ctx=1024, ubatch=256, port=9)  # the port is overridden below

@@ -13,16 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from moe_studio.core import catalog
-from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
-from moe_studio.core.diagnosis import Diagnosis, FixKind, compare, diagnose
-from moe_studio.core.engine import EngineInfo, probe_engine
-from moe_studio.core.engine_log import BufferKind, EngineLogParser, LoadReport
-from moe_studio.core.launch import ServerRun, build_launch_spec
-from moe_studio.core.model import ModelLayout
-from moe_studio.core.placement import Plan, assign, initial_plan, range_cells
-from moe_studio.core.planning import Planner
-from moe_studio.core.settings import Settings
+from moe_studio.core.engine.diagnosis import Diagnosis, FixKind, compare, diagnose
+from moe_studio.core.engine.discovery import EngineInfo, probe_engine
+from moe_studio.core.engine.launch import ServerRun, build_launch_spec
+from moe_studio.core.engine.log_parser import BufferKind, EngineLogParser, LoadReport
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.plan.placement import Plan, assign, initial_plan, range_cells
+from moe_studio.core.plan.planning import Planner
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB, KiB, MiB
 
 from tests.support.standin_tools import clean_env, install_standin

@@ -8,16 +8,17 @@ from functools import cache
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moe_studio.core import catalog
-from moe_studio.core.autoplace import auto_place
-from moe_studio.core.cmdline import build_command, import_command, parse_command
-from moe_studio.core.devices import CPU_NAME, Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.errors import CommandError, DialectError, PlanError
-from moe_studio.core.layers import LayerSplit, engine_layer_devices, plan_layer_split
-from moe_studio.core.memory import kv_bytes
-from moe_studio.core.model import ModelLayout
-from moe_studio.core.overrides import Overrides, generate, number_regex, resolve
-from moe_studio.core.placement import (
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.hardware.devices import CPU_NAME, Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.plan.autoplace import auto_place
+from moe_studio.core.plan.cmdline import build_command, import_command, parse_command
+from moe_studio.core.plan.layers import LayerSplit, engine_layer_devices, plan_layer_split
+from moe_studio.core.plan.memory import kv_bytes
+from moe_studio.core.plan.overrides import Overrides, generate, number_regex, resolve
+from moe_studio.core.plan.placement import (
     Plan,
     as_mapping,
     assign,
@@ -28,8 +29,7 @@ from moe_studio.core.placement import (
     range_cells,
     row_cells,
 )
-from moe_studio.core.settings import Settings
-from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB, MiB
 
 G = TensorGroup
@@ -255,7 +255,7 @@ def test_resolve_of_generate_is_the_plan(case: tuple[str, Rig, Plan, str]) -> No
         assert not wrong, (spec, dialect, command.argv, list(wrong.items())[:5])
         # And the KV layer split the engine derives equals the one we estimated with.
         imported = parse_command(list(command.argv), dialect=dialect)  # type: ignore[arg-type]
-        from moe_studio.core.cmdline import imported_split, rig_for_command
+        from moe_studio.core.plan.cmdline import imported_split, rig_for_command
 
         engine = imported_split(lay, imported, rig_for_command(imported, rig))
         assert engine.kv_devices == split.kv_devices
@@ -446,8 +446,8 @@ def test_auto_place_never_moves_pins_and_handles_uneven_gpus() -> None:
     for cell in pinned.pinned:
         for i in ds.cells[cell]:
             assert result.plan.devices[i] == pinned.devices[i]
-    from moe_studio.core.layers import plan_layer_split
-    from moe_studio.core.memory import estimate
+    from moe_studio.core.plan.layers import plan_layer_split
+    from moe_studio.core.plan.memory import estimate
 
     split = plan_layer_split(ds, result.plan, rig, Settings(cache_type_k="q8_0"))
     est = estimate(ds, result.plan, rig, Settings(cache_type_k="q8_0"), split.kv_devices)
@@ -466,7 +466,7 @@ def test_auto_place_says_by_how_much_it_falls_short() -> None:
 
 
 def test_ik_switches_mla_to_3_when_only_some_layers_are_offloaded() -> None:
-    from moe_studio.core.memory import engine_settings, estimate
+    from moe_studio.core.plan.memory import engine_settings, estimate
 
     ds = layout("deepseek-v3@IQ2_KS")
     s = Settings(mla=1, flash_attn=False, ctx=4096)

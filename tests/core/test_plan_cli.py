@@ -6,7 +6,7 @@ import json
 import shlex
 
 import pytest
-from moe_studio.core.cli import main
+from moe_studio.core.cli.main import main
 
 
 def _plan(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:

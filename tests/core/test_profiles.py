@@ -11,15 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moe_studio.core import __version__, catalog, profiles
-from moe_studio.core.cli import main
-from moe_studio.core.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
+from moe_studio.core import __version__
+from moe_studio.core.cli.main import main
 from moe_studio.core.errors import ProfileError
 from moe_studio.core.fsutil import backup_path
-from moe_studio.core.model import ModelLayout, open_model
-from moe_studio.core.placement import as_mapping, assign, expert_cells
-from moe_studio.core.planning import Planner
-from moe_studio.core.profiles import (
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.model import ModelLayout, open_model
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
+from moe_studio.core.plan.placement import as_mapping, assign, expert_cells
+from moe_studio.core.plan.planning import Planner
+from moe_studio.core.plan.settings import Settings
+from moe_studio.core.profiles import schema as profiles
+from moe_studio.core.profiles.schema import (
     ModelRef,
     Profile,
     ProfileLibrary,
@@ -36,8 +40,6 @@ from moe_studio.core.profiles import (
     save_profile,
     to_json,
 )
-from moe_studio.core.settings import Settings
-from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
 from moe_studio.core.units import GiB, MiB
 
 from tests.support.sparse import write_catalog_sparse

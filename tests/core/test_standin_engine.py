@@ -24,8 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moe_studio.core.engine_log import BufferKind, FailureKind, LoadPhase, LoadReport, parse_log
-from moe_studio.core.model import open_model
+from moe_studio.core.engine.log_parser import (
+    BufferKind,
+    FailureKind,
+    LoadPhase,
+    LoadReport,
+    parse_log,
+)
+from moe_studio.core.gguf.model import open_model
 from moe_studio.core.units import MiB
 
 STANDIN = Path(__file__).resolve().parents[1] / "support" / "standin_engine.py"

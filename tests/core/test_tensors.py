@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from moe_studio.core import catalog
-from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup, classify
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup, classify
 
 G = TensorGroup
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from moe_studio.core.gguf_file import read_header, read_model
-from moe_studio.core.model import ModelLayout, open_model
-from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.gguf.model import ModelLayout, open_model
+from moe_studio.core.gguf.reader import read_header, read_model
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
 
 from tests.support.tiny_models import (
     SPLIT_KEYS,

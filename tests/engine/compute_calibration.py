@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moe_studio.core.cmdline import build_command
-from moe_studio.core.devices import CPU_NAME, HostInfo, Rig
+from moe_studio.core.gguf.model import ModelLayout, open_model
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.hardware.devices import CPU_NAME, HostInfo, Rig
 from moe_studio.core.hardware.rpc import rpc_device
-from moe_studio.core.model import ModelLayout, open_model
-from moe_studio.core.placement import Plan, assign, expert_cells, initial_plan, range_cells
-from moe_studio.core.settings import Settings
-from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.plan.cmdline import build_command
+from moe_studio.core.plan.placement import Plan, assign, expert_cells, initial_plan, range_cells
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
 
 from tests.engine.conftest import LlamaServer, RpcServers, free_port

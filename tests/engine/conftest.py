@@ -34,7 +34,7 @@ def engine_environment() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def engine_flavour(engine: Path) -> str:
     """``ik`` or ``mainline``, from the engine's own --version/--help."""
-    from moe_studio.core.engine import probe_engine
+    from moe_studio.core.engine.discovery import probe_engine
 
     info = probe_engine(engine, library_path=os.environ.get("MOE_STUDIO_ENGINE_LIBRARY_PATH", ""))
     return str(info.flavour)

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from moe_studio.core.gguf_file import read_header, read_model
-from moe_studio.core.model import open_model
+from moe_studio.core.gguf.model import open_model
+from moe_studio.core.gguf.reader import read_header, read_model
 
 pytestmark = pytest.mark.engine
 

@@ -14,17 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
-from moe_studio.core import catalog
-from moe_studio.core.bench_run import BenchTool, build_bench_spec, run_bench
-from moe_studio.core.devices import HostInfo, Rig
-from moe_studio.core.diagnosis import compare
-from moe_studio.core.engine import ENV_LIBRARY_PATH, EngineInfo, probe_engine
-from moe_studio.core.engine_log import EngineLogParser
-from moe_studio.core.health import HealthTracker, Phase, poll_health, send_test_prompt
-from moe_studio.core.launch import ExitKind, ServerRun, build_launch_spec
-from moe_studio.core.placement import initial_plan
-from moe_studio.core.planning import Planner, PlanResult
-from moe_studio.core.settings import Settings
+from moe_studio.core.engine.bench_run import BenchTool, build_bench_spec, run_bench
+from moe_studio.core.engine.diagnosis import compare
+from moe_studio.core.engine.discovery import ENV_LIBRARY_PATH, EngineInfo, probe_engine
+from moe_studio.core.engine.health import HealthTracker, Phase, poll_health, send_test_prompt
+from moe_studio.core.engine.launch import ExitKind, ServerRun, build_launch_spec
+from moe_studio.core.engine.log_parser import EngineLogParser
+from moe_studio.core.gguf import catalog
+from moe_studio.core.hardware.devices import HostInfo, Rig
+from moe_studio.core.plan.placement import initial_plan
+from moe_studio.core.plan.planning import Planner, PlanResult
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
 
 pytestmark = pytest.mark.engine

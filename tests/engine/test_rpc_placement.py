@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from moe_studio.core.cmdline import Command, build_command
-from moe_studio.core.devices import CPU_NAME, HostInfo, Rig
+from moe_studio.core.gguf.model import ModelLayout, open_model
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.hardware.devices import CPU_NAME, HostInfo, Rig
 from moe_studio.core.hardware.rpc import rpc_device
-from moe_studio.core.layers import ik_layer_sizes
-from moe_studio.core.memory import Estimate, engine_settings, estimate
-from moe_studio.core.model import ModelLayout, open_model
-from moe_studio.core.overrides import Overrides, effective_rules, resolve
-from moe_studio.core.placement import (
+from moe_studio.core.plan.cmdline import Command, build_command
+from moe_studio.core.plan.layers import ik_layer_sizes
+from moe_studio.core.plan.memory import Estimate, engine_settings, estimate
+from moe_studio.core.plan.overrides import Overrides, effective_rules, resolve
+from moe_studio.core.plan.placement import (
     Plan,
     as_mapping,
     assign,
@@ -32,8 +33,7 @@ from moe_studio.core.placement import (
     initial_plan,
     range_cells,
 )
-from moe_studio.core.settings import Settings
-from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB, MiB
 
 from tests.engine.compute_calibration import spread

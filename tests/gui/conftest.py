@@ -10,10 +10,10 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
-from moe_studio.core import catalog
-from moe_studio.core.devices import Device, DeviceKind, HostInfo, Rig
-from moe_studio.core.profiles import ProfileLibrary
-from moe_studio.core.settings import Settings
+from moe_studio.core.gguf import catalog
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.plan.settings import Settings
+from moe_studio.core.profiles.schema import ProfileLibrary
 from moe_studio.core.units import GiB
 from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow, prepare_plan

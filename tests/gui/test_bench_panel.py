@@ -11,11 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from moe_studio.core.bench_results import parse_llama_bench, parse_sweep_bench
-from moe_studio.core.bench_run import BenchTool, curve
-from moe_studio.core.engine import EngineInfo, probe_engine
-from moe_studio.core.placement import expert_cells
-from moe_studio.core.profiles import load_profile, save_profile
+from moe_studio.core.engine.bench_results import parse_llama_bench, parse_sweep_bench
+from moe_studio.core.engine.bench_run import BenchTool, curve
+from moe_studio.core.engine.discovery import EngineInfo, probe_engine
+from moe_studio.core.plan.placement import expert_cells
+from moe_studio.core.profiles.schema import load_profile, save_profile
 from moe_studio.gui.bench import BenchPanel
 from moe_studio.gui.bench.runs import experts_summary
 from moe_studio.gui.document import Document

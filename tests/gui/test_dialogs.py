@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from moe_studio.core.devices import DeviceKind
+from moe_studio.core.hardware.devices import DeviceKind
 from moe_studio.core.units import GiB
 from moe_studio.gui.dialogs import MachineDialog, RpcDialog
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from moe_studio.core.cmdline import build_command
-from moe_studio.core.placement import cell_device, expert_cells
-from moe_studio.core.tensors import TensorGroup
+from moe_studio.core.gguf.tensors import TensorGroup
+from moe_studio.core.plan.cmdline import build_command
+from moe_studio.core.plan.placement import cell_device, expert_cells
 from moe_studio.core.units import GiB
 from moe_studio.gui.app import _parser, build_window, demo_document
 from moe_studio.gui.main_window import MainWindow

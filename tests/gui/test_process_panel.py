@@ -16,11 +16,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from moe_studio.core.engine import EngineStore, probe_engine
-from moe_studio.core.health import Phase
-from moe_studio.core.model import open_model
-from moe_studio.core.placement import assign, expert_cells, initial_plan, range_cells
-from moe_studio.core.settings import Settings
+from moe_studio.core.engine.discovery import EngineStore, probe_engine
+from moe_studio.core.engine.health import Phase
+from moe_studio.core.gguf.model import open_model
+from moe_studio.core.plan.placement import assign, expert_cells, initial_plan, range_cells
+from moe_studio.core.plan.settings import Settings
 from moe_studio.gui.document import Document
 from moe_studio.gui.process import server_process
 from moe_studio.gui.process.process_panel import ProcessPanel
@@ -182,7 +182,7 @@ CHILD = textwrap.dedent(
     os.environ["QT_QPA_PLATFORM"] = "offscreen"
     sys.path.insert(0, {root!r})
     from PySide6.QtWidgets import QApplication
-    from moe_studio.core.launch import LaunchSpec
+    from moe_studio.core.engine.launch import LaunchSpec
     from moe_studio.gui.process.server_process import ServerProcess
     app = QApplication([])
     server = ServerProcess()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from moe_studio.core.placement import expert_cells
-from moe_studio.core.profiles import ProfileLibrary, load_profile, save_profile
+from moe_studio.core.plan.placement import expert_cells
+from moe_studio.core.profiles.schema import ProfileLibrary, load_profile, save_profile
 from moe_studio.gui.app import demo_document
 from moe_studio.gui.main_window import MainWindow
 from moe_studio.gui.profile_browser import ProfileBrowser, ProfileListModel

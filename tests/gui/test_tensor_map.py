@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from moe_studio.core.devices import CPU_NAME
-from moe_studio.core.placement import as_mapping, cell_device
-from moe_studio.core.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
+from moe_studio.core.hardware.devices import CPU_NAME
+from moe_studio.core.plan.placement import as_mapping, cell_device
 from moe_studio.gui.document import Document
 from moe_studio.gui.palette import DevicePalette
 from moe_studio.gui.tensor_map.model import (
@@ -78,7 +78,7 @@ def test_rows_columns_and_roles(document: Document) -> None:
 
 
 def test_glm_mtp_rows_are_greyed_and_not_selectable(document: Document) -> None:
-    from moe_studio.core import catalog
+    from moe_studio.core.gguf import catalog
 
     document.set_model(catalog.load_catalog("glm-4.6"))
     model = TensorMapModel(document)

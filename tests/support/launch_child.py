@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from moe_studio.core.launch import LaunchSpec, ServerRun
+from moe_studio.core.engine.launch import LaunchSpec, ServerRun
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moe_studio.core import catalog
-from moe_studio.core.gguf_write import synthetic_tokenizer, write_sparse_layout
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.writer import synthetic_tokenizer, write_sparse_layout
 
 
 def write_catalog_sparse(spec: str, folder: Path) -> list[Path]:

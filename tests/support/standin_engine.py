@@ -68,8 +68,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from moe_studio.core.errors import MoeStudioError
-from moe_studio.core.model import ModelLayout, open_model
-from moe_studio.core.tensors import GLOBAL_LAYER
+from moe_studio.core.gguf.model import ModelLayout, open_model
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER
 
 MiB = 1024 * 1024
 Phase = tuple[int, float]  # (tokens, milliseconds)

@@ -8,8 +8,8 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from moe_studio.core.cli import command_names, main
-from moe_studio.core.hardware import cli as hw_cli
+from moe_studio.core.cli import hw as hw_cli
+from moe_studio.core.cli.main import command_names, main
 from moe_studio.core.hardware.detect import HardwareReport, probe_hardware
 from moe_studio.core.hardware.nvml import NvmlLoader
 

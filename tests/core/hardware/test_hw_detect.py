@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from moe_studio.core.devices import DeviceKind
-from moe_studio.core.hardware import detect_rig, probe_hardware
+from moe_studio.core.hardware.detect import detect_rig, probe_hardware
+from moe_studio.core.hardware.devices import DeviceKind
 from moe_studio.core.hardware.nvml import NvmlLoader
 
 from tests.core.hardware.fake_host import DATA, FakePsutil, GiB

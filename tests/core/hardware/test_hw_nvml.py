@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from moe_studio.core.devices import DeviceKind
+from moe_studio.core.hardware.devices import DeviceKind
 from moe_studio.core.hardware.nvml import (
     GpuInfo,
     cuda_order,

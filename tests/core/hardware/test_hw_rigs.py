@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from moe_studio.core.devices import DeviceKind
 from moe_studio.core.errors import HardwareError
+from moe_studio.core.hardware.devices import DeviceKind
 from moe_studio.core.hardware.rigs import (
     even_numa,
     list_presets,
