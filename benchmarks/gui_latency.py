@@ -65,11 +65,12 @@ def cold_start(runs: int = 5) -> tuple[float, float]:
 
 
 def assignment_latency(samples: int = 60) -> tuple[float, float]:
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
     from moe_studio.core.plan.memory import DeviceBudget
     from moe_studio.core.plan.placement import expert_cells
     from moe_studio.gui.app import _parser, build_window
-    from PySide6.QtCore import QSettings
-    from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication(["bench"])
     window = build_window(

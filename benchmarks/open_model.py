@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.suppor
 
 from moe_studio.core.gguf.model import open_model
 from moe_studio.core.gguf.reader import read_model
-
 from tests.support.sparse import write_catalog_sparse
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import psutil
+
 from moe_studio.core.hardware.sampler import Sampler
 from moe_studio.core.units import format_bytes
 

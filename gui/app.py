@@ -12,6 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from PySide6.QtCore import QMessageLogContext, QSettings, QTimer, QtMsgType, qInstallMessageHandler
+from PySide6.QtWidgets import QApplication
+
 from moe_studio.core import __version__
 from moe_studio.core.errors import MoeStudioError
 from moe_studio.core.gguf import catalog
@@ -21,8 +24,6 @@ from moe_studio.core.plan.settings import Settings
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow, prepare_plan
-from PySide6.QtCore import QMessageLogContext, QSettings, QTimer, QtMsgType, qInstallMessageHandler
-from PySide6.QtWidgets import QApplication
 
 log = logging.getLogger("gui")
 DEMO_RIG = "demo-24g-256g"

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import html
 
-from moe_studio.core.plan.planning import PlanResult
-from moe_studio.gui import theme
-from moe_studio.gui.document import Document
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QFont, QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
@@ -20,6 +17,10 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from moe_studio.core.plan.planning import PlanResult
+from moe_studio.gui import theme
+from moe_studio.gui.document import Document
 
 
 class CommandView(QWidget):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from PySide6.QtGui import QUndoCommand
+
 from moe_studio.core.gguf.model import Cell
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.settings import Settings
-from PySide6.QtGui import QUndoCommand
 
 if TYPE_CHECKING:
     from moe_studio.gui.document import Document

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from moe_studio.core.errors import HardwareError, MoeStudioError
-from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
-from moe_studio.core.hardware.rpc import parse_endpoint, rpc_device
-from moe_studio.core.units import GiB, parse_size
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -20,6 +16,11 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from moe_studio.core.errors import HardwareError, MoeStudioError
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.hardware.rpc import parse_endpoint, rpc_device
+from moe_studio.core.units import GiB, parse_size
 
 
 class ImportCommandDialog(QDialog):

@@ -13,6 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QUndoStack
+
 from moe_studio.core.gguf.model import Cell, ModelLayout
 from moe_studio.core.hardware.devices import Rig
 from moe_studio.core.plan.autoplace import AutoPlacement
@@ -23,8 +26,6 @@ from moe_studio.core.plan.planning import Planner, PlanResult
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.profiles.schema import Profile, profile_from_plan, update_profile
 from moe_studio.gui.commands import PlanCommand, SettingsCommand
-from PySide6.QtCore import QObject, Signal
-from PySide6.QtGui import QUndoStack
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
 from moe_studio import resources
 from moe_studio.core.errors import MoeStudioError
 from moe_studio.core.gguf import catalog
@@ -36,23 +54,6 @@ from moe_studio.gui.settings_panel import SettingsPanel
 from moe_studio.gui.tasks import Background, TaskRunner, Work
 from moe_studio.gui.tensor_map.model import TensorMapModel
 from moe_studio.gui.tensor_map.view import TensorMapView
-from PySide6.QtCore import QSettings, Qt
-from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence
-from PySide6.QtWidgets import (
-    QApplication,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QMainWindow,
-    QMessageBox,
-    QProgressBar,
-    QPushButton,
-    QScrollArea,
-    QSplitter,
-    QTabWidget,
-    QVBoxLayout,
-    QWidget,
-)
 
 log = logging.getLogger(__name__)
 MAX_RECENT = 10

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import traceback
 
-from moe_studio.core.errors import MoeStudioError
 from PySide6.QtWidgets import QMessageBox, QWidget
+
+from moe_studio.core.errors import MoeStudioError
 
 log = logging.getLogger(__name__)
 

@@ -5,14 +5,15 @@ Each device button is also a drop target: drop a selection from the grid on it t
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QIcon, QPainter, QPixmap
+from PySide6.QtWidgets import QButtonGroup, QHBoxLayout, QLabel, QToolButton, QWidget
+
 from moe_studio.core.hardware.devices import CPU_NAME
 from moe_studio.core.units import format_bytes
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document
 from moe_studio.gui.tensor_map.model import CELLS_MIME, cells_from_mime
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QIcon, QPainter, QPixmap
-from PySide6.QtWidgets import QButtonGroup, QHBoxLayout, QLabel, QToolButton, QWidget
 
 SELECT = ""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from moe_studio.core.profiles.schema import ProfileLibrary, ProfileSummary
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -17,6 +16,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from moe_studio.core.profiles.schema import ProfileLibrary, ProfileSummary
 
 Index = QModelIndex | QPersistentModelIndex
 COLUMNS = ("Profile", "Model", "Rig", "Engine", "Saved", "Fits", "Tokens/s")

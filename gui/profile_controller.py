@@ -10,6 +10,9 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from PySide6.QtCore import QObject, QSettings, QTimer
+from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
+
 from moe_studio.core.cli.export import FORMATS, launch_spec, render
 from moe_studio.core.errors import MoeStudioError, ProfileError
 from moe_studio.core.fsutil import atomic_write_bytes
@@ -33,8 +36,6 @@ from moe_studio.core.profiles.schema import (
 )
 from moe_studio.gui.messages import show_error
 from moe_studio.gui.profile_browser import ProfileBrowser
-from PySide6.QtCore import QObject, QSettings, QTimer
-from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
 
 if TYPE_CHECKING:
     from moe_studio.gui.main_window import MainWindow

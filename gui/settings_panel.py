@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import shlex
 
-from moe_studio.core.gguf.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
-from moe_studio.core.plan.settings import DIALECTS, Dialect, Settings
-from moe_studio.core.units import MiB
-from moe_studio.gui.document import Document
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -23,6 +19,11 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from moe_studio.core.gguf.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
+from moe_studio.core.plan.settings import DIALECTS, Dialect, Settings
+from moe_studio.core.units import MiB
+from moe_studio.gui.document import Document
 
 BATCH_CHOICES = ["128", "256", "512", "1024", "2048", "4096", "8192"]
 

@@ -8,8 +8,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from moe_studio.core.errors import Cancelled
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+
+from moe_studio.core.errors import Cancelled
 
 log = logging.getLogger(__name__)
 

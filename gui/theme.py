@@ -4,9 +4,10 @@ never by colour alone."""
 
 from __future__ import annotations
 
-from moe_studio.core.hardware.devices import CPU_NAME
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
+
+from moe_studio.core.hardware.devices import CPU_NAME
 
 CPU_COLOR = QColor("#9a9a9a")
 # Okabe–Ito, reordered so neighbouring devices contrast in luminance as well as hue.

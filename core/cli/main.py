@@ -1,271 +1,76 @@
 """The headless command line: ``moe-studio <command> …`` (no command opens the GUI, see gui.entry).
 
-Each command lives in the module that owns its subject and registers itself through an
+Each command lives in its own module of this package, which registers itself through an
 ``add_parser(subparsers)`` function that sets ``func`` (a callable taking the parsed arguments and
-returning the exit code). Errors end as one line on stderr and a non-zero exit code, never a
-traceback (set ``MOE_STUDIO_DEBUG=1`` to see one for an unexpected failure).
+returning the exit code). Only the module of the command being run is imported: ``inspect`` does
+not pay for the launcher, the log parser or the exporters. Errors end as one line on stderr and a
+non-zero exit code, never a traceback (set ``MOE_STUDIO_DEBUG=1`` to see one for an unexpected
+failure).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
 import os
 import sys
-import traceback
-from collections.abc import Callable, Sequence
-from typing import Any, TextIO, TypeAlias
+from collections.abc import Sequence
 
 from moe_studio.core import __version__
+from moe_studio.core.cli.parsing import EXIT_ERROR, EXIT_INTERNAL, EXIT_USAGE, Parser, SubParsers
 from moe_studio.core.errors import MoeStudioError
-from moe_studio.core.gguf import catalog
-from moe_studio.core.gguf.model import ModelLayout
-from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
-from moe_studio.core.units import GiB, format_bytes, format_params
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_INTERNAL = 70
-
-AddParser = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
-SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(
-        self, message: str
-    ) -> Any:  # one line, exit 2, as argparse does but without usage spam
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+# Command → module in this package; the order is the order of `moe-studio --help`.
+COMMANDS: dict[str, str] = {
+    "inspect": "inspect",
+    "catalog": "catalog",
+    "hw": "hw",
+    "plan": "plan",
+    "export": "export",
+    "launch": "launch",
+}
 
 
-def layout_json(layout: ModelLayout) -> dict[str, object]:
-    """The ``inspect --json`` object (also the tensor list other commands print)."""
-    hp = layout.hparams
-    return {
-        "source": layout.source,
-        "name": layout.name,
-        "architecture": layout.architecture,
-        "n_layers": hp.n_layer,
-        "total_bytes": layout.total_bytes,
-        "total_params": layout.total_params,
-        "file_bytes": layout.file_bytes,
-        "shards": list(layout.shard_paths),
-        "hyperparameters": {
-            "n_layer": hp.n_layer,
-            "n_layer_kv": hp.n_layer_kv,
-            "n_embd": hp.n_embd,
-            "head_count": list(hp.head_count),
-            "head_count_kv": list(hp.head_count_kv),
-            "key_length": hp.key_length,
-            "value_length": hp.value_length,
-            "key_length_mla": hp.key_length_mla,
-            "value_length_mla": hp.value_length_mla,
-            "kv_lora_rank": hp.kv_lora_rank,
-            "q_lora_rank": hp.q_lora_rank,
-            "n_rot": hp.n_rot,
-            "n_expert": hp.n_expert,
-            "n_expert_used": hp.n_expert_used,
-            "n_expert_shared": hp.n_expert_shared,
-            "n_ff_exp": hp.n_ff_exp,
-            "n_ff": list(hp.n_ff),
-            "leading_dense": hp.leading_dense,
-            "nextn_layers": hp.nextn_layers,
-            "interleave_moe_step": hp.interleave_moe_step,
-            "sliding_window": hp.sliding_window,
-            "swa_layers": [i for i, s in enumerate(hp.swa_layers) if s],
-            "n_ctx_train": hp.n_ctx_train,
-            "n_vocab": hp.n_vocab,
-        },
-        "type_histogram": {
-            k: {"tensors": c, "bytes": b} for k, (c, b) in layout.type_histogram.items()
-        },
-        "warnings": list(layout.warnings),
-        "tensors": [
-            {
-                "name": t.name,
-                "type": t.type_name,
-                "shape": list(t.shape),
-                "bytes": t.nbytes,
-                "layer": None if t.layer == GLOBAL_LAYER else t.layer,
-                "group": t.group.value,
-                "shard": t.shard,
-                "loaded": t.loaded,
-            }
-            for t in layout.tensors
-        ],
-    }
+def command_names() -> set[str]:
+    return set(COMMANDS)
 
 
-def _size(n: int) -> str:
-    if not n:
-        return "·"
-    return f"{n / GiB:.2f}G" if n >= GiB // 10 else f"{n / 2**20:.1f}M"
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command named by ``argv`` (its first word that is not an option), if it is one of ours.
+
+    The top-level options (``-h``, ``-v``, ``--version``) take no value, so the first plain word
+    is the command.
+    """
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
-def print_inspect(layout: ModelLayout, out: TextIO) -> None:
-    hp = layout.hparams
-    w = out.write
-    w(f"{layout.name}  ({layout.architecture}, {layout.source})\n")
-    w(
-        f"{format_params(layout.total_params)} parameters, "
-        f"{format_bytes(layout.total_bytes)} loaded"
-        f" in {max(1, len(layout.shard_paths))} file(s)\n"
-    )
-    if layout.file_bytes != layout.total_bytes:
-        w(
-            f"  ({format_bytes(layout.file_bytes - layout.total_bytes)} "
-            "in MTP/nextn blocks not loaded)\n"
-        )
-    w("\nHyperparameters\n")
-    kv = hp.head_count_kv
-    rows = [
-        (
-            "layers",
-            f"{hp.n_layer}"
-            + (f" ({hp.nextn_layers} nextn, not loaded)" if hp.nextn_layers else ""),
-        ),
-        ("embedding", hp.n_embd),
-        (
-            "heads / kv heads",
-            f"{max(hp.head_count or (0,))} / {kv[0] if len(set(kv)) == 1 else list(kv)}",
-        ),
-        ("key / value length", f"{hp.key_length} / {hp.value_length}"),
-        ("experts (used, shared)", f"{hp.n_expert} ({hp.n_expert_used}, {hp.n_expert_shared})"),
-        ("expert FFN width", hp.n_ff_exp),
-        ("leading dense layers", hp.leading_dense),
-        ("train context", hp.n_ctx_train),
-    ]
-    if hp.is_mla:
-        rows.append(("MLA kv_lora_rank / rope", f"{hp.kv_lora_rank} / {hp.n_rot}"))
-        if hp.key_length_mla:
-            rows.append(("MLA key/value length", f"{hp.key_length_mla} / {hp.value_length_mla}"))
-    if hp.sliding_window:
-        rows.append(("sliding window", f"{hp.sliding_window} on {sum(hp.swa_layers)} layers"))
-    for label, value in rows:
-        w(f"  {label:<26}{value}\n")
-    cols = layout.columns
-    w("\nPer layer (bytes per group)\n")
-    header = f"  {'layer':>5} " + "".join(f"{g.label[:13]:>14}" for g in cols) + f"{'total':>11}\n"
-    w(header)
-    for layer in range(hp.n_layer):
-        cells = [layout.cell_bytes.get((layer, g), 0) for g in cols]
-        mark = "" if layout.layer_loaded(layer) else "  (not loaded)"
-        w(
-            f"  {layer:>5} "
-            + "".join(f"{_size(c):>14}" for c in cells)
-            + f"{_size(sum(cells)):>11}{mark}\n"
-        )
-    for g in (
-        TensorGroup.TOKEN_EMBD,
-        TensorGroup.OUTPUT_NORM,
-        TensorGroup.OUTPUT,
-        TensorGroup.OTHER,
-    ):
-        n = layout.cell_bytes.get((GLOBAL_LAYER, g), 0)
-        if n:
-            w(f"  {g.label:>18}: {_size(n)}\n")
-    w("\nTypes\n")
-    for name, (count, nbytes) in layout.type_histogram.items():
-        w(f"  {name:<12}{count:>6} tensors  {format_bytes(nbytes):>12}\n")
-    for warning in layout.warnings:
-        w(f"\nwarning: {warning}\n")
-
-
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    layout = catalog.load(args.model)
-    if args.json:
-        json.dump(layout_json(layout), sys.stdout, indent=None if args.compact else 1)
-        sys.stdout.write("\n")
-    else:
-        print_inspect(layout, sys.stdout)
-    return 0
-
-
-def _cmd_catalog(args: argparse.Namespace) -> int:
-    if args.json:
-        json.dump(
-            [
-                {
-                    "name": key,
-                    "title": e.title,
-                    "architecture": e.architecture,
-                    "recipes": list(e.recipes),
-                }
-                for key, e in catalog.CATALOG.items()
-            ],
-            sys.stdout,
-            indent=1,
-        )
-        sys.stdout.write("\n")
-        return 0
-    for key, entry in catalog.CATALOG.items():
-        sys.stdout.write(
-            f"catalog:{key:<18} {entry.title:<20} recipes: {', '.join(entry.recipes)}\n"
-        )
-    return 0
-
-
-def _add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "inspect",
-        help="show a model's tensor map, sizes, hyperparameters and types",
-        description="Read a GGUF header (any shard of a split model) or a catalog layout.",
-    )
-    p.add_argument("model", help="path to a .gguf (any shard) or catalog:NAME[@RECIPE]")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--compact", action="store_true", help="with --json: no indentation")
-    p.set_defaults(func=_cmd_inspect)
-
-
-def _add_catalog(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("catalog", help="list the built-in model layouts")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_catalog)
-
-
-def _registrations() -> list[AddParser]:
-    # Imported here so that the CLI's start-up does not pay for modules a command does not use.
-    from moe_studio.core.cli import export as export_cli
-    from moe_studio.core.cli import hw as hardware_cli
-    from moe_studio.core.cli import launch as launch_cli
-    from moe_studio.core.cli import plan as plan_cli
-
-    return [
-        _add_inspect,
-        _add_catalog,
-        hardware_cli.add_parser,
-        plan_cli.add_parser,
-        export_cli.add_parser,
-        launch_cli.add_parser,
-    ]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that command's module is imported (the others are
+    registered by name, enough for argparse to route and to list the choices)."""
+    parser = Parser(
         prog="moe-studio",
         description="Plan, launch and monitor Mixture-of-Experts models on ik_llama.cpp and "
         "llama.cpp. Without a command, opens the desktop app.",
     )
     parser.add_argument("--version", action="version", version=f"moe-studio {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    sub: SubParsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for register in _registrations():
-        register(sub)
+    sub: SubParsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name, module in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(f"{__package__}.{module}").add_parser(sub)
+        else:
+            sub.add_parser(name)
     return parser
-
-
-def command_names() -> set[str]:
-    parser = build_parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one CLI command; returns the exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -290,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as exc:
         if os.environ.get("MOE_STUDIO_DEBUG"):
+            import traceback
+
             traceback.print_exc()
         sys.stderr.write(
             f"moe-studio: internal error: {type(exc).__name__}: {exc} "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
 from moe_studio.core.hardware.cpu import CpuinfoProbe, run_py_cpuinfo
 from moe_studio.core.hardware.devices import Rig
 from moe_studio.core.hardware.host import Psutil, probe_host

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 import psutil
+
 from moe_studio.core.hardware.cpu import CpuinfoProbe, detect_cpu, run_py_cpuinfo
 from moe_studio.core.hardware.devices import HostInfo
 from moe_studio.core.hardware.numa import read_numa

@@ -56,6 +56,7 @@ from enum import StrEnum
 from typing import Any
 
 import yaml
+
 from moe_studio.core.errors import ExportError
 
 __all__ = [

@@ -17,22 +17,6 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from moe_studio.core.engine.bench_run import BenchOutcome, BenchSpec, BenchTool, build_bench_spec
-from moe_studio.core.engine.discovery import EngineInfo
-from moe_studio.core.errors import MoeStudioError
-from moe_studio.gui import theme
-from moe_studio.gui.bench.bench_plot import BenchPlot, RunCurve, run_icon
-from moe_studio.gui.bench.bench_process import BenchProcess
-from moe_studio.gui.bench.runs import (
-    benchmark_entry,
-    entry_label,
-    entry_points,
-    entry_speed,
-    entry_time,
-    expected_depths,
-    run_label,
-)
-from moe_studio.gui.document import Document
 from PySide6.QtCore import QSignalBlocker, Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QFontDatabase, QShowEvent
 from PySide6.QtWidgets import (
@@ -52,6 +36,23 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from moe_studio.core.engine.bench_run import BenchOutcome, BenchSpec, BenchTool, build_bench_spec
+from moe_studio.core.engine.discovery import EngineInfo
+from moe_studio.core.errors import MoeStudioError
+from moe_studio.gui import theme
+from moe_studio.gui.bench.bench_plot import BenchPlot, RunCurve, run_icon
+from moe_studio.gui.bench.bench_process import BenchProcess
+from moe_studio.gui.bench.runs import (
+    benchmark_entry,
+    entry_label,
+    entry_points,
+    entry_speed,
+    entry_time,
+    expected_depths,
+    run_label,
+)
+from moe_studio.gui.document import Document
 
 log = logging.getLogger(__name__)
 

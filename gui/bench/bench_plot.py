@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyqtgraph as pg
-from moe_studio.core.engine.bench_run import CurvePoint
-from moe_studio.gui import theme
 from pyqtgraph.graphicsItems.LegendItem import ItemSample
 from pyqtgraph.graphicsItems.ScatterPlotItem import drawSymbol
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import QWidget
+
+from moe_studio.core.engine.bench_run import CurvePoint
+from moe_studio.gui import theme
 
 SYMBOLS = ("o", "s", "t", "d", "star", "t1", "p", "h")
 LIVE_LABEL = "running…"

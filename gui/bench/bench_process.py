@@ -21,6 +21,8 @@ import signal
 import time
 from pathlib import Path
 
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
+
 from moe_studio.core.engine.bench_results import (
     BenchFormatError,
     parse_llama_bench,
@@ -44,7 +46,6 @@ from moe_studio.core.engine.launch import (
     signal_group,
 )
 from moe_studio.core.errors import EngineError
-from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 log = logging.getLogger(__name__)
 KILL_TIMEOUT_MS = 5000

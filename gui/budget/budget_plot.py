@@ -9,15 +9,16 @@ warning does not rely on colour alone. Cells dragged from the grid can be droppe
 from __future__ import annotations
 
 import pyqtgraph as pg
+from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtGui import QBrush, QDragEnterEvent, QDragMoveEvent, QDropEvent
+from PySide6.QtWidgets import QWidget
+
 from moe_studio.core.hardware.devices import DeviceKind
 from moe_studio.core.plan.memory import DeviceBudget, Estimate
 from moe_studio.core.units import GiB, format_bytes
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document
 from moe_studio.gui.tensor_map.model import CELLS_MIME, cells_from_mime
-from PySide6.QtCore import QPointF, Qt, Signal
-from PySide6.QtGui import QBrush, QDragEnterEvent, QDragMoveEvent, QDropEvent
-from PySide6.QtWidgets import QWidget
 
 SEGMENTS = ("weights", "kv", "compute", "overhead")
 SEGMENT_LABELS = {

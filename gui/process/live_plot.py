@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections import deque
 
 import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QWidget
+
 from moe_studio.core.hardware.sampler import Sample, Sampler
 from moe_studio.core.units import GiB
 from moe_studio.gui import theme
-from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QWidget
 
 SAMPLE_MS = 1000
 HISTORY = 600

@@ -10,20 +10,6 @@ import math
 import time
 from pathlib import Path
 
-from moe_studio.core.engine.calibration import append_record, make_record
-from moe_studio.core.engine.diagnosis import Diagnosis, Fix, compare, diagnose
-from moe_studio.core.engine.discovery import EngineInfo, EngineStore, probe_engine, resolve_engine
-from moe_studio.core.engine.health import HealthStatus, Phase, PromptResult, send_test_prompt
-from moe_studio.core.engine.launch import ExitInfo, build_launch_spec, connect_host
-from moe_studio.core.engine.log_parser import BufferSize, Event, RequestTiming
-from moe_studio.core.errors import MoeStudioError
-from moe_studio.core.hardware.sampler import Sampler
-from moe_studio.core.units import format_bytes
-from moe_studio.gui.bench import BenchPanel
-from moe_studio.gui.document import Document
-from moe_studio.gui.messages import show_error
-from moe_studio.gui.process.live_plot import LivePlot
-from moe_studio.gui.process.server_process import ServerProcess
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QFont, QFontDatabase
 from PySide6.QtWidgets import (
@@ -41,6 +27,21 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from moe_studio.core.engine.calibration import append_record, make_record
+from moe_studio.core.engine.diagnosis import Diagnosis, Fix, compare, diagnose
+from moe_studio.core.engine.discovery import EngineInfo, EngineStore, probe_engine, resolve_engine
+from moe_studio.core.engine.health import HealthStatus, Phase, PromptResult, send_test_prompt
+from moe_studio.core.engine.launch import ExitInfo, build_launch_spec, connect_host
+from moe_studio.core.engine.log_parser import BufferSize, Event, RequestTiming
+from moe_studio.core.errors import MoeStudioError
+from moe_studio.core.hardware.sampler import Sampler
+from moe_studio.core.units import format_bytes
+from moe_studio.gui.bench import BenchPanel
+from moe_studio.gui.document import Document
+from moe_studio.gui.messages import show_error
+from moe_studio.gui.process.live_plot import LivePlot
+from moe_studio.gui.process.server_process import ServerProcess
 
 log = logging.getLogger(__name__)
 COMPARE_COLUMNS = (

@@ -19,6 +19,14 @@ import logging
 import signal
 import sys
 
+from PySide6.QtCore import (
+    QObject,
+    QProcess,
+    QProcessEnvironment,
+    QTimer,
+    Signal,
+)
+
 from moe_studio.core.engine.health import HealthStatus, HealthTracker, Phase, poll_health
 from moe_studio.core.engine.launch import (
     LaunchSpec,
@@ -33,13 +41,6 @@ from moe_studio.core.engine.launch import (
 from moe_studio.core.engine.log_parser import EngineLogParser, Event, LoadReport
 from moe_studio.core.errors import EngineError
 from moe_studio.gui.tasks import Background
-from PySide6.QtCore import (
-    QObject,
-    QProcess,
-    QProcessEnvironment,
-    QTimer,
-    Signal,
-)
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_MS = 5000

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from moe_studio.gui.tensor_map.model import DEVICE_ROLE, LABEL_ROLE, LOADED_ROLE, PINNED_ROLE
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPointF, QRect, Qt
 from PySide6.QtGui import QBrush, QColor, QPainter, QPen, QPolygonF
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
+
+from moe_studio.gui.tensor_map.model import DEVICE_ROLE, LABEL_ROLE, LOADED_ROLE, PINNED_ROLE
 
 
 class CellDelegate(QStyledItemDelegate):

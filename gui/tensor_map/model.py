@@ -7,12 +7,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from moe_studio.core.gguf.model import Cell, ModelLayout
-from moe_studio.core.gguf.tensors import GLOBAL_COLUMNS, GLOBAL_LAYER, TensorGroup
-from moe_studio.core.plan.placement import cell_devices
-from moe_studio.core.units import format_bytes
-from moe_studio.gui import theme
-from moe_studio.gui.document import Document
 from PySide6.QtCore import (
     QAbstractTableModel,
     QByteArray,
@@ -22,6 +16,13 @@ from PySide6.QtCore import (
     Qt,
 )
 from PySide6.QtGui import QBrush, QColor
+
+from moe_studio.core.gguf.model import Cell, ModelLayout
+from moe_studio.core.gguf.tensors import GLOBAL_COLUMNS, GLOBAL_LAYER, TensorGroup
+from moe_studio.core.plan.placement import cell_devices
+from moe_studio.core.units import format_bytes
+from moe_studio.gui import theme
+from moe_studio.gui.document import Document
 
 CELLS_MIME = "application/x-moe-studio-cells"
 Index = QModelIndex | QPersistentModelIndex

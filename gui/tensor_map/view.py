@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import itertools
 
+from PySide6.QtCore import QModelIndex, QPoint, Qt, Signal
+from PySide6.QtGui import QAction, QContextMenuEvent, QKeyEvent, QMouseEvent
+from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QMenu, QTableView, QWidget
+
 from moe_studio.core.gguf.model import Cell
 from moe_studio.core.hardware.devices import CPU_NAME
 from moe_studio.gui.document import Document
 from moe_studio.gui.tensor_map.delegate import CellDelegate
 from moe_studio.gui.tensor_map.model import CELLS_ROLE, LOADED_ROLE, PINNED_ROLE, TensorMapModel
-from PySide6.QtCore import QModelIndex, QPoint, Qt, Signal
-from PySide6.QtGui import QAction, QContextMenuEvent, QKeyEvent, QMouseEvent
-from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QMenu, QTableView, QWidget
 
 _strokes = itertools.count(1)
 

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.engine.bench_results import (
     BenchFormatError,
     SweepHeader,

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.engine.bench_results import parse_llama_bench
 from moe_studio.core.engine.bench_run import (
     BenchRun,
@@ -26,7 +27,6 @@ from moe_studio.core.plan.placement import assign, expert_cells, initial_plan, r
 from moe_studio.core.plan.planning import Planner, PlanResult
 from moe_studio.core.plan.settings import Dialect, Settings
 from moe_studio.core.units import GiB
-
 from tests.support.standin_tools import clean_env, install_standin
 
 BENCH_DATA = Path(__file__).resolve().parents[1] / "data" / "bench"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.model import ModelLayout, open_model
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
@@ -27,7 +28,6 @@ from moe_studio.core.plan.cmdline import import_command, imported_split
 from moe_studio.core.plan.layers import ik_layer_sizes
 from moe_studio.core.plan.memory import engine_settings, estimate
 from moe_studio.core.units import GiB, MiB
-
 from tests.support.tiny_models import write_tiny_model
 
 CALIBRATION = Path(__file__).resolve().parents[2] / "resources" / "calibration"

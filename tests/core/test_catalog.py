@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from moe_studio.core.cli.main import layout_json
+
+from moe_studio.core.cli.inspect import layout_json
 from moe_studio.core.errors import CatalogError
 from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.model import open_model

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.cli.main import main
 
 
@@ -57,3 +60,20 @@ def test_errors_are_one_line_without_traceback(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("moe-studio: error: ")
     assert "Traceback" not in err
+
+
+def test_inspect_imports_only_the_reader_side_of_core() -> None:
+    """`moe-studio inspect` must not pay for the launcher, log parser, planner or exporters."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from moe_studio.core.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['inspect', 'catalog:deepseek-v3']) == 0\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('moe_studio.core.'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
+    rooms = {m.split(".")[2] for m in out}
+    assert rooms <= {"cli", "gguf", "errors", "units"}, out
+    assert "moe_studio.core.cli.launch" not in out

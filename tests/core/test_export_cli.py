@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from moe_studio.core.cli.export import default_model_id, estimate_load_seconds
 from moe_studio.core.cli.main import command_names, main
 from moe_studio.core.fsutil import backup_path
@@ -31,7 +32,6 @@ from moe_studio.core.plan.settings import Settings
 from moe_studio.core.profiles.exports import suggest_health_check_timeout
 from moe_studio.core.profiles.schema import Profile, profile_from_plan, save_profile
 from moe_studio.core.units import GiB
-
 from tests.support.tiny_models import write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -36,6 +36,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from moe_studio.core.errors import ExportError
 from moe_studio.core.profiles.exports import (
     ExportFormat,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.errors import ExportError, MoeStudioError, ProfileError
 from moe_studio.core.fsutil import atomic_write_bytes, atomic_write_text, backup_path
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from moe_studio.core.errors import GGUFFormatError, ModelFileError, ShardError, UnknownTypeError
 from moe_studio.core.gguf import reader as g
 from moe_studio.core.gguf.ggml_types import type_by_name

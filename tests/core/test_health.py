@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
+
 from moe_studio.core.engine.health import (
     HealthTracker,
     Phase,

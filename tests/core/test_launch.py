@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from moe_studio.core.engine.discovery import EngineInfo, probe_engine
 from moe_studio.core.engine.health import (
     HealthTracker,
@@ -49,7 +50,6 @@ from moe_studio.core.plan.placement import initial_plan
 from moe_studio.core.plan.planning import Planner, PlanResult
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
-
 from tests.support.standin_tools import clean_env, install_standin
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"

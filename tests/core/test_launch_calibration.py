@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.engine.calibration import (
     FORMAT_VERSION,
     SETTINGS_KEYS,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from moe_studio.core.cli.main import main
 from moe_studio.core.engine.calibration import read_records
 from moe_studio.core.gguf import catalog
@@ -23,7 +24,6 @@ from moe_studio.core.plan.placement import initial_plan
 from moe_studio.core.plan.planning import Planner
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
-
 from tests.support.standin_tools import clean_env, install_standin
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.engine.diagnosis import Diagnosis, FixKind, compare, diagnose
 from moe_studio.core.engine.discovery import EngineInfo, probe_engine
 from moe_studio.core.engine.launch import ServerRun, build_launch_spec
@@ -24,7 +25,6 @@ from moe_studio.core.plan.placement import Plan, assign, initial_plan, range_cel
 from moe_studio.core.plan.planning import Planner
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB, KiB, MiB
-
 from tests.support.standin_tools import clean_env, install_standin
 
 MARGIN = 64 * KiB  # the default (256 MiB) is more than the tiny model has

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from moe_studio.core import __version__
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,6 +8,7 @@ from functools import cache
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from moe_studio.core.errors import CommandError, DialectError, PlanError
 from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.model import ModelLayout

@@ -6,6 +6,7 @@ import json
 import shlex
 
 import pytest
+
 from moe_studio.core.cli.main import main
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from moe_studio.core import __version__
 from moe_studio.core.cli.main import main
 from moe_studio.core.errors import ProfileError
@@ -41,7 +42,6 @@ from moe_studio.core.profiles.schema import (
     to_json,
 )
 from moe_studio.core.units import GiB, MiB
-
 from tests.support.sparse import write_catalog_sparse
 from tests.support.tiny_models import write_tiny_model
 

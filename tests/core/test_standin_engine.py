@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from moe_studio.core.engine.log_parser import (
     BufferKind,
     FailureKind,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup, classify
 

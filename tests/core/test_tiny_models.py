@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.gguf.model import ModelLayout, open_model
 from moe_studio.core.gguf.reader import read_header, read_model
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
-
 from tests.support.tiny_models import (
     SPLIT_KEYS,
     tiny_model_plan,

@@ -35,7 +35,6 @@ from moe_studio.core.plan.cmdline import build_command
 from moe_studio.core.plan.placement import Plan, assign, expert_cells, initial_plan, range_cells
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
-
 from tests.engine.conftest import LlamaServer, RpcServers, free_port
 from tests.support.tiny_models import write_tiny_model
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.gguf.model import open_model
 from moe_studio.core.gguf.reader import read_header, read_model
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.engine.bench_run import BenchTool, build_bench_spec, run_bench
 from moe_studio.core.engine.diagnosis import compare
 from moe_studio.core.engine.discovery import ENV_LIBRARY_PATH, EngineInfo, probe_engine

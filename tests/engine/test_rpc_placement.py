@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.gguf.model import ModelLayout, open_model
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
 from moe_studio.core.hardware.devices import CPU_NAME, HostInfo, Rig
@@ -35,7 +36,6 @@ from moe_studio.core.plan.placement import (
 )
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB, MiB
-
 from tests.engine.compute_calibration import spread
 from tests.engine.conftest import LlamaServer, free_port
 

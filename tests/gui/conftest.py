@@ -10,6 +10,9 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
+from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt
+from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent
+
 from moe_studio.core.gguf import catalog
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan.settings import Settings
@@ -17,8 +20,6 @@ from moe_studio.core.profiles.schema import ProfileLibrary
 from moe_studio.core.units import GiB
 from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow, prepare_plan
-from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt
-from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent
 
 
 def rig_of(*gpus: int, ram: int = 256) -> Rig:

@@ -11,6 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt
+from pytestqt.qtbot import QtBot
+
 from moe_studio.core.engine.bench_results import parse_llama_bench, parse_sweep_bench
 from moe_studio.core.engine.bench_run import BenchTool, curve
 from moe_studio.core.engine.discovery import EngineInfo, probe_engine
@@ -19,9 +22,6 @@ from moe_studio.core.profiles.schema import load_profile, save_profile
 from moe_studio.gui.bench import BenchPanel
 from moe_studio.gui.bench.runs import experts_summary
 from moe_studio.gui.document import Document
-from PySide6.QtCore import Qt
-from pytestqt.qtbot import QtBot
-
 from tests.support.standin_tools import clean_env, install_standin
 
 from .conftest import save_screenshot

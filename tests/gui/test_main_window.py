@@ -6,15 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import QPointF, QSettings, Qt
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QApplication, QMessageBox
+
 from moe_studio.core.gguf.tensors import TensorGroup
 from moe_studio.core.plan.cmdline import build_command
 from moe_studio.core.plan.placement import cell_device, expert_cells
 from moe_studio.core.units import GiB
 from moe_studio.gui.app import _parser, build_window, demo_document
 from moe_studio.gui.main_window import MainWindow
-from PySide6.QtCore import QPointF, QSettings, Qt
-from PySide6.QtGui import QDropEvent
-from PySide6.QtWidgets import QApplication, QMessageBox
 
 from .conftest import drag_enter_event, drag_move_event, rig_of, save_screenshot
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from PySide6.QtWidgets import QApplication
+
 from moe_studio.core.engine.discovery import EngineStore, probe_engine
 from moe_studio.core.engine.health import Phase
 from moe_studio.core.gguf.model import open_model
@@ -24,8 +26,6 @@ from moe_studio.core.plan.settings import Settings
 from moe_studio.gui.document import Document
 from moe_studio.gui.process import server_process
 from moe_studio.gui.process.process_panel import ProcessPanel
-from PySide6.QtWidgets import QApplication
-
 from tests.support.standin_tools import install_standin
 
 from .conftest import rig_of, save_screenshot

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
 from moe_studio.core.plan.placement import expert_cells
 from moe_studio.core.profiles.schema import ProfileLibrary, load_profile, save_profile
 from moe_studio.gui.app import demo_document
 from moe_studio.gui.main_window import MainWindow
 from moe_studio.gui.profile_browser import ProfileBrowser, ProfileListModel
-from PySide6.QtCore import QSettings
-from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 
 def _save_as(window: MainWindow, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt
+from PySide6.QtGui import QDropEvent
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication
+
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
 from moe_studio.core.hardware.devices import CPU_NAME
 from moe_studio.core.plan.placement import as_mapping, cell_device
@@ -16,10 +21,6 @@ from moe_studio.gui.tensor_map.model import (
     TensorMapModel,
 )
 from moe_studio.gui.tensor_map.view import TensorMapView
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt
-from PySide6.QtGui import QDropEvent
-from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QApplication
 
 from .conftest import drag_enter_event
 

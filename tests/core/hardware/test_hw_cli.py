@@ -8,11 +8,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.cli import hw as hw_cli
 from moe_studio.core.cli.main import command_names, main
 from moe_studio.core.hardware.detect import HardwareReport, probe_hardware
 from moe_studio.core.hardware.nvml import NvmlLoader
-
 from tests.core.hardware.fake_host import DATA, FakePsutil, GiB
 from tests.core.hardware.fake_nvml import NVML_ERROR_LIBRARY_NOT_FOUND, FakeNvml, four_gpus
 

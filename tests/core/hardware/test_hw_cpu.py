@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from moe_studio.core.hardware.cpu import cpu_key, detect_cpu, read_proc_cpuinfo, relevant_flags
-
 from tests.core.hardware.fake_host import DATA
 
 

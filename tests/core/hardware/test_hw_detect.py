@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.hardware.detect import detect_rig, probe_hardware
 from moe_studio.core.hardware.devices import DeviceKind
 from moe_studio.core.hardware.nvml import NvmlLoader
-
 from tests.core.hardware.fake_host import DATA, FakePsutil, GiB
 from tests.core.hardware.fake_nvml import NVML_ERROR_LIBRARY_NOT_FOUND, FakeNvml, four_gpus, one_gpu
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from moe_studio.core.hardware.host import ProcessTree, probe_host
-
 from tests.core.hardware.fake_host import (
     DATA,
     FakeProcessTable,

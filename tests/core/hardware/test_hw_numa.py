@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from moe_studio.core.hardware.numa import format_cpulist, parse_cpulist, read_numa
 
+from moe_studio.core.hardware.numa import format_cpulist, parse_cpulist, read_numa
 from tests.core.hardware.fake_host import DATA
 
 KiB = 1024

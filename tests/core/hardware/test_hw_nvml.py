@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from moe_studio.core.hardware.devices import DeviceKind
 from moe_studio.core.hardware.nvml import (
     GpuInfo,
@@ -12,7 +13,6 @@ from moe_studio.core.hardware.nvml import (
     open_nvml,
     process_gpu_memory,
 )
-
 from tests.core.hardware.fake_nvml import (
     A100_80GB,
     NVML_ERROR_DRIVER_NOT_LOADED,

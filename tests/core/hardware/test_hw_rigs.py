@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from moe_studio.core.errors import HardwareError
 from moe_studio.core.hardware.devices import DeviceKind
 from moe_studio.core.hardware.rigs import (

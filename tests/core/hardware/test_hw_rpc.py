@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+
 from moe_studio.core.errors import HardwareError
 from moe_studio.core.hardware.devices import DeviceKind
 from moe_studio.core.hardware.rpc import (

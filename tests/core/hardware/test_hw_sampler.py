@@ -6,7 +6,6 @@ import os
 from itertools import count
 
 from moe_studio.core.hardware.sampler import Sampler
-
 from tests.core.hardware.fake_host import FakeProcessTable, GiB, ProcState
 from tests.core.hardware.fake_nvml import (
     NVML_ERROR_GPU_IS_LOST,
