@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from PySide6.QtGui import QUndoCommand
 
@@ -10,8 +10,15 @@ from moe_studio.core.gguf.model import Cell
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.settings import Settings
 
-if TYPE_CHECKING:
-    from moe_studio.gui.document import Document
+
+class Restorable(Protocol):
+    """What the commands change: the document's setters that bypass the undo stack (the
+    document owns the stack and pushes these commands; it is not imported here)."""
+
+    def restore_plan(self, plan: Plan, cells: frozenset[Cell]) -> None: ...
+
+    def restore_settings(self, settings: Settings) -> None: ...
+
 
 PLAN_STROKE_ID = 1001
 
@@ -21,7 +28,7 @@ class PlanCommand(QUndoCommand):
 
     def __init__(
         self,
-        document: Document,
+        document: Restorable,
         before: Plan,
         after: Plan,
         cells: frozenset[Cell],
@@ -47,21 +54,21 @@ class PlanCommand(QUndoCommand):
         return True
 
     def redo(self) -> None:
-        self._document._set_plan(self.after, self.cells)
+        self._document.restore_plan(self.after, self.cells)
 
     def undo(self) -> None:
-        self._document._set_plan(self.before, self.cells)
+        self._document.restore_plan(self.before, self.cells)
 
 
 class SettingsCommand(QUndoCommand):
-    def __init__(self, document: Document, before: Settings, after: Settings, text: str) -> None:
+    def __init__(self, document: Restorable, before: Settings, after: Settings, text: str) -> None:
         super().__init__(text)
         self._document = document
         self.before = before
         self.after = after
 
     def redo(self) -> None:
-        self._document._set_settings(self.after)
+        self._document.restore_settings(self.after)
 
     def undo(self) -> None:
-        self._document._set_settings(self.before)
+        self._document.restore_settings(self.before)

@@ -226,11 +226,11 @@ class Document(QObject):
 
     # --- called by commands only ---------------------------------------------------------------
 
-    def _set_plan(self, plan: Plan, cells: frozenset[Cell]) -> None:
+    def restore_plan(self, plan: Plan, cells: frozenset[Cell]) -> None:
         self._plan = plan
         self.plan_changed.emit(cells)
 
-    def _set_settings(self, settings: Settings) -> None:
+    def restore_settings(self, settings: Settings) -> None:
         self._planner.update(settings=settings)
         self._estimate_cache = None
         self.settings_changed.emit()

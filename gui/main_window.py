@@ -88,15 +88,22 @@ class MainWindow(QMainWindow):
         self._task_error_title = "Cannot open the model"
         # Short jobs that must not cancel an opening model (hardware detection).
         self.background = Background(self)
-        self.profiles = ProfileController(
-            self, self.qsettings, library=profile_library, autosave_folder=autosave_folder
-        )
         self.setWindowIcon(QIcon(str(resources.path("icons/moe-studio.svg"))))
         self.tensor_model = TensorMapModel(document)
         self.tensor_view = TensorMapView(document, self.tensor_model)
         self.device_palette = DevicePalette(document)
         self.budget = BudgetPlot(document)
         self.command_view = CommandView(document)
+        self.profiles = ProfileController(
+            self,
+            document,
+            self.command_view,
+            self.run_task,
+            self.qsettings,
+            library=profile_library,
+            autosave_folder=autosave_folder,
+        )
+        self.profiles.failed.connect(self._show_error)
         self.settings_panel = SettingsPanel(document)
         self.process_panel = ProcessPanel(document, auto_detect=auto_detect_engine)
         self._build_layout()
@@ -310,6 +317,10 @@ class MainWindow(QMainWindow):
         if path:
             self._add_recent(path)
         self._update_status()
+
+    def _show_error(self, title: str, error: object) -> None:
+        assert isinstance(error, BaseException)
+        self.last_error_dialog = show_error(self, title, error)
 
     def _on_tasks_failed(self, error: object) -> None:
         self._update_status()

@@ -8,10 +8,10 @@ import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject, QSettings, QTimer
-from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
+from PySide6.QtCore import QObject, QSettings, QTimer, Signal
+from PySide6.QtWidgets import QFileDialog, QMainWindow, QMenu, QMessageBox, QWidget
 
 from moe_studio.core.cli.export import FORMATS, launch_spec, render
 from moe_studio.core.errors import MoeStudioError, ProfileError
@@ -34,11 +34,12 @@ from moe_studio.core.profiles.schema import (
     require_model,
     save_profile,
 )
-from moe_studio.gui.messages import show_error
 from moe_studio.gui.profile_browser import ProfileBrowser
+from moe_studio.gui.tasks import Work
 
 if TYPE_CHECKING:
-    from moe_studio.gui.main_window import MainWindow
+    from moe_studio.gui.command_view import CommandView
+    from moe_studio.gui.document import Document
 
 log = logging.getLogger(__name__)
 AUTOSAVE_MS = 30_000
@@ -60,13 +61,16 @@ EXPORT_SUFFIX = {
     "json": ".json",
 }
 
+# Runs work off the GUI thread: (work, status text, done callback, error title) — the main
+# window's TaskRunner, which shows the error dialog itself.
+RunTask = Callable[[Work, str, Callable[[Any], None], str], None]
 # Asks the user what to do with unsaved changes: "save", "discard" or "cancel".
 UnsavedPrompt = Callable[[str], str]
 # Asks whether to restore autosaved work (its description) → True to restore.
 RecoveryPrompt = Callable[[str], bool]
 
 
-def _ask_unsaved(window: MainWindow, what: str) -> str:
+def _ask_unsaved(window: QWidget, what: str) -> str:
     box = QMessageBox(window)
     box.setIcon(QMessageBox.Icon.Question)
     box.setWindowTitle("Unsaved changes")
@@ -84,7 +88,7 @@ def _ask_unsaved(window: MainWindow, what: str) -> str:
     }.get(QMessageBox.StandardButton(answer), "cancel")
 
 
-def _ask_recovery(window: MainWindow, description: str) -> bool:
+def _ask_recovery(window: QWidget, description: str) -> bool:
     answer = QMessageBox.question(
         window,
         "Recover unsaved work",
@@ -94,9 +98,17 @@ def _ask_recovery(window: MainWindow, description: str) -> bool:
 
 
 class ProfileController(QObject):
+    """Owned by the main window; talks to it only through what it is given (no import of it)."""
+
+    # (title, exception): a profile could not be opened, saved, listed or exported.
+    failed = Signal(str, object)
+
     def __init__(
         self,
-        window: MainWindow,
+        window: QMainWindow,
+        document: Document,
+        command_view: CommandView,
+        run_task: RunTask,
         qsettings: QSettings,
         *,
         library: ProfileLibrary | None = None,
@@ -106,7 +118,9 @@ class ProfileController(QObject):
     ) -> None:
         super().__init__(window)
         self.window = window
-        self.document = window.document
+        self.document = document
+        self.command_view = command_view
+        self.run_task = run_task
         self.qsettings = qsettings
         self.library = library or ProfileLibrary()
         self.autosave_folder = autosave_folder or default_autosave_folder()
@@ -178,7 +192,7 @@ class ProfileController(QObject):
         try:
             browser = ProfileBrowser(self.library, self.window)
         except MoeStudioError as exc:
-            self.window.last_error_dialog = show_error(self.window, "Cannot list the profiles", exc)
+            self.failed.emit("Cannot list the profiles", exc)
             return
         if browser.exec() and browser.chosen_path:
             self.open_profile(browser.chosen_path)
@@ -190,7 +204,7 @@ class ProfileController(QObject):
         try:
             profile = load_profile(path)
         except MoeStudioError as exc:
-            self.window.last_error_dialog = show_error(self.window, "Cannot open the profile", exc)
+            self.failed.emit("Cannot open the profile", exc)
             return
         self._open_loaded(profile, path)
 
@@ -209,9 +223,7 @@ class ProfileController(QObject):
             try:
                 planner, plan = planner_from_profile(profile, layout)
             except MoeStudioError as exc:
-                self.window.last_error_dialog = show_error(
-                    self.window, "Cannot open the profile", exc
-                )
+                self.failed.emit("Cannot open the profile", exc)
                 return
             doc = self.document
             doc.set_rig(planner.rig)
@@ -224,10 +236,10 @@ class ProfileController(QObject):
             if path:
                 self._add_recent(path)
             if profile.warnings:
-                self.window.command_view.extra_notes = list(profile.warnings)
-                self.window.command_view.refresh()
+                self.command_view.extra_notes = list(profile.warnings)
+                self.command_view.refresh()
 
-        self.window.run_task(
+        self.run_task(
             work,
             f"Opening {Path(path).name if path else profile.title}",
             done,
@@ -260,7 +272,7 @@ class ProfileController(QObject):
             profile = doc.to_profile(Path(path).stem)
             saved = save_profile(path, profile)
         except MoeStudioError as exc:
-            self.window.last_error_dialog = show_error(self.window, "Cannot save the profile", exc)
+            self.failed.emit("Cannot save the profile", exc)
             return False
         old_autosave = self.last_autosave
         doc.set_profile(saved, path)
@@ -350,7 +362,7 @@ class ProfileController(QObject):
             text, notes = render(fmt, profile, spec, existing=existing)
             atomic_write_bytes(path, encode_export(fmt, text), error=ProfileError)
         except (MoeStudioError, OSError, UnicodeDecodeError) as exc:
-            self.window.last_error_dialog = show_error(self.window, "Cannot export", exc)
+            self.failed.emit("Cannot export", exc)
             return []
         notes = [*spec.notes, *notes]
         self.window.statusBar().showMessage(f"Exported to {path}", 8000)
