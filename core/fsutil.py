@@ -17,10 +17,10 @@ A crash leaves at most a ``.<name>.<pid>.<random>.tmp`` file behind; the next wr
 path removes those whose process is gone (POSIX) and any older than an hour.
 
 Errors (permission denied, disk full, missing folder, read-only file system, …) are reported as a
-:class:`~core.errors.MoeStudioError` with a sentence the user can act on; callers pick the
-subclass with ``error`` (:class:`~core.errors.ProfileError` for profiles,
-:class:`~core.errors.ExportError` for exports). The original file is untouched whenever an error
-is raised.
+:class:`~moe_studio.core.errors.MoeStudioError` with a sentence the user can act on; callers pick
+the subclass with ``error`` (:class:`~moe_studio.core.errors.ProfileError` for profiles,
+:class:`~moe_studio.core.errors.ExportError` for exports). The original file is untouched whenever
+an error is raised.
 """
 
 from __future__ import annotations

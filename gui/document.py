@@ -2,8 +2,8 @@
 
 Views never mutate anything. They ask the document (``apply_edit``, ``set_settings``, …); the
 document pushes a command on its ``QUndoStack`` and announces what changed. Derived numbers come
-from one :class:`core.planning.Planner`, so the grid, the budget plot and the command preview see
-the same estimate.
+from one :class:`moe_studio.core.plan.planning.Planner`, so the grid, the budget plot and the
+command preview see the same estimate.
 """
 
 from __future__ import annotations

@@ -159,7 +159,8 @@ def render(
         windows: Quote llama-swap's ``cmd`` for llama-swap running on Windows.
 
     Raises:
-        ExportError: the format cannot carry the command (see :mod:`core.exports`).
+        ExportError: the format cannot carry the command (see
+        :mod:`moe_studio.core.profiles.exports`).
     """
     argv, env, numactl = list(spec.argv), dict(spec.env), list(spec.numactl)
     notes: list[str] = []

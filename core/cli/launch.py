@@ -7,7 +7,8 @@ stops it cleanly. A failure prints one sentence of diagnosis and the fixes, as o
 again with, and exits with status 1. ``--check`` stops once the server is ready (a smoke test).
 
 The engine is ``--engine PATH``, else the profile's, else ``$MOE_STUDIO_ENGINE``, else the one
-remembered in the settings, else the first found (:func:`core.engine.resolve_engine`).
+remembered in the settings, else the first found
+(:func:`moe_studio.core.engine.discovery.resolve_engine`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from moe_studio.core.engine.diagnosis import CompareRow, Diagnosis, Fix, FixKind
 from moe_studio.core.engine.discovery import EngineInfo, EngineStore, Flavour, resolve_engine
 from moe_studio.core.engine.health import HealthTracker, Phase, poll_health, send_test_prompt
 from moe_studio.core.engine.launch import LaunchSpec, ServerRun, build_launch_spec, connect_host
-from moe_studio.core.engine.log_parser import BufferKind, EngineLogParser, expected_load_dots
+from moe_studio.core.engine.log_events import BufferKind
+from moe_studio.core.engine.log_parser import EngineLogParser
+from moe_studio.core.engine.log_patterns import expected_load_dots
 from moe_studio.core.errors import EngineError, ProfileError
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.planning import Planner

@@ -16,8 +16,8 @@ and ``numactl`` prefix as the server:
 
 :class:`BenchRun` runs the tool in the background (reader threads), cancellable with
 :meth:`BenchRun.cancel` (SIGTERM to its process group, then SIGKILL), and parses the result with
-:mod:`core.bench_results`. :func:`curve` reduces either tool's result to S_PP and S_TG against
-N_KV, the plot of the benchmark panel.
+:mod:`moe_studio.core.engine.bench_results`. :func:`curve` reduces either tool's result to S_PP and
+S_TG against N_KV, the plot of the benchmark panel.
 """
 
 from __future__ import annotations

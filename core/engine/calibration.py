@@ -2,9 +2,9 @@
 
 After each launch that got as far as its buffers, :func:`append_record` adds one line: the model,
 the engine, the settings that shape memory, and per device our weights/KV/compute estimate beside
-the engine's printed sizes (:func:`core.diagnosis.compare`). :func:`read_records` reads them back,
-skipping lines it cannot use (a line cut short by a crash, a future format). The file lives in the
-user data folder (``calibration.jsonl``); every function takes another path.
+the engine's printed sizes (:func:`moe_studio.core.engine.diagnosis.compare`). :func:`read_records`
+reads them back, skipping lines it cannot use (a line cut short by a crash, a future format). The
+file lives in the user data folder (``calibration.jsonl``); every function takes another path.
 
 One line per run, e.g.::
 
@@ -137,7 +137,7 @@ def make_record(
     engine: str = "",
     when: float | None = None,
 ) -> CalibrationRecord:
-    """A record of one run from its :func:`core.diagnosis.compare` rows."""
+    """A record of one run from its :func:`moe_studio.core.engine.diagnosis.compare` rows."""
     all_settings = settings.to_dict()
     pairs = []
     for r in rows:

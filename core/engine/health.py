@@ -9,7 +9,7 @@ The two engines answer differently while they load (engines.md §6, §11):
 - mainline llama.cpp serves from the start and answers 503 ``Loading model`` until it is ready.
 
 So the monitor polls ``/health`` with a short timeout and reads progress from the log
-(:mod:`core.engine_log`); a poll that times out is "still loading", not an error.
+(:mod:`moe_studio.core.engine.log_parser`); a poll that times out is "still loading", not an error.
 
 States (:class:`Phase`)::
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from moe_studio.core.engine.launch import ExitInfo, ExitKind, connect_host
-from moe_studio.core.engine.log_parser import (
+from moe_studio.core.engine.log_events import (
     BufferSize,
     Event,
     Failure,
@@ -146,7 +146,7 @@ class HealthTracker:
         return self._set(phase=Phase.LOADING, progress=progress, detail=detail)
 
     def on_event(self, event: Event) -> bool:
-        """A log event from :class:`core.engine_log.EngineLogParser`."""
+        """A log event from :class:`moe_studio.core.engine.log_parser.EngineLogParser`."""
         if self.status.phase.final:
             return False
         if isinstance(event, Failure):

@@ -1,7 +1,8 @@
 """The model as MoE Studio sees it: every tensor with bytes, layer and group, plus hyperparameters.
 
 :class:`ModelLayout` is the one type for a real file (:func:`open_model`) and a built-in catalog
-layout (``core.catalog``); everything downstream (placement, memory, commands) takes it.
+layout (``moe_studio.core.gguf.catalog``); everything downstream (placement, memory, commands)
+takes it.
 """
 
 from __future__ import annotations

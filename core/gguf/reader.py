@@ -2,8 +2,9 @@
 
 Reads GGUF v2 and v3 from a path or a binary stream. Large arrays (vocabularies, merges) are
 skipped without decoding unless asked for, so a 9-shard DeepSeek-V3 opens in milliseconds. Every
-size is computed with ik_llama.cpp's row formula (``core.ggml_types``) and checked against the
-offset of the next tensor; every error names the file and the byte offset where reading stopped.
+size is computed with ik_llama.cpp's row formula (``moe_studio.core.gguf.ggml_types``) and checked
+against the offset of the next tensor; every error names the file and the byte offset where reading
+stopped.
 
 Split models follow ``gguf-split``: ``<prefix>-00001-of-00009.gguf`` … with ``split.no``,
 ``split.count`` and ``split.tensors.count`` in every shard and the full metadata in the first.

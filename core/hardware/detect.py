@@ -72,7 +72,8 @@ def detect_rig(
     environ: Mapping[str, str] | None = None,
     name: str | None = None,
 ) -> Rig:
-    """This machine as a :class:`~core.devices.Rig`: GPUs in CUDA order, then the host.
+    """This machine as a :class:`~moe_studio.core.hardware.devices.Rig`: GPUs in CUDA order, then
+    the host.
 
     Args:
         nvml: Loads the NVML module (``pynvml`` lazily; a recorded fake in tests).

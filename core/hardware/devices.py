@@ -3,8 +3,8 @@
 A :class:`Device` is named exactly as the engines name its buffer type in ``-ot``: ``CPU``,
 ``CUDA0`` … (CUDA order, i.e. ``CUDA_VISIBLE_DEVICES``/PCI bus order), ``RPC0[10.0.0.2:50052]``
 (device 0 of that ``rpc-server``; engines.md §8). A :class:`Rig` is the GPUs and RPC devices plus
-the host (RAM, cores, NUMA) — the same value whether ``core.hardware`` detected it or a rig file or
-preset declared it, so the estimator never knows the difference.
+the host (RAM, cores, NUMA) — the same value whether ``moe_studio.core.hardware`` detected it or a
+rig file or preset declared it, so the estimator never knows the difference.
 """
 
 from __future__ import annotations

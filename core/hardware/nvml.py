@@ -158,7 +158,7 @@ class GpuInfo:
         return pcie_bandwidth(self.pcie_gen, self.pcie_width)
 
     def to_device(self) -> Device:
-        """The planner's :class:`~core.devices.Device` for this GPU."""
+        """The planner's :class:`~moe_studio.core.hardware.devices.Device` for this GPU."""
         return Device(
             name=self.device_name,
             kind=DeviceKind.CUDA,

@@ -1,8 +1,8 @@
 """Declared rigs: TOML files describing a machine you have, or one you are thinking of buying.
 
-A rig file gives the same :class:`~core.devices.Rig` detection gives, so a plan for "a second
-3090" or a box of RPC servers is made exactly like a plan for this machine. Presets ship in
-``resources/rigs/*.toml`` and are named by their file stem (``rtx4090-192g``). Format::
+A rig file gives the same :class:`~moe_studio.core.hardware.devices.Rig` detection gives, so a plan
+for "a second 3090" or a box of RPC servers is made exactly like a plan for this machine. Presets
+ship in ``resources/rigs/*.toml`` and are named by their file stem (``rtx4090-192g``). Format::
 
     name = "2× RTX 3090 + 256 GB"      # optional; defaults to the file name
 
@@ -35,7 +35,7 @@ A rig file gives the same :class:`~core.devices.Rig` detection gives, so a plan 
 
 RPC devices come first in the rig's device list, as both engines put them first by default
 (engines.md §8). Anything else — an unknown key, a size without a unit, a negative size — is a
-:class:`~core.errors.HardwareError` naming the key and its line.
+:class:`~moe_studio.core.errors.HardwareError` naming the key and its line.
 """
 
 from __future__ import annotations

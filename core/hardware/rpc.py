@@ -139,7 +139,8 @@ def check_endpoint(
 
 
 def rpc_device(endpoint: str, memory_total: int, *, index: int = 0, label: str = "") -> Device:
-    """The :class:`~core.devices.Device` for device ``index`` of the server at ``endpoint``."""
+    """The :class:`~moe_studio.core.hardware.devices.Device` for device ``index`` of the server at
+    ``endpoint``."""
     return Device(
         name=rpc_name(endpoint, index),
         kind=DeviceKind.RPC,

@@ -414,7 +414,8 @@ def estimate(
     kv_per_layer: Sequence[int] | None = None,
     layer_compute: float | None = None,
 ) -> Estimate:
-    """Memory per device for ``plan`` with KV on ``layer_devices`` (from ``core.layers``).
+    """Memory per device for ``plan`` with KV on ``layer_devices`` (from
+    ``moe_studio.core.plan.layers``).
 
     ``kv_per_layer`` and ``layer_compute`` may be passed in when only the plan changed, so a
     re-estimate after a cell edit does not recompute what depends on settings alone. They are

@@ -3,7 +3,8 @@
 Every export takes the same plain launch spec: ``argv`` (``argv[0]`` is the llama-server
 executable), ``env`` (extra environment variables) and an optional ``numactl`` prefix argv. Each
 format is written so that the engine receives exactly that argv and environment; a value a format
-cannot carry raises :class:`~core.errors.ExportError` naming it, rather than being mangled.
+cannot carry raises :class:`~moe_studio.core.errors.ExportError` naming it, rather than being
+mangled.
 
 Formats and the rules they follow:
 

@@ -29,10 +29,11 @@ On disk it is versioned JSON (:data:`SCHEMA_VERSION` is 1)::
     }
 
 ``pinned`` holds ``[layer, group]`` pairs (layer -1 is the global row, group a
-:class:`~core.tensors.TensorGroup` value); ``placement`` maps every loaded tensor to its device.
-``fits`` is the memory estimate's verdict when the profile was saved, so that a list of profiles
-can show it without opening models. Benchmark entries are objects kept as given; lists show the
-number under ``tg_tokens_per_second`` (else ``tokens_per_second``) of the newest entry having one.
+:class:`~moe_studio.core.gguf.tensors.TensorGroup` value); ``placement`` maps every loaded tensor
+to its device. ``fits`` is the memory estimate's verdict when the profile was saved, so that a list
+of profiles can show it without opening models. Benchmark entries are objects kept as given; lists
+show the number under ``tg_tokens_per_second`` (else ``tokens_per_second``) of the newest entry
+having one.
 
 Reading follows these rules:
 
@@ -44,10 +45,11 @@ Reading follows these rules:
 - keys this version does not know are reported in :attr:`Profile.warnings` and kept in
   :attr:`Profile.unknown`, and written back on save: a profile edited by a newer MoE Studio loses
   nothing when an older one saves it;
-- a settings key that is missing takes the default of :class:`~core.settings.Settings`.
+- a settings key that is missing takes the default of
+:class:`~moe_studio.core.plan.settings.Settings`.
 
 Writing (:func:`save_profile`) is atomic, with the previous version kept as ``<name>.bak``
-(:mod:`core.fsutil`). :class:`ProfileLibrary` is the folder of saved profiles;
+(:mod:`moe_studio.core.fsutil`). :class:`ProfileLibrary` is the folder of saved profiles;
 :func:`autosave`, :func:`pending_recovery` and :func:`discard_autosave` keep unsaved work across
 a crash.
 """
@@ -960,7 +962,8 @@ def plan_from_profile(profile: Profile, layout: ModelLayout) -> Plan:
 
 
 def planner_from_profile(profile: Profile, layout: ModelLayout) -> tuple[Planner, Plan]:
-    """A :class:`~core.planning.Planner` (profile's rig and settings) and the profile's plan.
+    """A :class:`~moe_studio.core.plan.planning.Planner` (profile's rig and settings) and the
+    profile's plan.
 
     Raises:
         ProfileError: see :func:`plan_from_profile`.

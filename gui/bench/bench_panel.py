@@ -2,13 +2,14 @@
 watch S_PP and S_TG against N_KV, keep every run with the profile and overlay runs to compare
 placements.
 
-The command shown is exactly the one that runs (:func:`core.bench_run.build_bench_spec` of the
-document's plan and settings, shell-quoted, refreshed after a change). The run goes through
-:class:`gui.bench.bench_process.BenchProcess` (QProcess, never a shell, never a blocking wait);
-its curve grows as rows arrive. A finished run (also a cancelled one that measured something) is
-handed to :meth:`gui.document.Document.add_benchmark`, which keeps it in the profile's
-``benchmarks``; runs loaded with a profile appear in the list the same way. Which runs are shown
-is view state, kept here, not in the document.
+The command shown is exactly the one that runs
+(:func:`moe_studio.core.engine.bench_run.build_bench_spec` of the document's plan and settings,
+shell-quoted, refreshed after a change). The run goes through
+:class:`gui.bench.bench_process.BenchProcess` (QProcess, never a shell, never a blocking wait); its
+curve grows as rows arrive. A finished run (also a cancelled one that measured something) is handed
+to :meth:`gui.document.Document.add_benchmark`, which keeps it in the profile's ``benchmarks``;
+runs loaded with a profile appear in the list the same way. Which runs are shown is view state,
+kept here, not in the document.
 """
 
 from __future__ import annotations

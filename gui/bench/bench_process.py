@@ -1,13 +1,15 @@
-"""One benchmark run over ``QProcess``: started from a :class:`core.bench_run.BenchSpec`, read
-without blocking, parsed by core, cancellable.
+"""One benchmark run over ``QProcess``: started from a
+:class:`moe_studio.core.engine.bench_run.BenchSpec`, read without blocking, parsed by core,
+cancellable.
 
 The program and its arguments go to ``QProcess`` as a list (never a shell), with the spec's
 variables added to our environment. Output is read as it arrives: sweep-bench's table is on stderr
 among the loader's lines, so its channels are merged; llama-bench's results must be read from
 stdout alone, so there both channels are read and stdout is also kept apart
-(:attr:`BenchSpec.merge_stderr`). The lines go into a bounded :class:`core.launch.LogHistory`;
-:meth:`BenchProcess.points` parses what arrived so far (a live curve), and the end is parsed by
-:func:`core.bench_run.bench_outcome`, the same function the CLI uses.
+(:attr:`BenchSpec.merge_stderr`). The lines go into a bounded
+:class:`moe_studio.core.engine.launch.LogHistory`; :meth:`BenchProcess.points` parses what arrived
+so far (a live curve), and the end is parsed by
+:func:`moe_studio.core.engine.bench_run.bench_outcome`, the same function the CLI uses.
 
 Cancel is SIGTERM to the tool's process group, then SIGKILL after :attr:`kill_timeout_ms`. The
 tool runs in its own session and, on Linux, under ``setpriv --pdeathsig TERM`` so that it does

@@ -1,7 +1,7 @@
 """Benchmark runs as kept with a profile: the entry written after a run, and reading entries back.
 
-An entry is :meth:`core.bench_run.BenchOutcome.to_json` (tool, argv, env, points, seconds) plus
-what a list of profiles and the run list show without re-reading the curve::
+An entry is :meth:`moe_studio.core.engine.bench_run.BenchOutcome.to_json` (tool, argv, env, points,
+seconds) plus what a list of profiles and the run list show without re-reading the curve::
 
     {"label": "run 2 — experts of 12 layers on CUDA0, -ub 4096",
      "timestamp": "2025-05-02T18:02:11Z",
@@ -84,7 +84,8 @@ def run_label(number: int, layout: ModelLayout, plan: Plan, ubatch: int, tool: B
 
 
 def expected_depths(tool: BenchTool, dialect: Dialect, ctx: int, ubatch: int) -> list[int]:
-    """The N_KV values a run will measure (as :func:`core.bench_run.build_bench_spec` asks)."""
+    """The N_KV values a run will measure (as
+    :func:`moe_studio.core.engine.bench_run.build_bench_spec` asks)."""
     ub = max(1, ubatch)
     if tool is BenchTool.SWEEP:
         return list(range(0, max(ctx, ub), ub))

@@ -1,7 +1,7 @@
 """Scrolling live graphs: VRAM used per GPU, the server's RSS and CPU %, and tokens/s.
 
-One :class:`core.hardware.sampler.Sampler` tick per second (``SAMPLE_MS``); items are created
-once and updated with ``setData`` (pyqtgraph ``scrollingPlots`` style); at most
+One :class:`moe_studio.core.hardware.sampler.Sampler` tick per second (``SAMPLE_MS``); items are
+created once and updated with ``setData`` (pyqtgraph ``scrollingPlots`` style); at most
 ``HISTORY`` points per trace.
 """
 

@@ -33,7 +33,7 @@ from moe_studio.core.engine.diagnosis import Diagnosis, Fix, compare, diagnose
 from moe_studio.core.engine.discovery import EngineInfo, EngineStore, probe_engine, resolve_engine
 from moe_studio.core.engine.health import HealthStatus, Phase, PromptResult, send_test_prompt
 from moe_studio.core.engine.launch import ExitInfo, build_launch_spec, connect_host
-from moe_studio.core.engine.log_parser import BufferSize, Event, RequestTiming
+from moe_studio.core.engine.log_events import BufferSize, Event, RequestTiming
 from moe_studio.core.errors import MoeStudioError
 from moe_studio.core.hardware.sampler import Sampler
 from moe_studio.core.units import format_bytes

@@ -2,9 +2,10 @@
 
 The executable is resolved first for a precise error; a taken port is refused naming its holder;
 ``FailedToStart`` is reported on its own (no ``finished`` follows). Output (stdout and stderr
-merged) goes into a bounded :class:`core.launch.LogHistory` that a log view can replay when
-attached later, and through :class:`core.engine_log.EngineLogParser` into a
-:class:`core.health.HealthTracker`; ``/health`` is polled off the GUI thread.
+merged) goes into a bounded :class:`moe_studio.core.engine.launch.LogHistory` that a log view can
+replay when attached later, and through :class:`moe_studio.core.engine.log_parser.EngineLogParser`
+into a :class:`moe_studio.core.engine.health.HealthTracker`; ``/health`` is polled off the GUI
+thread.
 
 Stop is SIGTERM to the server's process group, then SIGKILL after ``STOP_TIMEOUT_MS``. No orphan
 servers: the server runs in its own session and, on Linux, under ``setpriv --pdeathsig TERM`` so
@@ -38,7 +39,8 @@ from moe_studio.core.engine.launch import (
     resolve_program,
     signal_group,
 )
-from moe_studio.core.engine.log_parser import EngineLogParser, Event, LoadReport
+from moe_studio.core.engine.log_events import Event, LoadReport
+from moe_studio.core.engine.log_parser import EngineLogParser
 from moe_studio.core.errors import EngineError
 from moe_studio.gui.tasks import Background
 

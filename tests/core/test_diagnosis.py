@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from moe_studio.core.engine.diagnosis import Diagnosis, FixKind, _choose_layers, compare, diagnose
-from moe_studio.core.engine.log_parser import Failure, FailureKind, parse_log
+from moe_studio.core.engine.log_events import Failure, FailureKind
+from moe_studio.core.engine.log_parser import parse_log
 from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.gguf.tensors import ROUTED_EXPERT_GROUPS

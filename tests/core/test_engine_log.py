@@ -15,10 +15,9 @@ from typing import TypeVar
 
 import pytest
 
-from moe_studio.core.engine.log_parser import (
+from moe_studio.core.engine.log_events import (
     BufferKind,
     BufferSize,
-    EngineLogParser,
     Event,
     Failure,
     FailureKind,
@@ -30,10 +29,9 @@ from moe_studio.core.engine.log_parser import (
     TensorOverride,
     UnusedTensor,
     buffer_device,
-    detect_dialect,
-    expected_load_dots,
-    parse_log,
 )
+from moe_studio.core.engine.log_parser import EngineLogParser, parse_log
+from moe_studio.core.engine.log_patterns import detect_dialect, expected_load_dots
 from moe_studio.core.units import MiB
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"

@@ -21,10 +21,9 @@ from moe_studio.core.engine.health import (
     send_test_prompt,
 )
 from moe_studio.core.engine.launch import ExitKind, classify_exit
-from moe_studio.core.engine.log_parser import (
+from moe_studio.core.engine.log_events import (
     BufferKind,
     BufferSize,
-    EngineLogParser,
     Failure,
     FailureKind,
     Listening,
@@ -32,6 +31,7 @@ from moe_studio.core.engine.log_parser import (
     MetadataLoaded,
     ModelLoaded,
 )
+from moe_studio.core.engine.log_parser import EngineLogParser
 from moe_studio.core.errors import EngineError
 
 REFUSED = PollOutcome(PollKind.REFUSED)

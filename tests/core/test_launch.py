@@ -41,7 +41,8 @@ from moe_studio.core.engine.launch import (
     port_in_use,
     server_address,
 )
-from moe_studio.core.engine.log_parser import EngineLogParser, LoadReport
+from moe_studio.core.engine.log_events import LoadReport
+from moe_studio.core.engine.log_parser import EngineLogParser
 from moe_studio.core.errors import EngineError
 from moe_studio.core.gguf import catalog
 from moe_studio.core.hardware.devices import HostInfo, Rig

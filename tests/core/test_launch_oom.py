@@ -17,7 +17,8 @@ import pytest
 from moe_studio.core.engine.diagnosis import Diagnosis, FixKind, compare, diagnose
 from moe_studio.core.engine.discovery import EngineInfo, probe_engine
 from moe_studio.core.engine.launch import ServerRun, build_launch_spec
-from moe_studio.core.engine.log_parser import BufferKind, EngineLogParser, LoadReport
+from moe_studio.core.engine.log_events import BufferKind, LoadReport
+from moe_studio.core.engine.log_parser import EngineLogParser
 from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig

@@ -25,13 +25,8 @@ from typing import Any
 
 import pytest
 
-from moe_studio.core.engine.log_parser import (
-    BufferKind,
-    FailureKind,
-    LoadPhase,
-    LoadReport,
-    parse_log,
-)
+from moe_studio.core.engine.log_events import BufferKind, FailureKind, LoadPhase, LoadReport
+from moe_studio.core.engine.log_parser import parse_log
 from moe_studio.core.gguf.model import open_model
 from moe_studio.core.units import MiB
 

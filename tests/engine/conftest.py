@@ -100,8 +100,9 @@ class LlamaServer:
     def from_argv(
         cls, argv: Sequence[str], *, port: int, log_path: Path, ready_timeout: float = 60.0
     ) -> LlamaServer:
-        """A server for a complete command line (``core.cmdline.build_command``'s argv), which
-        already names the binary, the model, ``--host 127.0.0.1`` and ``--port port``."""
+        """A server for a complete command line (``moe_studio.core.plan.cmdline.build_command``'s
+        argv), which already names the binary, the model, ``--host 127.0.0.1`` and ``--port
+        port``."""
         server = cls(Path(argv[0]), Path(), (), log_path=log_path, ready_timeout=ready_timeout)
         server.port = port
         server.argv = list(argv)

@@ -1,11 +1,11 @@
 """A plan spread over two RPC devices and the CPU, launched on the real engine as we build it.
 
 Two ``rpc-server`` processes on 127.0.0.1 stand in for GPUs (engines.md §8, §11). For each tiny
-fixture, plan and settings, :func:`core.cmdline.build_command` writes the command and the engine's
-own log must agree with our model of it: every ``-ot`` override line (our rules and resolver),
-every ``Setting default device`` line (our ``-ts`` and layer split), each device's weight buffer
-(our estimate), each device's KV buffer (our KV formula on the predicted split) and ik's
-``Layer sizes`` table (our replica of its ``get_layer_sizes``).
+fixture, plan and settings, :func:`moe_studio.core.plan.cmdline.build_command` writes the command
+and the engine's own log must agree with our model of it: every ``-ot`` override line (our rules
+and resolver), every ``Setting default device`` line (our ``-ts`` and layer split), each device's
+weight buffer (our estimate), each device's KV buffer (our KV formula on the predicted split) and
+ik's ``Layer sizes`` table (our replica of its ``get_layer_sizes``).
 """
 
 from __future__ import annotations
