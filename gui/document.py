@@ -24,7 +24,8 @@ from moe_studio.core.plan.memory import Estimate
 from moe_studio.core.plan.placement import Edit, Plan, assign, initial_plan, reset, set_pinned
 from moe_studio.core.plan.planning import Planner, PlanResult
 from moe_studio.core.plan.settings import Settings
-from moe_studio.core.profiles.schema import Profile, profile_from_plan, update_profile
+from moe_studio.core.profiles.plans import profile_from_plan, update_profile
+from moe_studio.core.profiles.schema import Profile
 from moe_studio.gui.commands import PlanCommand, SettingsCommand
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from moe_studio.core.plan.cmdline import import_command
 from moe_studio.core.plan.placement import initial_plan
 from moe_studio.core.plan.planning import Planner
 from moe_studio.core.plan.settings import Settings
-from moe_studio.core.profiles.schema import ProfileLibrary
+from moe_studio.core.profiles.library import ProfileLibrary
 from moe_studio.core.units import format_bytes, format_params
 from moe_studio.gui import theme
 from moe_studio.gui.budget.budget_plot import BudgetPlot

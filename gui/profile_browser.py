@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from moe_studio.core.profiles.schema import ProfileLibrary, ProfileSummary
+from moe_studio.core.profiles.library import ProfileLibrary, ProfileSummary
 
 Index = QModelIndex | QPersistentModelIndex
 COLUMNS = ("Profile", "Model", "Rig", "Engine", "Saved", "Fits", "Tokens/s")

@@ -20,20 +20,16 @@ from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.model import ModelLayout, open_model
 from moe_studio.core.gguf.reader import IsCancelled, Progress
 from moe_studio.core.profiles.exports import ExportFormat, encode_export
-from moe_studio.core.profiles.schema import (
-    PROFILE_SUFFIX,
-    Profile,
+from moe_studio.core.profiles.library import (
     ProfileLibrary,
     autosave,
     autosave_path,
     default_autosave_folder,
     discard_autosave,
-    load_profile,
     pending_recovery,
-    planner_from_profile,
-    require_model,
-    save_profile,
 )
+from moe_studio.core.profiles.plans import planner_from_profile, require_model
+from moe_studio.core.profiles.schema import PROFILE_SUFFIX, Profile, load_profile, save_profile
 from moe_studio.gui.profile_browser import ProfileBrowser
 from moe_studio.gui.tasks import Work
 

@@ -30,12 +30,8 @@ from moe_studio.core.profiles.exports import (
     powershell_script,
     router_preset_ini,
 )
-from moe_studio.core.profiles.schema import (
-    Profile,
-    load_profile,
-    planner_from_profile,
-    require_model,
-)
+from moe_studio.core.profiles.plans import planner_from_profile, require_model
+from moe_studio.core.profiles.schema import Profile, load_profile
 
 # --to names → formats.
 FORMATS: dict[str, ExportFormat] = {

@@ -28,7 +28,7 @@ from moe_studio.core.engine.launch import LaunchSpec, ServerRun, build_launch_sp
 from moe_studio.core.engine.log_events import BufferKind
 from moe_studio.core.engine.log_parser import EngineLogParser
 from moe_studio.core.engine.log_patterns import expected_load_dots
-from moe_studio.core.errors import EngineError, ProfileError
+from moe_studio.core.errors import EngineError
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.planning import Planner
 from moe_studio.core.units import format_bytes
@@ -104,20 +104,16 @@ def _from_profile(
     args: argparse.Namespace, defaults: dict[str, object]
 ) -> tuple[Planner, Plan, list[str], str]:
     """Planner and plan of a profile, with the plan options the user gave on top."""
-    try:
-        from moe_studio.core.profiles import schema as profiles
-    except ImportError:  # pragma: no cover - profiles ship with this version
-        raise ProfileError(
-            "This version cannot launch profiles; pass the model file and the plan options."
-        ) from None
     from moe_studio.core.cli.plan import _rig, _settings
     from moe_studio.core.gguf import catalog
     from moe_studio.core.plan.planning import apply_pin
+    from moe_studio.core.profiles.plans import planner_from_profile, require_model
+    from moe_studio.core.profiles.schema import load_profile
 
-    profile = profiles.load_profile(args.model)
+    profile = load_profile(args.model)
     layout = catalog.load(profile.model.source)
-    profiles.require_model(profile, layout)
-    planner, plan = profiles.planner_from_profile(profile, layout)
+    require_model(profile, layout)
+    planner, plan = planner_from_profile(profile, layout)
     notes = list(profile.warnings)
     given = {k for k in _OVERRIDES if getattr(args, k, None) != defaults.get(k)}
     if given:

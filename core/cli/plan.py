@@ -262,7 +262,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     planner, plan, notes = make_plan(args)
     result = planner.result(plan, executable=args.engine or "llama-server")
     if args.save:
-        from moe_studio.core.profiles.schema import save_profile_from_plan
+        from moe_studio.core.profiles.plans import save_profile_from_plan
 
         save_profile_from_plan(args.save, planner, plan, executable=args.engine or "llama-server")
         notes.append(f"Saved the profile to {args.save}.")

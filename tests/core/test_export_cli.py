@@ -30,7 +30,8 @@ from moe_studio.core.plan.placement import Plan, assign, expert_cells, initial_p
 from moe_studio.core.plan.planning import Planner
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.profiles.exports import suggest_health_check_timeout
-from moe_studio.core.profiles.schema import Profile, profile_from_plan, save_profile
+from moe_studio.core.profiles.plans import profile_from_plan
+from moe_studio.core.profiles.schema import Profile, save_profile
 from moe_studio.core.units import GiB
 from tests.support.tiny_models import write_tiny_model
 

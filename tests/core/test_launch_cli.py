@@ -193,7 +193,7 @@ def test_launch_a_profile(
     tiny_qwen3moe: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from moe_studio.core.profiles.schema import save_profile_from_plan
+    from moe_studio.core.profiles.plans import save_profile_from_plan
 
     layout = catalog.load(str(tiny_qwen3moe))
     settings = Settings(ctx=1024, ubatch=256, port=9)  # the port is overridden below

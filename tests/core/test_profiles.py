@@ -23,21 +23,21 @@ from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, NumaN
 from moe_studio.core.plan.placement import as_mapping, assign, expert_cells
 from moe_studio.core.plan.planning import Planner
 from moe_studio.core.plan.settings import Settings
-from moe_studio.core.profiles import schema as profiles
-from moe_studio.core.profiles.schema import (
-    ModelRef,
-    Profile,
+from moe_studio.core.profiles import library, migrations, plans
+from moe_studio.core.profiles.library import (
     ProfileLibrary,
     autosave,
     autosave_path,
-    check_model,
     discard_autosave,
+    pending_recovery,
+)
+from moe_studio.core.profiles.migrations import migrate
+from moe_studio.core.profiles.plans import check_model, plan_from_profile, profile_from_plan
+from moe_studio.core.profiles.schema import (
+    ModelRef,
+    Profile,
     from_json,
     load_profile,
-    migrate,
-    pending_recovery,
-    plan_from_profile,
-    profile_from_plan,
     save_profile,
     to_json,
 )
@@ -177,7 +177,7 @@ def test_profile_records_model_identity_plan_and_fit(
     path, written = saved
     layout = tiny[1]
     doc = _document(path)
-    assert doc["format"] == "moe-studio-profile" and doc["schema"] == profiles.SCHEMA_VERSION
+    assert doc["format"] == "moe-studio-profile" and doc["schema"] == migrations.SCHEMA_VERSION
     assert doc["model"] == {
         "path": str(tiny[0]),
         "name": layout.name,
@@ -259,12 +259,12 @@ def test_newer_schema_is_refused_naming_the_version_that_wrote_it(
 ) -> None:
     path, _ = saved
     doc = _document(path)
-    doc["schema"] = profiles.SCHEMA_VERSION + 1
+    doc["schema"] = migrations.SCHEMA_VERSION + 1
     doc["written_by"] = "9.3.1"
     doc["settings"] = "a shape this version cannot read"
     _write(path, doc)
     error = _refused(path, "written by MoE Studio 9.3.1 in profile format 2")
-    assert f"reads format {profiles.SCHEMA_VERSION} and older" in str(error)
+    assert f"reads format {migrations.SCHEMA_VERSION} and older" in str(error)
     assert "Update MoE Studio" in str(error)
 
 
@@ -418,7 +418,7 @@ def test_unknown_keys_of_a_device_that_is_gone_are_dropped_with_a_log(
 def test_migrate_runs_each_step_in_order() -> None:
     calls: list[int] = []
 
-    def step(n: int) -> profiles.Migration:
+    def step(n: int) -> migrations.Migration:
         def run(doc: dict[str, Any]) -> dict[str, Any]:
             calls.append(n)
             doc.setdefault("trail", []).append(n)
@@ -458,8 +458,8 @@ def test_an_older_schema_is_migrated_when_read(
         d["notes"] = d.pop("comment")
         return d
 
-    monkeypatch.setattr(profiles, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(profiles, "MIGRATIONS", {1: v1_to_v2})
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(migrations, "MIGRATIONS", {1: v1_to_v2})
     loaded = load_profile(path)
     assert path.read_bytes() == old  # reading converts in memory only
     assert loaded == profile
@@ -475,7 +475,7 @@ def test_an_older_schema_is_migrated_when_read(
 def test_check_model_accepts_the_same_model(tiny: tuple[Path, ModelLayout]) -> None:
     profile = _profile(tiny[1])
     assert check_model(profile, open_model(tiny[0])) is None
-    profiles.require_model(profile, tiny[1])
+    plans.require_model(profile, tiny[1])
 
 
 def test_a_different_file_at_the_same_path_is_detected(
@@ -491,7 +491,7 @@ def test_a_different_file_at_the_same_path_is_detected(
     assert "66 tensors, not 51" in message
     assert "its tensors take" in message
     with pytest.raises(ProfileError, match="not the one this profile was made for"):
-        profiles.require_model(profile, open_model(path))
+        plans.require_model(profile, open_model(path))
     write_tiny_model(path, "qwen3moe", n_layer=5)
     message = check_model(profile, open_model(path))
     assert message is not None and "architecture" not in message
@@ -567,7 +567,7 @@ def test_update_profile_keeps_what_the_user_wrote(
     layout = tiny[1]
     planner = Planner(layout, _rig().with_devices(_rig().devices[1:]), Settings(ctx=4096))
     plan = assign(layout, planner.initial(), expert_cells(layout), "CPU").after
-    updated = profiles.update_profile(opened, planner, plan)
+    updated = plans.update_profile(opened, planner, plan)
     assert updated.settings == Settings(ctx=4096)
     assert [d.name for d in updated.rig.devices] == ["CUDA0"]
     assert dict(updated.placement) == as_mapping(layout, plan)
@@ -575,7 +575,7 @@ def test_update_profile_keeps_what_the_user_wrote(
     kept = ("name", "notes", "benchmarks", "created", "modified", "engine", "unknown")
     for attribute in kept:
         assert getattr(updated, attribute) == getattr(opened, attribute), attribute
-    assert profiles.update_profile(opened, planner, plan, executable="/x").engine == "/x"
+    assert plans.update_profile(opened, planner, plan, executable="/x").engine == "/x"
 
 
 # --- plan --save ---------------------------------------------------------------------------------
@@ -662,8 +662,8 @@ def test_library_names_are_safe_file_names(tmp_path: Path) -> None:
 
 
 def test_default_folders_are_in_the_user_data_folder() -> None:
-    assert profiles.default_library_folder().parts[-2:] == ("moe-studio", "profiles")
-    assert profiles.default_autosave_folder().parts[-2:] == ("moe-studio", "autosave")
+    assert library.default_library_folder().parts[-2:] == ("moe-studio", "profiles")
+    assert library.default_autosave_folder().parts[-2:] == ("moe-studio", "autosave")
 
 
 # --- autosave and recovery -----------------------------------------------------------------------

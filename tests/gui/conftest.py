@@ -16,7 +16,7 @@ from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent
 from moe_studio.core.gguf import catalog
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan.settings import Settings
-from moe_studio.core.profiles.schema import ProfileLibrary
+from moe_studio.core.profiles.library import ProfileLibrary
 from moe_studio.core.units import GiB
 from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow, prepare_plan

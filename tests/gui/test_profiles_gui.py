@@ -13,7 +13,8 @@ from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from moe_studio.core.plan.placement import expert_cells
-from moe_studio.core.profiles.schema import ProfileLibrary, load_profile, save_profile
+from moe_studio.core.profiles.library import ProfileLibrary
+from moe_studio.core.profiles.schema import load_profile, save_profile
 from moe_studio.gui.app import demo_document
 from moe_studio.gui.main_window import MainWindow
 from moe_studio.gui.profile_browser import ProfileBrowser, ProfileListModel
