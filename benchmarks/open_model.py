@@ -7,9 +7,9 @@ The model is the catalog's DeepSeek-V3 Q4_K_M written as sparse shards (full-siz
 only their headers, with a tokenizer of the published size), so it costs a few MB of disk. Each
 contender lists every tensor with its byte size, page cache warm (one untimed run first):
 
-(a) ours: ``moe_studio.core.gguf.model.open_model`` on the first shard (it finds the others), then
-the tensors; (b) ``gguf.GGUFReader`` (PyPI gguf) on each shard in turn, ``n_bytes`` of every tensor
-(it opens
+(a) ours: ``moe_studio.core.gguf.model.open_model`` on the first shard (it finds the others),
+    then the tensors;
+(b) ``gguf.GGUFReader`` (PyPI gguf) on each shard in turn, ``n_bytes`` of every tensor (it opens
     one file; Q4_K_M is all mainline types, so it can read this layout);
 (c) the floor: reading bytes ``0..data_start`` of every shard, nothing parsed.
 
