@@ -17,6 +17,8 @@ Behaviour knobs (environment variables):
 ================================  =============================================================
 ``STANDIN_DIALECT``               ``ik`` (default) or ``mainline``
 ``STANDIN_LOAD_SECONDS``          length of the loading phase (default 1.0)
+``STANDIN_LOAD_GATE``             a path: the load stops before its compute buffers until that
+                                  file exists (tests do things "during the load" without timing)
 ``STANDIN_CUDA_MIB``              simulated CUDA devices, free MiB each: ``24000,24000``
                                   (default none: a CPU-only build, as on CI)
 ``STANDIN_FAIL``                  ``oom`` (cudaMalloc fails on device 0 while allocating the
@@ -760,6 +762,15 @@ class Engine:
             self.used[i] = self.used.get(i, 0) + nbytes
         return None
 
+    def _gate_opened(self) -> bool:
+        """Wait for ``STANDIN_LOAD_GATE`` to exist (if set): a test holds the load there to do
+        something while the server is still loading. False when stopped meanwhile."""
+        gate = os.environ.get("STANDIN_LOAD_GATE")
+        while gate and not Path(gate).exists():
+            if self.stop.wait(0.01):
+                return False
+        return True
+
     def load(self) -> int:
         """Print the load sequence; 0 when ready, else the exit status."""
         o, lg, ik = self.o, self.log, self.ik
@@ -977,7 +988,7 @@ class Engine:
                 f"{hp.n_layer_kv:3d} layers, {self.n_slots:2d}/1 seqs), {parts}"
             )
             lg.lib("sched_reserve: reserving ...")
-        if self.stop.wait(seconds * 0.2):
+        if self.stop.wait(seconds * 0.2) or not self._gate_opened():
             return 0
         compute = compute_buffers(layout, o, p)
         hit = self.overflow(compute)
@@ -1413,9 +1424,10 @@ def main(argv: list[str]) -> int:
         status = engine.load()
         if status or engine.stop.is_set():
             return status
+        # Loaded before serving: a request accepted in between must not get mainline's 503.
+        engine.loaded.set()
         if dialect == "ik":
             thread = _serve(server)
-        engine.loaded.set()
         if dialect == "ik":
             log.server(
                 "main",
