@@ -96,19 +96,29 @@ class Watch:
                 if self.tracker.on_event(event):
                     self.labels.append(self.tracker.status.label)
 
+    def _tick(self, poll: bool) -> None:
+        self.step()
+        info = self.run.poll()
+        if info is not None:
+            self.step(0)
+            self.tracker.on_exit(info)
+        if poll and not self.tracker.status.phase.final:
+            outcome = poll_health(self.spec.host, self.spec.port, timeout=0.2)
+            self.polls.append(outcome.status if outcome.kind is PollKind.HTTP else outcome.kind)
+            if self.tracker.on_poll(outcome):
+                self.labels.append(self.tracker.status.label)
+
+    def until_polled(self, seen: PollKind | int, timeout: float = 15.0) -> None:
+        """Poll until one /health poll came back as ``seen``."""
+        end = time.monotonic() + timeout
+        while seen not in self.polls:
+            assert time.monotonic() < end, f"no {seen} in {self.polls}"
+            self._tick(poll=True)
+
     def until(self, *phases: Phase, timeout: float = 15.0, poll: bool = True) -> Phase:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            self.step()
-            info = self.run.poll()
-            if info is not None:
-                self.step(0)
-                self.tracker.on_exit(info)
-            if poll and not self.tracker.status.phase.final:
-                outcome = poll_health(self.spec.host, self.spec.port, timeout=0.2)
-                self.polls.append(outcome.status if outcome.kind is PollKind.HTTP else outcome.kind)
-                if self.tracker.on_poll(outcome):
-                    self.labels.append(self.tracker.status.label)
+            self._tick(poll)
             if self.tracker.status.phase in phases:
                 return self.tracker.status.phase
         raise AssertionError(
@@ -144,6 +154,7 @@ def start(started: list[ServerRun], spec: LaunchSpec, **env: str) -> tuple[Serve
 @pytest.mark.parametrize("dialect", ["ik", "mainline"])
 def test_launch_progress_ready_prompt_stop(
     dialect: str,
+    tmp_path: Path,
     engines: dict[str, EngineInfo],
     tiny_qwen3moe: Path,
     started: list[ServerRun],
@@ -153,16 +164,19 @@ def test_launch_progress_ready_prompt_stop(
     spec = build_launch_spec(result, engine, dialect=dialect)  # type: ignore[arg-type]
     assert spec.argv[0] == engine.path
     assert ("-lv" in spec.argv) == (dialect == "mainline")  # mainline's loader lines need -lv 4
-    run, watch = start(started, spec, STANDIN_LOAD_SECONDS="0.6")
+    gate = tmp_path / "gate"  # the stand-in's load waits here until the test opens it
+    run, watch = start(started, spec, STANDIN_LOAD_SECONDS="0.6", STANDIN_LOAD_GATE=str(gate))
+    # During the load ik's /health hangs (our poll times out) and never says 503; mainline
+    # answers 503.
+    watch.until_polled(PollKind.TIMEOUT if dialect == "ik" else 503)
+    gate.touch()
 
     assert watch.until(Phase.READY) is Phase.READY
     loading = [label for label in watch.labels if label.startswith("loading (")]
     percents = [int(label.split("(")[1].split()[0]) for label in loading]
     assert len(percents) >= 3 and percents == sorted(percents), watch.labels
-    if dialect == "ik":  # ik's /health hangs while loading; it never says 503
-        assert PollKind.TIMEOUT in watch.polls and 503 not in watch.polls
-    else:
-        assert 503 in watch.polls
+    if dialect == "ik":
+        assert 503 not in watch.polls
     end = time.monotonic() + 3  # /health may answer before we have read the last log lines
     while not watch.report.compute_buffers and time.monotonic() < end:
         watch.step(0.1)
