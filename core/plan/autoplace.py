@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from moe_studio.core.gguf.model import Cell, ModelLayout
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
 from moe_studio.core.hardware.devices import CPU_NAME, Device, DeviceKind, Rig
+from moe_studio.core.plan.compute import rebuilt_kv_b_bytes
 from moe_studio.core.plan.memory import compute_terms, effective_mla, kv_bytes, layer_compute_bytes
 from moe_studio.core.plan.placement import Plan, assign
 from moe_studio.core.plan.settings import Settings
@@ -112,6 +113,11 @@ def auto_place(
             t = layout.tensors[i]
             if (t.layer, TensorGroup.ATTENTION) not in plan.pinned:
                 derived[t.layer] += t.nbytes
+        # …or rebuilds attn_kv_b when the GGUF lacks it (llm_prepare_mla).
+        for i, rebuilt in rebuilt_kv_b_bytes(layout, settings).items():
+            t = layout.tensors[i]
+            if (t.layer, TensorGroup.ATTENTION) not in plan.pinned:
+                derived[t.layer] += rebuilt
     need = [active_bytes(il) + kv[il] + derived[il] for il in range(n_kv)]
     total_room = sum(max(0, b) for b in budget.values())
     # How many trailing layers fit on the GPUs (CPU layers must be a prefix).

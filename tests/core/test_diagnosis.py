@@ -12,7 +12,7 @@ from moe_studio.core.engine.log_events import Failure, FailureKind
 from moe_studio.core.engine.log_parser import parse_log
 from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.model import ModelLayout
-from moe_studio.core.gguf.tensors import ROUTED_EXPERT_GROUPS
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan.memory import DeviceBudget, Estimate
 from moe_studio.core.plan.placement import Plan, assign, expert_cells, initial_plan, range_cells
@@ -34,14 +34,20 @@ def rig() -> Rig:
 
 @pytest.fixture(scope="module")
 def plan(deepseek: ModelLayout) -> Plan:
-    """Layers 0–60 on CUDA0, experts of layers 3–50 on CPU: experts of 51–60 stay on the GPU."""
+    """Layers 0–60 and the output on CUDA0, experts of layers 3–50 on CPU: experts of 51–60
+    stay on the GPU. (An output matrix in RAM would send the output matmul to CUDA0 for any
+    -ub ≥ 32, a part of the compute buffer that does not shrink with -ub.)"""
     on_gpu = assign(
         deepseek, initial_plan(deepseek), range_cells(deepseek, 0, 60), "CUDA0", pin=False
     )
+    output = [(GLOBAL_LAYER, g) for g in (TensorGroup.OUTPUT, TensorGroup.OUTPUT_NORM)]
+    on_gpu = assign(deepseek, on_gpu.after, output, "CUDA0", pin=False)
     return assign(deepseek, on_gpu.after, expert_cells(deepseek, 3, 50), "CPU", pin=False).after
 
 
-SETTINGS = Settings(ctx=32768, cache_type_k="q8_0", cache_type_v="q8_0", ubatch=512)
+# -mla 1: the latent attention path, whose compute buffer scales with -ub (the -mla 3 prompt
+# path is sized by the context instead, so halving -ub would not be the first fix).
+SETTINGS = Settings(ctx=32768, cache_type_k="q8_0", cache_type_v="q8_0", ubatch=512, mla=1)
 
 
 def diagnosis_of(

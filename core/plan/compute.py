@@ -1,0 +1,356 @@
+"""The compute-buffer model: what each backend's ``compute buffer size`` line will say.
+
+Neither engine has a closed form: both build a worst-case graph (``T`` tokens — ``-ub`` capped
+at ``-b`` and at the padded context — against the whole KV cache of ``kv`` cells), hand it to
+``ggml_backend_sched``, and ``ggml-alloc`` reserves per backend what is live at its peak. This
+module models that peak term by term; each term names the engine code it comes from. Source
+read: ik_llama.cpp at 8337e4cd (2026-08-15, build 4840) and mainline llama.cpp via engines.md §0.
+
+* **mask** (ik ``llm_build_context::build_inp_KQ_mask``, ``src/llama-build-context.cpp``):
+  ``kv × pad16(T)``, created as f16 when flash attention is on and f32 without. It is a graph
+  input, so the host builds it and every backend that runs attention gets a copy.
+  **SWA mask** (``build_inp_KQ_mask_swa``, used by ``build_openai.cpp`` for gpt-oss and by the
+  other sliding-window graphs): a second mask of the same shape — ik keeps full-context rows for
+  sliding-window layers. Mainline (``llm_graph_input_attn_kv_iswa``) sizes it to the SWA cache.
+  Mainline always creates the host mask as f32 and casts it to f16 for flash attention
+  (``llm_graph_context::build_attn_inp_kv``), so the host copy is 4 bytes per element there.
+* **attention phase** — per token ``4 · (Q + K + V rows + attention output + 2 · n_embd)``; without
+  flash attention also the K·Q scores ``n_head · kv · T · 4``, which ik splits per head when they
+  exceed ``-amb`` MiB (``llm_build_context::llm_build_kqv``). DeepSeek MLA in ik
+  (``src/graphs/build_deepseek2.cpp``): the prompt path (``-mla`` 2/3, FA, ``T ≥ 128``)
+  decompresses K and V for a chunk of heads, ``(nope + v_head) · 6`` bytes per head and cell,
+  heads chunked to stay under ``-amb`` MiB (down to one head since PR #1211, 2026-01-31).
+* **FFN phase** — ik's ``get_layer_sizes`` activations: routed experts ``ne1 · n_used · 4``,
+  shared and dense FFN ``ne1 · 4`` per token and matrix, plus the layer input and its norm.
+* **logits** — ``n_vocab · T · 4`` where the output matmul runs.
+* **offloaded weights** (CUDA only) — ``ggml_backend_sched_backend_id_from_cur``
+  (``ggml/src/ggml-backend.cpp``) moves an op whose weights sit in host RAM to the *first*
+  backend whose ``offload_op`` accepts it — the first CUDA device, one GPU only. The weight is
+  then copied into that backend's compute buffer as a split input at full size
+  (``ggml_dup_tensor_layout``; ik's "offload only active experts" transfers only the active
+  experts' rows but allocates the whole tensor). Up and gate are live together (fused MoE).
+  ik's ``ggml_backend_cuda_offload_op`` (``ggml/src/ggml-cuda.cu``) offloads a MoE matmul when
+  ``T · n_used ≥ 32 · n_expert`` and any other matmul when ``T ≥ 32``; mainline offloads when
+  ``T ≥ GGML_OP_OFFLOAD_MIN_BATCH`` (32). So a RAM-resident output matrix sends the output matmul
+  (weight copy + logits) to the first GPU too, and with ``-ngl 0`` a CUDA build still reserves a
+  large CUDA compute buffer for the offloaded matmuls.
+
+A device's buffer is ``masks + max(attention, FFN, logits) + offloaded weights``. The host runs
+the attention and FFN phases only for layers whose KV it holds; otherwise it holds the token
+embeddings and, when it has experts, their up/gate output. Not modelled: pipeline-parallel copies
+(``n_copies > 1``, only without tensor overrides), ``-sm graph``'s reduce buffers, CUDA pool and
+cuBLAS workspaces (the per-GPU overhead setting covers those).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from moe_studio.core.gguf.ggml_types import GGMLType, type_by_name
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.plan.settings import Settings
+from moe_studio.core.units import MiB
+
+# GGML_CUDA_MIN_BATCH_OFFLOAD (ik) / GGML_OP_OFFLOAD_MIN_BATCH (mainline) default.
+OP_OFFLOAD_MIN_BATCH = 32
+KQ_MASK_PAD = 16  # GGML_KQ_MASK_PAD (ik ggml/include/ggml.h): the mask's token dimension
+MLA_PP_MIN_TOKENS = 128  # ik's MLA prompt path (pp_opt) starts at this many tokens
+
+# The engine builds this model describes. Published logs from older builds are reported, not
+# asserted (tests/data/cuda_corpus): ik changed the MLA compute buffers in PR #1211
+# (2026-01-31) and the -amb head split with it.
+MODELLED_BUILDS = {
+    "ik_llama.cpp": ("2026-02-01", "ik_llama.cpp after PR #1211 (MLA -amb head split)"),
+    "llama.cpp": ("2025-08-01", "mainline llama.cpp with the unified KV cache and --n-cpu-moe"),
+}
+
+
+def describes_build(engine: str, date: str) -> bool:
+    """Whether the model claims to describe a build of ``engine`` dated ``date`` (ISO)."""
+    since = MODELLED_BUILDS.get(engine)
+    return since is not None and bool(date) and date >= since[0]
+
+
+def cache_type(name: str) -> GGMLType:
+    found = type_by_name(name)
+    if found is None:
+        from moe_studio.core.errors import CommandError
+
+        raise CommandError(
+            f"{name!r} is not a KV cache type; use f16, q8_0, q4_0 or another ggml type."
+        )
+    return found
+
+
+def effective_mla(layout: ModelLayout, settings: Settings) -> int:
+    """ik's MLA mode after its own adjustments (0 for models without MLA).
+
+    A mainline-converted DeepSeek GGUF has ``attn_k_b``/``attn_v_b`` but no ``attn_kv_b``; ik
+    rebuilds ``attn_kv_b`` at load for ``-mla`` 2/3 (``llm_prepare_mla``, ``src/llama.cpp``), so
+    the "missing wkv_b … changing MLA to 1" fallback in ``llama_kv_cache_init`` does not fire and
+    the requested mode stands (see :func:`rebuilt_kv_b_bytes`).
+    """
+    if not layout.hparams.is_mla or not settings.is_ik:
+        return 0
+    return settings.effective_mla
+
+
+def rebuilt_kv_b_bytes(layout: ModelLayout, settings: Settings) -> dict[int, int]:
+    """Bytes of the ``attn_kv_b`` ik computes per layer for a GGUF that lacks it.
+
+    ``llm_prepare_mla`` (ik ``src/llama.cpp``) builds ``kv_lora × n_head · (nope + v_head)`` from
+    ``attn_k_b`` and ``attn_v_b`` for ``-mla`` 2/3, as f16 (bf16) when both are f16 (bf16) and
+    q8_0 otherwise, in the buffer type of ``attn_k_b``. Keyed by the tensor index of ``attn_k_b``.
+    """
+    hp = layout.hparams
+    if not settings.is_ik or not hp.is_mla or layout.has_attn_kv_b:
+        return {}
+    if effective_mla(layout, settings) < 2:
+        return {}
+    n_head = max(hp.head_count or (1,))
+    nope = (hp.key_length_mla or hp.key_length) - hp.n_rot
+    v_head = hp.value_length_mla or hp.value_length
+    out = {}
+    by_layer: dict[int, list[int]] = {}
+    for i, t in enumerate(layout.tensors):
+        if t.name.endswith(("attn_k_b.weight", "attn_v_b.weight")) and t.layer != GLOBAL_LAYER:
+            by_layer.setdefault(t.layer, []).append(i)
+    for indices in by_layer.values():
+        types = {layout.tensors[i].type_name.lower() for i in indices}
+        name = types.pop() if len(types) == 1 and types <= {"f16", "bf16"} else "q8_0"
+        gtype = type_by_name(name)
+        assert gtype is not None
+        k_b = next(i for i in indices if layout.tensors[i].name.endswith("attn_k_b.weight"))
+        out[k_b] = gtype.row_bytes(hp.kv_lora_rank) * n_head * (nope + v_head)
+    return out
+
+
+def graph_tokens(settings: Settings) -> int:
+    """Tokens of the worst-case graph: ``-ub``, capped at ``-b``, which is capped at the context."""
+    return max(1, min(settings.ubatch, settings.batch, settings.kv_size))
+
+
+def layer_compute_bytes(layout: ModelLayout, settings: Settings) -> float:
+    """The FFN phase of the worst layer (bytes): ik's ``get_layer_sizes`` activations.
+
+    Routed experts ``ne1 · T · n_used · 4`` per expert matrix, shared and dense FFN ``ne1 · T · 4``
+    per matrix; the largest of the three plus the layer input and its norm ``2 · n_embd · T · 4``.
+    """
+    hp = layout.hparams
+    ub = graph_tokens(settings)
+    used = max(1, hp.n_expert_used)
+    exps: Counter[int] = Counter()
+    shexp: Counter[int] = Counter()
+    dense: Counter[int] = Counter()
+    for t in layout.tensors:
+        if not t.loaded or t.layer == GLOBAL_LAYER or not t.name.endswith(".weight"):
+            continue
+        ne1 = t.shape[1] if len(t.shape) > 1 else 1
+        if t.group in ROUTED_EXPERT_GROUPS:
+            exps[t.layer] += ne1 * ub * used * 4
+        elif t.group is TensorGroup.SHARED:
+            shexp[t.layer] += ne1 * ub * 4
+        elif t.group is TensorGroup.FFN:
+            dense[t.layer] += ne1 * ub * 4
+    inp = hp.n_embd * ub * 4 * 2
+    worst = 0.0
+    for il in range(hp.n_layer_kv):
+        worst = max(worst, max(exps[il], shexp[il], dense[il]) + inp)
+    return worst
+
+
+def _head_chunk(n_head: int, full_mib: int, amb: int) -> int:
+    """Heads per chunk when ik splits a ``full_mib`` MiB tensor to stay under ``-amb`` MiB
+    (``build_deepseek2``: the first divisor of ``n_head`` that brings a chunk under the cap)."""
+    if amb <= 0 or full_mib <= amb:
+        return n_head
+    for split in range(2, n_head):
+        if n_head % split == 0 and full_mib // split <= amb:
+            return n_head // split
+    return 1
+
+
+def _attention_phase(layout: ModelLayout, settings: Settings, tokens: int) -> float:
+    """Bytes live while one layer's attention runs (see the module docstring)."""
+    hp = layout.hparams
+    kv = settings.kv_size
+    n_head = max(hp.head_count or (1,))
+    inp = 2 * hp.n_embd * tokens * 4
+    mla = effective_mla(layout, settings)
+    if mla:
+        rope = hp.n_rot
+        nope = (hp.key_length_mla or hp.key_length) - rope
+        v_head = hp.value_length_mla or hp.value_length
+        if mla >= 2 and settings.flash_attn and tokens >= MLA_PP_MIN_TOKENS:
+            full_mib = n_head * (nope + v_head) * kv * 4 // MiB
+            heads = _head_chunk(n_head, full_mib, settings.effective_amb)
+            q = n_head * (nope + rope) * tokens * 4
+            return float(q + inp + (nope + v_head) * 6 * heads * kv)
+        latent = 3 * (hp.kv_lora_rank + rope) * n_head * tokens * 4
+        if settings.flash_attn:
+            return float(latent)
+        kq_mib = n_head * kv * tokens * 4 // MiB
+        amb = settings.effective_amb
+        if amb > 0 and kq_mib > amb:
+            steps = min(-(-kq_mib // amb), n_head)
+            scores = -(-n_head // steps) * kv * tokens * 4
+        else:
+            pp_opt = mla > 1 and tokens >= MLA_PP_MIN_TOKENS
+            scores = n_head * kv * tokens * 4 * (1 if pp_opt else 2)
+        trans = cache_type(settings.cache_type_v).row_bytes(hp.kv_lora_rank) * kv if mla > 1 else 0
+        return float(latent + scores + trans)
+    worst = 0
+    for il in range(hp.n_layer_kv):
+        heads = hp.head_count[il] or n_head
+        kv_heads = hp.head_count_kv[il] or heads
+        rows = heads * hp.key_length + kv_heads * (hp.key_length + hp.value_length)
+        rows += heads * hp.value_length
+        worst = max(worst, rows * tokens * 4 + inp)
+        if not settings.flash_attn:
+            full = heads * kv * tokens * 4
+            split = (
+                settings.is_ik and kv_heads == heads and 0 < settings.effective_amb < full // MiB
+            )
+            worst = max(worst, rows * tokens * 4 + inp + (kv * tokens * 4 if split else full))
+    return float(worst)
+
+
+def offload_threshold(layout: ModelLayout, settings: Settings) -> int:
+    """Smallest ubatch at which the GPU takes over MoE matmuls of RAM-resident experts."""
+    hp = layout.hparams
+    if not settings.is_ik or not hp.n_expert or not hp.n_expert_used:
+        return OP_OFFLOAD_MIN_BATCH
+    return -(-OP_OFFLOAD_MIN_BATCH * hp.n_expert // hp.n_expert_used)
+
+
+def mask_count(layout: ModelLayout) -> int:
+    """KQ masks the graph builds: two for models with sliding-window layers (gpt-oss)."""
+    hp = layout.hparams
+    return 2 if hp.sliding_window and any(hp.swa_layers) else 1
+
+
+def mask_bytes(layout: ModelLayout, settings: Settings, *, host: bool) -> float:
+    """Bytes of the KQ mask(s) one backend holds (see the module docstring)."""
+    tokens = graph_tokens(settings)
+    rows = -(-tokens // KQ_MASK_PAD) * KQ_MASK_PAD
+    kv = settings.kv_size
+    if settings.is_ik:
+        return float(mask_count(layout) * kv * rows * (2 if settings.flash_attn else 4))
+    size = 4 if host or not settings.flash_attn else 2
+    total = float(kv * rows * size)
+    if mask_count(layout) == 2:
+        hp = layout.hparams
+        swa_cells = min(kv, -(-(hp.sliding_window + settings.ubatch) // 256) * 256)
+        total += swa_cells * rows * size
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class RamWeights:
+    """Weights left in host RAM that a CUDA backend may copy in for big batches (bytes)."""
+
+    expert_max: int = 0  # largest routed-expert tensor in RAM
+    output: int = 0  # the output matrix, when it stays in RAM
+    dense_max: int = 0  # largest other repeating-layer matrix in RAM (``-ngl 0``)
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeTerms:
+    """The parts of one device's compute-buffer estimate (bytes; see the module docstring)."""
+
+    ffn: float = 0.0
+    attention: float = 0.0
+    logits: float = 0.0
+    mask: float = 0.0
+    offload_copy: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return int(self.mask + max(self.ffn, self.attention, self.logits) + self.offload_copy)
+
+
+def offload_terms(
+    layout: ModelLayout, settings: Settings, ram: RamWeights, layer_compute: float
+) -> tuple[float, float, float]:
+    """(weight copy, FFN activations, logits) the first CUDA device takes on for RAM weights."""
+    hp = layout.hparams
+    tokens = graph_tokens(settings)
+    copy = ffn = logits = 0.0
+    if ram.expert_max and tokens >= offload_threshold(layout, settings):
+        copy = 2.0 * ram.expert_max  # up and gate live together (fused MoE)
+        ffn = layer_compute
+    if tokens >= OP_OFFLOAD_MIN_BATCH:
+        if ram.output:
+            copy = max(copy, float(ram.output))
+            logits = float(hp.n_vocab * tokens * 4)
+        if ram.dense_max:
+            copy = max(copy, 2.0 * ram.dense_max)
+            ffn = layer_compute
+    return copy, ffn, logits
+
+
+def compute_terms(
+    layout: ModelLayout,
+    settings: Settings,
+    *,
+    holds_layers: bool,
+    holds_output: bool,
+    is_cuda: bool,
+    cpu_expert_tensor_max: int,
+    layer_compute: float | None = None,
+    hosts_kv: bool | None = None,
+    is_host: bool = False,
+    offload_target: bool | None = None,
+    ram: RamWeights | None = None,
+) -> ComputeTerms:
+    """Compute-buffer model for one device (see the module docstring).
+
+    Args:
+        holds_layers: The device holds weights of repeating layers.
+        holds_output: The device holds the output matrix.
+        is_cuda: A CUDA device (RAM-resident weights may be copied into its buffer).
+        cpu_expert_tensor_max: Bytes of the largest routed-expert tensor left in RAM.
+        layer_compute: :func:`layer_compute_bytes` when the caller caches it.
+        hosts_kv: The device holds the KV cache of some layers, so their attention runs there
+            (default: ``holds_layers``).
+        is_host: The CPU, which builds the graph inputs (mask, token embeddings).
+        offload_target: The first CUDA device, which runs the offloaded matmuls of RAM weights
+            (default: ``is_cuda and holds_layers``, for callers that look at one GPU).
+        ram: Every kind of RAM-resident weight (default: just ``cpu_expert_tensor_max``).
+    """
+    runs_attention = holds_layers if hosts_kv is None else hosts_kv
+    if offload_target is None:
+        offload_target = is_cuda and holds_layers
+    if ram is None:
+        ram = RamWeights(expert_max=cpu_expert_tensor_max)
+    offloads = is_cuda and offload_target and (ram.expert_max or ram.output or ram.dense_max)
+    if not (holds_layers or holds_output or runs_attention or is_host or offloads):
+        return ComputeTerms()
+    hp = layout.hparams
+    tokens = graph_tokens(settings)
+    if layer_compute is None:
+        layer_compute = layer_compute_bytes(layout, settings)
+    mask = mask_bytes(layout, settings, host=is_host) if runs_attention or is_host else 0.0
+    ffn = float(hp.n_embd * tokens * 4) if is_host else 0.0
+    attention = 0.0
+    if runs_attention:
+        ffn = layer_compute
+        attention = _attention_phase(layout, settings, tokens)
+    elif holds_layers:
+        if is_host:
+            ffn = max(ffn, float(max(hp.n_ff_exp, 1) * max(hp.n_expert_used, 1) * tokens * 4))
+        else:
+            ffn = layer_compute
+    logits = float(hp.n_vocab * tokens * 4) if holds_output else 0.0
+    if is_host and ram.output and tokens >= OP_OFFLOAD_MIN_BATCH:
+        # A CUDA device takes the output matmul of the RAM-resident output matrix (the caller
+        # sets ``ram.output`` only when there is one); the logits live there.
+        logits = 0.0
+    copy = 0.0
+    if offloads:
+        copy, off_ffn, off_logits = offload_terms(layout, settings, ram, layer_compute)
+        ffn = max(ffn, off_ffn)
+        logits = max(logits, off_logits)
+    return ComputeTerms(ffn, attention, logits, mask, copy)
