@@ -580,6 +580,17 @@ def import_command(
 ) -> tuple[Plan, ImportedCommand, Rig]:
     """Turn a pasted command into a plan (every cell pinned), its parts, and the rig it needs."""
     imported = parse_command(command, dialect=dialect)
+    if imported.settings.ctx <= 0 < layout.hparams.n_ctx_train:
+        train = layout.hparams.n_ctx_train
+        imported = replace(
+            imported,
+            settings=imported.settings.with_(ctx=train),
+            notes=(
+                *imported.notes,
+                f"-c {imported.settings.ctx} means the model's training context to the engine: "
+                f"{train} tokens, planned as -c {train}.",
+            ),
+        )
     full_rig = rig_for_command(imported, rig)
     split = imported_split(layout, imported, full_rig)
     resolution = resolve(

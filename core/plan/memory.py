@@ -53,7 +53,16 @@ __all__ = [
     "kv_layer_bytes",
     "layer_compute_bytes",
     "offload_threshold",
+    "resolve_context",
 ]
+
+
+def resolve_context(layout: ModelLayout, settings: Settings) -> Settings:
+    """``-c 0`` (or less) means the model's training context to both engines (ik
+    ``llama_init_from_model``, mainline ``llama_context``); plan for that many tokens."""
+    if settings.ctx > 0 or layout.hparams.n_ctx_train <= 0:
+        return settings
+    return settings.with_(ctx=layout.hparams.n_ctx_train)
 
 
 def engine_settings(layout: ModelLayout, settings: Settings, ngl: int) -> Settings:
@@ -220,6 +229,8 @@ def estimate(
     re-estimate after a cell edit does not recompute what depends on settings alone. They are
     recomputed when the split makes ik change the settings (:func:`engine_settings`).
     """
+    if settings.ctx <= 0:
+        settings, kv_per_layer, layer_compute = resolve_context(layout, settings), None, None
     if settings.is_ik:
         run = engine_settings(layout, settings, ik_ngl(layer_devices[: layout.n_layer]))
         if run != settings:

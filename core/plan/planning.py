@@ -17,7 +17,13 @@ from moe_studio.core.plan.advisor import Advice, advise
 from moe_studio.core.plan.autoplace import AutoPlacement, auto_place
 from moe_studio.core.plan.cmdline import Command, build_command
 from moe_studio.core.plan.layers import LayerSplit, plan_layer_split
-from moe_studio.core.plan.memory import Estimate, estimate, kv_bytes, layer_compute_bytes
+from moe_studio.core.plan.memory import (
+    Estimate,
+    estimate,
+    kv_bytes,
+    layer_compute_bytes,
+    resolve_context,
+)
 from moe_studio.core.plan.placement import (
     Edit,
     Plan,
@@ -47,13 +53,15 @@ class Planner:
     def __init__(self, layout: ModelLayout, rig: Rig, settings: Settings) -> None:
         self.layout = layout
         self.rig = rig
-        self.settings = settings
+        self.settings = resolve_context(layout, settings)
         self._kv: list[int] | None = None
         self._compute: float | None = None
 
     def update(self, *, rig: Rig | None = None, settings: Settings | None = None) -> None:
         if rig is not None:
             self.rig = rig
+        if settings is not None:
+            settings = resolve_context(self.layout, settings)
         if settings is not None and settings != self.settings:
             self.settings = settings
             self._kv = None

@@ -8,6 +8,7 @@ import shlex
 import pytest
 
 from moe_studio.core.cli.main import main
+from moe_studio.core.gguf import catalog
 
 
 def _plan(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
@@ -135,3 +136,27 @@ def test_errors_are_one_line(
     assert message in text
     if code != 0:
         assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+
+
+def _kv_total(out: dict[str, object]) -> int:
+    return sum(d["kv"] for d in out["devices"])  # type: ignore[index,misc,union-attr]
+
+
+@pytest.mark.parametrize("how", ["--ctx", "--import"])
+def test_ctx_0_plans_the_training_context(capsys: pytest.CaptureFixture[str], how: str) -> None:
+    """-c 0 means the model's training context to both engines."""
+    train_ctx = catalog.load_catalog("catalog:qwen3-30b-a3b").hparams.n_ctx_train
+    assert train_ctx > 0
+    rig = ["--gpu", "24GiB", "--ram", "64GiB", "--no-auto"]
+
+    def run(ctx: str) -> dict[str, object]:
+        if how == "--ctx":
+            return _plan(capsys, "catalog:qwen3-30b-a3b", *rig, "--ctx", ctx)
+        command = f"llama-server -m x.gguf -ngl 99 -ot exps=CPU -c {ctx} -ub 512"
+        return _plan(capsys, "catalog:qwen3-30b-a3b", *rig, "--import", command)
+
+    zero, train = run("0"), run(str(train_ctx))
+    assert _kv_total(train) > 0
+    assert _kv_total(zero) == _kv_total(train)
+    if how == "--import":
+        assert any("training context" in n for n in zero["notes"])  # type: ignore[union-attr]
