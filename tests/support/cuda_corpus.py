@@ -1,0 +1,99 @@
+"""Published real CUDA runs (``tests/data/cuda_corpus``) run through the planner.
+
+Each JSON file is one engine start someone published: the URL, author and date of the post,
+the engine and its build as printed, the GPUs, the model (a ``catalog:`` layout standing in for
+the user's file, with a note on how it differs), the command, and the sizes the engine printed
+per device and term (``kv``, ``compute``, ``weights``; MiB, ``CPU`` for ``CUDA_Host``/``CPU``).
+``tolerance_pct`` gives each term's tolerance; ``null`` means reported, not asserted, and
+``tolerance_note`` says why. A point whose build
+:func:`moe_studio.core.plan.compute.describes_build` covers counts towards the corpus targets.
+
+``tests/core/test_cuda_corpus.py`` asserts the tolerances; ``benchmarks/cuda_corpus.py`` prints
+the error distribution per term.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.plan.cmdline import import_command, imported_split
+from moe_studio.core.plan.compute import describes_build
+from moe_studio.core.plan.memory import estimate
+from moe_studio.core.units import GiB, MiB
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "cuda_corpus"
+TERMS = ("weights", "kv", "compute")
+
+Run = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One printed figure and ours."""
+
+    run: str
+    term: str
+    device: str
+    reported_mib: float
+    ours_mib: float
+    tolerance_pct: float | None
+    claimed: bool  # the model claims to describe this build
+
+    @property
+    def error_pct(self) -> float:
+        return (self.ours_mib - self.reported_mib) / self.reported_mib * 100
+
+    @property
+    def name(self) -> str:
+        return f"{self.run}:{self.term}@{self.device}"
+
+    @property
+    def kind(self) -> str:
+        """The benchmark's row: weights, KV, compute GPU or compute host."""
+        if self.term != "compute":
+            return self.term
+        return "compute host" if self.device == "CPU" else "compute GPU"
+
+
+def load_runs() -> list[Run]:
+    return [json.loads(p.read_text()) for p in sorted(CORPUS.glob("*.json"))]
+
+
+@cache
+def layout_for(model: str) -> ModelLayout:
+    return catalog.load_catalog(model)
+
+
+def points_of(run: Run) -> list[Point]:
+    """Import the run's command on its GPUs, estimate, and pair every printed figure with ours."""
+    layout = layout_for(run["model"])
+    gpus = tuple(
+        Device(g["name"], DeviceKind.CUDA, g["memory_mib"] * MiB, index=i, label=g.get("label", ""))
+        for i, g in enumerate(run["gpus"])
+    )
+    rig = Rig("corpus", HostInfo(ram_total=1024 * GiB), gpus)
+    dialect = "ik" if run["engine"] == "ik_llama.cpp" else "mainline"
+    plan, imported, full_rig = import_command(run["command"], layout, rig, dialect=dialect)
+    split = imported_split(layout, imported, full_rig)
+    est = estimate(layout, plan, full_rig, imported.settings, split.kv_devices)
+    claimed = describes_build(run["engine"], run["date"])
+    out = []
+    for term in TERMS:
+        for device, reported in run["reported"].get(term, {}).items():
+            budget = est.device(device)
+            assert budget is not None, f"{run['id']}: {device} is not a device of the command"
+            ours = getattr(budget, term) / MiB
+            tolerance = run["tolerance_pct"].get(term)
+            out.append(Point(run["id"], term, device, reported, ours, tolerance, claimed))
+    return out
+
+
+def all_points() -> list[Point]:
+    return [p for run in load_runs() for p in points_of(run)]
