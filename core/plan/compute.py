@@ -254,6 +254,7 @@ class RamWeights:
     expert_max: int = 0  # largest routed-expert tensor in RAM
     output: int = 0  # the output matrix, when it stays in RAM
     dense_max: int = 0  # largest other repeating-layer matrix in RAM (``-ngl 0``)
+    has_cuda: bool = False  # a CUDA backend exists to take big-batch matmuls of RAM weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +341,12 @@ def compute_terms(
         attention = _attention_phase(layout, settings, tokens)
     elif holds_layers:
         if is_host:
-            ffn = max(ffn, float(max(hp.n_ff_exp, 1) * max(hp.n_expert_used, 1) * tokens * 4))
+            # The token embeddings stay live beside the experts' up/gate output (ik PR #259's
+            # CUDA_Host line: mask + n_embd·T·4 + n_ff_exp·n_used·T·4); when the first GPU
+            # takes the expert matmuls, only the embeddings (mainline log in ik PR #394).
+            if not (ram.has_cuda and tokens >= offload_threshold(layout, settings)):
+                exps = float(max(hp.n_ff_exp, 1) * max(hp.n_expert_used, 1) * tokens * 4)
+                ffn = ffn + exps if ram.has_cuda else max(ffn, exps)
         else:
             ffn = layer_compute
     logits = float(hp.n_vocab * tokens * 4) if holds_output else 0.0

@@ -278,6 +278,7 @@ def estimate(
         expert_max=cpu_expert_max,
         output=tensors[output_index].nbytes if output_in_ram and output_index is not None else 0,
         dense_max=cpu_dense_max,
+        has_cuda=first_cuda is not None,
     )
     budgets = []
     for device in (*rig.devices, rig.cpu):
