@@ -57,7 +57,24 @@ from moe_studio.gui.tensor_map.view import TensorMapView
 
 log = logging.getLogger(__name__)
 MAX_RECENT = 10
+# Ctrl+Y is the other redo key users know (KDE and GNOME bind only Ctrl+Shift+Z to Redo).
+EXTRA_REDO_KEYS = ("Ctrl+Y",)
 Opened = tuple[ModelLayout, Settings, AutoPlacement]
+
+
+def key_bindings(key: QKeySequence.StandardKey) -> list[QKeySequence]:
+    """The platform's bindings for a standard key (a seam: tests pass another platform's)."""
+    return list(QKeySequence.keyBindings(key))
+
+
+def shortcuts(key: QKeySequence.StandardKey, *extra: str) -> list[QKeySequence]:
+    """The platform's bindings for ``key`` plus ``extra``, each once: a sequence bound twice is
+    an "Ambiguous shortcut overload" that Qt then ignores."""
+    result: list[QKeySequence] = []
+    for sequence in [*key_bindings(key), *(QKeySequence(e) for e in extra)]:
+        if not sequence.isEmpty() and sequence not in result:
+            result.append(sequence)
+    return result
 
 
 def prepare_plan(
@@ -193,11 +210,9 @@ class MainWindow(QMainWindow):
 
         edit = bar.addMenu("&Edit")
         undo = self.document.undo_stack.createUndoAction(self, "&Undo")
-        undo.setShortcut(QKeySequence.StandardKey.Undo)
+        undo.setShortcuts(shortcuts(QKeySequence.StandardKey.Undo))
         redo = self.document.undo_stack.createRedoAction(self, "&Redo")
-        redo.setShortcuts(
-            [QKeySequence("Ctrl+Shift+Z"), QKeySequence(QKeySequence.StandardKey.Redo)]
-        )
+        redo.setShortcuts(shortcuts(QKeySequence.StandardKey.Redo, *EXTRA_REDO_KEYS))
         edit.addAction(undo)
         edit.addAction(redo)
         edit.addSeparator()
@@ -368,7 +383,11 @@ class MainWindow(QMainWindow):
 
     def import_command_dialog(self) -> None:
         dialog = ImportCommandDialog(self)
-        if dialog.exec():
+        accepted = dialog.exec()
+        # Keys typed next belong to the grid, never to a settings field that Qt picked when the
+        # dialog closed (typing "m" there switched the engine to mainline).
+        self.tensor_view.setFocus(Qt.FocusReason.OtherFocusReason)
+        if accepted:
             self.import_command_text(dialog.command())
 
     def import_command_text(self, text: str) -> bool:
