@@ -62,11 +62,17 @@ class CommandView(QWidget):
         document.plan_changed.connect(self._schedule)
         document.settings_changed.connect(self._schedule)
         document.model_changed.connect(self._schedule)
-        document.rig_changed.connect(self._schedule)
+        document.rig_changed.connect(self._on_rig_changed)
         self.refresh()
 
     def command_text(self) -> str:
         return self.text.toPlainText()
+
+    def _on_rig_changed(self) -> None:
+        # Notes about the previous rig ("This rig has no GPU") would be stale; whoever changed
+        # the rig sets the new ones after.
+        self.extra_notes = []
+        self._schedule()
 
     def _schedule(self, *_: object) -> None:
         self._timer.start()

@@ -18,7 +18,7 @@ from PySide6.QtGui import QUndoStack
 
 from moe_studio.core.gguf.model import Cell, ModelLayout
 from moe_studio.core.hardware.devices import Rig
-from moe_studio.core.plan.autoplace import AutoPlacement
+from moe_studio.core.plan.autoplace import AutoPlacement, replan_for_rig
 from moe_studio.core.plan.layers import LayerSplit
 from moe_studio.core.plan.memory import Estimate
 from moe_studio.core.plan.placement import Edit, Plan, assign, initial_plan, reset, set_pinned
@@ -26,7 +26,7 @@ from moe_studio.core.plan.planning import Planner, PlanResult
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.profiles.plans import profile_from_plan, update_profile
 from moe_studio.core.profiles.schema import Profile
-from moe_studio.gui.commands import PlanCommand, SettingsCommand
+from moe_studio.gui.commands import PlanCommand, RigCommand, SettingsCommand
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,17 @@ class Document(QObject):
     def replace_plan(self, plan: Plan, text: str) -> None:
         self.apply_edit(Edit(self._plan, plan, frozenset()), text)
 
-    def replace_plan_and_settings(self, plan: Plan, settings: Settings, text: str) -> None:
-        """Both as one undo step (an imported command)."""
+    def replace_plan_and_settings(
+        self, plan: Plan, settings: Settings, text: str, rig: Rig | None = None
+    ) -> None:
+        """All as one undo step (an imported command; its ``rig`` may add devices, which the
+        same Undo takes away again)."""
         self.undo_stack.beginMacro(text)
         try:
+            if rig is not None and rig != self.rig:
+                self.undo_stack.push(
+                    RigCommand(self, (self.rig, self._plan), (rig, self._plan), text)
+                )
             self.replace_plan(plan, text)
             self.set_settings(settings, text)
         finally:
@@ -163,11 +170,20 @@ class Document(QObject):
             self.undo_stack.push(SettingsCommand(self, self.settings, settings, text))
 
     def set_rig(self, rig: Rig) -> None:
-        """Change the hardware (not undoable: it is a fact about the machine, not an edit)."""
+        """Set the hardware without an undo step or a re-plan (start-up, an opened profile)."""
         self._planner.update(rig=rig)
         self._estimate_cache = None
         self.rig_changed.emit()
         self.plan_changed.emit(frozenset())
+
+    def change_rig(self, rig: Rig, text: str = "Change hardware") -> AutoPlacement:
+        """The user switched hardware: one undo step that also re-plans (pins whose device
+        remains stay, cells of vanished devices and new GPUs are auto-placed). Returns the
+        placement (with its notes)."""
+        placed = replan_for_rig(self._layout, self._plan, rig, self.settings)
+        if rig != self.rig or placed.plan != self._plan:
+            self.undo_stack.push(RigCommand(self, (self.rig, self._plan), (rig, placed.plan), text))
+        return placed
 
     def set_model(
         self, layout: ModelLayout, plan: Plan | None = None, settings: Settings | None = None
@@ -230,6 +246,13 @@ class Document(QObject):
     def restore_plan(self, plan: Plan, cells: frozenset[Cell]) -> None:
         self._plan = plan
         self.plan_changed.emit(cells)
+
+    def restore_rig(self, rig: Rig, plan: Plan) -> None:
+        self._planner.update(rig=rig)
+        self._plan = plan
+        self._estimate_cache = None
+        self.rig_changed.emit()
+        self.plan_changed.emit(frozenset())
 
     def restore_settings(self, settings: Settings) -> None:
         self._planner.update(settings=settings)

@@ -396,9 +396,7 @@ class MainWindow(QMainWindow):
         except MoeStudioError as exc:
             self.last_error_dialog = show_error(self, "Cannot import the command", exc)
             return False
-        if rig != self.document.rig:
-            self.document.set_rig(rig)
-        self.document.replace_plan_and_settings(plan, imported.settings, "Import command")
+        self.document.replace_plan_and_settings(plan, imported.settings, "Import command", rig)
         self.command_view.extra_notes = list(imported.notes)
         self.command_view.refresh()
         return True
@@ -416,14 +414,21 @@ class MainWindow(QMainWindow):
 
     def _on_rig_ready(self, rig: object) -> None:
         assert isinstance(rig, Rig)
-        self.document.set_rig(rig)
-        if rig.notes:
-            self.command_view.extra_notes = list(rig.notes)
-            self.command_view.refresh()
+        self.change_rig(rig, "Use detected hardware")
+
+    def change_rig(self, rig: Rig, text: str) -> None:
+        """Switch hardware as one undoable step that re-plans; the notes and advice shown are
+        about the new rig only."""
+        placed = self.document.change_rig(rig, text)
+        self.command_view.extra_notes = (
+            list(rig.notes) + list(placed.notes) + [f"would help: {s}" for s in placed.suggestions]
+        )
+        self.command_view.refresh()
+        self._update_status()
 
     def use_preset(self, name: str) -> None:
         try:
-            self.document.set_rig(load_preset(name))
+            self.change_rig(load_preset(name), f"Use the {name} preset")
         except MoeStudioError as exc:
             self.last_error_dialog = show_error(self, "Cannot use the preset", exc)
 
@@ -434,19 +439,19 @@ class MainWindow(QMainWindow):
         if not path:
             return
         try:
-            self.document.set_rig(load_rig_file(path))
+            self.change_rig(load_rig_file(path), f"Use rig file {Path(path).name}")
         except MoeStudioError as exc:
             self.last_error_dialog = show_error(self, "Cannot use the rig file", exc)
 
     def plan_for_another_machine(self) -> None:
         dialog = MachineDialog(self.document.rig, self)
         if dialog.exec() and dialog.result_rig is not None:
-            self.document.set_rig(dialog.result_rig)
+            self.change_rig(dialog.result_rig, "Plan for another machine")
 
     def add_rpc_device(self) -> None:
         dialog = RpcDialog(self.document.rig, self)
         if dialog.exec() and dialog.result_rig is not None:
-            self.document.set_rig(dialog.result_rig)
+            self.change_rig(dialog.result_rig, "Add an RPC device")
 
     # --- look ----------------------------------------------------------------------------------
 

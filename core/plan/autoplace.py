@@ -16,7 +16,7 @@ Pinned cells are never moved; their bytes count where they are.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from moe_studio.core.gguf.model import Cell, ModelLayout
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
@@ -245,3 +245,24 @@ def _suggestions(layout: ModelLayout, settings: Settings, shortfall: int) -> tup
         f"another GPU with at least {format_bytes(shortfall + 2 * 2**30)} would hold the rest"
     )
     return tuple(out)
+
+
+def replan_for_rig(layout: ModelLayout, plan: Plan, rig: Rig, settings: Settings) -> AutoPlacement:
+    """The plan carried over to another rig: pins whose devices the rig still has stay where
+    they are; pins on a vanished device are released, and every free cell (those included) is
+    auto-placed, so new GPUs are filled and nothing is left on a device the rig lacks."""
+    known = {d.name for d in rig.devices} | {CPU_NAME}
+    kept = frozenset(
+        cell
+        for cell in plan.pinned
+        if all(plan.devices[i] in known for i in layout.cells.get(cell, ()) if plan.devices[i])
+    )
+    placed = auto_place(layout, Plan(plan.devices, kept), rig, settings)
+    released = len(plan.pinned) - len(kept)
+    if released:
+        note = (
+            f"{released} pinned cell{'s' if released != 1 else ''} sat on a device this rig "
+            "does not have; they were unpinned and auto-placed."
+        )
+        return replace(placed, notes=(*placed.notes, note))
+    return placed

@@ -12,10 +12,14 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QComboBox, QDialog, QPlainTextEdit
 
 from moe_studio.core.gguf.tensors import TensorGroup
-from moe_studio.core.plan.placement import expert_cells
+from moe_studio.core.hardware.devices import CPU_NAME, HostInfo, Rig
+from moe_studio.core.plan.placement import cell_device, device_bytes, expert_cells
+from moe_studio.core.units import GiB
 from moe_studio.gui import main_window
 from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow
+
+from .conftest import save_screenshot
 
 G = TensorGroup
 CTRL = Qt.KeyboardModifier.ControlModifier
@@ -99,15 +103,17 @@ def test_focus_does_not_land_in_a_settings_field_after_an_import(
         dialog.accept()
 
     # Last touched: the Engine combo (as after a wheel gave it focus on today's main).
-    window.settings_panel.dialect.setFocus()
+    engine = window.command_view.dialect
+    engine.setFocus()
     QTimer.singleShot(0, fill_and_accept)
-    QTest.keyClick(window.settings_panel.dialect, Qt.Key.Key_I, CTRL)
+    QTest.keyClick(engine, Qt.Key.Key_I, CTRL)
     qtbot.waitUntil(lambda: window.document.settings.ctx == 4096)  # type: ignore[attr-defined]
     QApplication.processEvents()
     # What takes the keys once the window is active again (offscreen has no window manager).
     focus = window.focusWidget()
     assert focus is window.tensor_view
     assert not window.settings_panel.isAncestorOf(focus)
+    assert focus is not engine
     dialect = window.document.settings.dialect
     QTest.keyClick(focus, Qt.Key.Key_M)
     assert window.document.settings.dialect == dialect
@@ -153,3 +159,95 @@ def test_the_wheel_scrolls_the_settings_instead_of_editing_them(
     _wheel(panel.mla)
     assert window.document.settings != settings
     assert isinstance(panel.mla, QComboBox)
+
+
+def _used(window: MainWindow) -> set[str]:
+    return {d for d, n in device_bytes(window.document.layout, window.document.plan).items() if n}
+
+
+def _assert_no_stale_state(window: MainWindow) -> None:
+    doc = window.document
+    names = {d.name for d in doc.rig.devices} | {CPU_NAME}
+    assert _used(window) <= names
+    QApplication.processEvents()  # the command preview refreshes on a zero timer
+    window.command_view.refresh()
+    assert "does not have" not in window.command_view.command_text()
+    _, est = doc.estimate()
+    assert ("· fits" in window.status_label.text()) == est.fits
+    advice = window.command_view.advice.text()
+    if doc.rig.devices:
+        assert "has no GPU" not in advice
+
+
+def test_changing_hardware_replans_as_one_undoable_step(
+    window: MainWindow, qtbot: object, tmp_path: Path
+) -> None:
+    doc = window.document
+    _activate(window, qtbot)
+    pinned = (10, G.ATTENTION)
+    doc.pin_cells([pinned], True)
+    assert cell_device(doc.layout, doc.plan, pinned) == "CUDA0"
+    doc.mark_clean()
+    start_rig, start_plan = doc.rig, doc.plan
+    save_screenshot(window, "11-hardware-before.png", tmp_path)
+
+    _menu_action(window, "Hardware", "Presets", "4x3090-tr-512g").trigger()  # type: ignore[attr-defined]
+    assert len(doc.rig.gpus) == 4
+    assert {"CUDA0", "CUDA1", "CUDA2", "CUDA3"} <= _used(window)  # new GPUs filled at once
+    assert cell_device(doc.layout, doc.plan, pinned) == "CUDA0"
+    assert pinned in doc.plan.pinned  # a pin whose device remains stays
+    assert doc.is_dirty and window.isWindowModified()
+    _assert_no_stale_state(window)
+    save_screenshot(window, "11-hardware-after-4x3090.png", tmp_path)
+
+    _menu_action(window, "Hardware", "Presets", "cpu-128g").trigger()  # type: ignore[attr-defined]
+    assert _used(window) == {CPU_NAME}
+    assert pinned not in doc.plan.pinned  # its device vanished
+    _assert_no_stale_state(window)
+    assert "has no GPU" in window.command_view.advice.text()
+
+    _menu_action(window, "Hardware", "Presets", "2x3090-256g").trigger()  # type: ignore[attr-defined]
+    assert {"CUDA0", "CUDA1"} <= _used(window)
+    _assert_no_stale_state(window)
+
+    for _ in range(3):
+        QTest.keyClick(window.tensor_view, Qt.Key.Key_Z, CTRL)
+    assert doc.rig == start_rig and doc.plan == start_plan
+    assert not doc.is_dirty
+    _assert_no_stale_state(window)
+
+
+def test_detected_hardware_replans(
+    window: MainWindow, qtbot: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moe_studio.core.hardware import detect
+
+    no_gpu = Rig("detected", HostInfo(64 * GiB, cores_physical=8), (), source="test")
+    monkeypatch.setattr(detect, "detect_rig", lambda: no_gpu)
+    doc = window.document
+    before = doc.plan
+    _menu_action(window, "Hardware", "Detected hardware").trigger()  # type: ignore[attr-defined]
+    qtbot.waitUntil(lambda: doc.rig == no_gpu)  # type: ignore[attr-defined]
+    assert _used(window) == {CPU_NAME}
+    _assert_no_stale_state(window)
+    assert doc.is_dirty
+    doc.undo_stack.undo()
+    assert doc.plan == before and doc.rig.gpus
+
+
+def test_undo_of_an_import_removes_the_devices_it_created(
+    window: MainWindow, qtbot: object
+) -> None:
+    doc = window.document
+    _activate(window, qtbot)
+    start_rig, start_plan = doc.rig, doc.plan
+    assert window.import_command_text(
+        'llama-server -m m.gguf -ngl 99 -ot "blk\\.(3|4)\\.ffn_.*=CUDA3"'
+    )
+    assert any(d.name == "CUDA3" for d in doc.rig.devices)
+    QTest.keyClick(window.tensor_view, Qt.Key.Key_Z, CTRL)
+    assert doc.rig == start_rig
+    assert doc.plan == start_plan
+    assert not any(d.name == "CUDA3" for d in doc.rig.devices)
+    QTest.keyClick(window.tensor_view, Qt.Key.Key_Y, CTRL)
+    assert any(d.name == "CUDA3" for d in doc.rig.devices)
