@@ -21,7 +21,14 @@ from moe_studio.core.hardware.devices import Rig
 from moe_studio.core.plan.autoplace import AutoPlacement, replan_for_rig
 from moe_studio.core.plan.layers import LayerSplit
 from moe_studio.core.plan.memory import Estimate
-from moe_studio.core.plan.placement import Edit, Plan, assign, initial_plan, reset, set_pinned
+from moe_studio.core.plan.placement import (
+    Edit,
+    Plan,
+    assign,
+    initial_plan,
+    restore_cells,
+    set_pinned,
+)
 from moe_studio.core.plan.planning import Planner, PlanResult
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.profiles.plans import profile_from_plan, update_profile
@@ -62,6 +69,8 @@ class Document(QObject):
         self._layout = layout
         self._planner = Planner(layout, rig, settings)
         self._plan = plan if plan is not None else initial_plan(layout)
+        # What "Reset all" returns to: the layout the model opened with, and the rig it was for.
+        self._opening = (rig, self._plan)
         self._estimate_cache: tuple[Plan, LayerSplit, Estimate] | None = None
         self.executable = "llama-server"
         # The profile this document was opened from or saved to (keeps its name, notes,
@@ -136,9 +145,22 @@ class Document(QObject):
         edit = set_pinned(self._layout, self._plan, cells, pinned)
         self.apply_edit(edit, f"{'Pin' if pinned else 'Unpin'} {len(cells)} cells")
 
-    def reset_cells(self, cells: Iterable[Cell] | None = None) -> None:
-        edit = reset(self._layout, self._plan, None if cells is None else list(cells))
-        self.apply_edit(edit, "Reset" if cells is None else "Reset cells")
+    def reset_cells(self, cells: Iterable[Cell]) -> None:
+        """``cells`` back to where the opening layout has them (see :meth:`opening_plan`)."""
+        edit = restore_cells(self._layout, self._plan, self.opening_plan(), cells)
+        self.apply_edit(edit, "Reset cells")
+
+    def opening_plan(self) -> Plan:
+        """The layout the model opened with (pins included) while the rig is the one it opened
+        on; on another rig, the layout opening it there gives (auto-placed afresh)."""
+        rig, plan = self._opening
+        if rig == self.rig:
+            return plan
+        return self._planner.auto_place(initial_plan(self._layout)).plan
+
+    def reset_all(self) -> None:
+        """Back to the layout the model opened with (one undo step)."""
+        self.apply_edit(Edit(self._plan, self.opening_plan(), frozenset()), "Reset all")
 
     def auto_place(self) -> AutoPlacement:
         """Auto-place every free cell as one undo step; returns the placement (with notes)."""
@@ -192,6 +214,7 @@ class Document(QObject):
         self._layout = layout
         self._planner = Planner(layout, self.rig, settings or self.settings)
         self._plan = plan if plan is not None else initial_plan(layout)
+        self._opening = (self.rig, self._plan)
         self._estimate_cache = None
         self.undo_stack.clear()
         self.model_changed.emit()

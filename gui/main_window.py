@@ -217,7 +217,9 @@ class MainWindow(QMainWindow):
         edit.addAction(redo)
         edit.addSeparator()
         edit.addAction("&Auto-place the rest", self.auto_place).setShortcut("Ctrl+Shift+A")
-        edit.addAction("&Reset all", lambda: self.document.reset_cells(None))
+        edit.addAction("&Reset all", self.document.reset_all).setToolTip(
+            "Back to the layout the model opened with (pins included)"
+        )
         edit.addAction("Select &all", self.tensor_view.selectAll).setShortcut(
             QKeySequence.StandardKey.SelectAll
         )

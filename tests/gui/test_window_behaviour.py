@@ -251,3 +251,21 @@ def test_undo_of_an_import_removes_the_devices_it_created(
     assert not any(d.name == "CUDA3" for d in doc.rig.devices)
     QTest.keyClick(window.tensor_view, Qt.Key.Key_Y, CTRL)
     assert any(d.name == "CUDA3" for d in doc.rig.devices)
+
+
+def test_reset_all_returns_to_the_opening_layout(window: MainWindow, qtbot: object) -> None:
+    doc = window.document
+    _activate(window, qtbot)
+    opened = doc.plan
+    doc.assign_cells(expert_cells(doc.layout, 20, 29), "CUDA0")
+    doc.pin_cells([(10, G.ATTENTION)], True)
+    _menu_action(window, "Edit", "Reset all").trigger()  # type: ignore[attr-defined]
+    assert doc.plan == opened
+    assert cell_device(doc.layout, doc.plan, (10, G.ATTENTION)) == "CUDA0"  # not all on CPU
+    QTest.keyClick(window.tensor_view, Qt.Key.Key_Z, CTRL)
+    assert doc.plan != opened  # one undo step
+    # After a switch to a rig without CUDA0, the opening layout is auto-placed for this rig.
+    _menu_action(window, "Hardware", "Presets", "2x3090-256g").trigger()  # type: ignore[attr-defined]
+    _menu_action(window, "Edit", "Reset all").trigger()  # type: ignore[attr-defined]
+    assert {"CUDA0", "CUDA1"} <= _used(window)
+    assert not doc.plan.pinned
