@@ -46,6 +46,7 @@ from moe_studio.gui.budget.budget_plot import BudgetPlot
 from moe_studio.gui.command_view import CommandView
 from moe_studio.gui.dialogs import ImportCommandDialog, MachineDialog, RpcDialog
 from moe_studio.gui.document import Document
+from moe_studio.gui.legend import LegendDialog
 from moe_studio.gui.messages import show_error
 from moe_studio.gui.palette import DevicePalette
 from moe_studio.gui.process.process_panel import ProcessPanel
@@ -102,6 +103,7 @@ class MainWindow(QMainWindow):
         self.qsettings = qsettings or QSettings()
         self.tasks = TaskRunner(self)
         self.last_error_dialog: QMessageBox | None = None
+        self.legend_dialog: LegendDialog | None = None
         self._task_error_title = "Cannot open the model"
         # Short jobs that must not cancel an opening model (hardware detection).
         self.background = Background(self)
@@ -244,6 +246,7 @@ class MainWindow(QMainWindow):
         hardware.addAction("Add &RPC device…", self.add_rpc_device)
 
         help_menu = bar.addMenu("&Help")
+        help_menu.addAction("&Legend", self.show_legend)
         help_menu.addAction("&About MoE Studio", self._about)
 
     def _build_status(self) -> None:
@@ -482,6 +485,13 @@ class MainWindow(QMainWindow):
             f"{format_bytes(layout.total_bytes)} · {rig.name}: {gpus}, "
             f"{format_bytes(rig.host.ram_total, precision=0)} RAM · {fits}"
         )
+
+    def show_legend(self) -> None:
+        """What every colour and mark means (non-modal, beside the window)."""
+        if self.legend_dialog is None:
+            self.legend_dialog = LegendDialog(self.document, self)
+        self.legend_dialog.show()
+        self.legend_dialog.activateWindow()
 
     def _about(self) -> None:
         from moe_studio.core import __version__

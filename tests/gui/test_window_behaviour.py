@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QPoint, QPointF, QSettings, Qt, QTimer
-from PySide6.QtGui import QKeySequence, QWheelEvent
+from PySide6.QtGui import QColor, QKeySequence, QWheelEvent
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QComboBox, QDialog, QPlainTextEdit
 
@@ -15,7 +15,7 @@ from moe_studio.core.gguf.tensors import TensorGroup
 from moe_studio.core.hardware.devices import CPU_NAME, HostInfo, Rig
 from moe_studio.core.plan.placement import cell_device, device_bytes, expert_cells
 from moe_studio.core.units import GiB
-from moe_studio.gui import main_window
+from moe_studio.gui import main_window, theme
 from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow
 
@@ -269,3 +269,65 @@ def test_reset_all_returns_to_the_opening_layout(window: MainWindow, qtbot: obje
     _menu_action(window, "Edit", "Reset all").trigger()  # type: ignore[attr-defined]
     assert {"CUDA0", "CUDA1"} <= _used(window)
     assert not doc.plan.pinned
+
+
+def _distance(a: QColor, b: QColor) -> float:
+    """CIELAB ΔE (CIE76) between two sRGB colours."""
+
+    def lab(c: QColor) -> tuple[float, float, float]:
+        lin = [
+            v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
+            for v in (c.redF(), c.greenF(), c.blueF())
+        ]
+        r, g, bl = lin
+        x = (0.4124 * r + 0.3576 * g + 0.1805 * bl) / 0.95047
+        y = 0.2126 * r + 0.7152 * g + 0.0722 * bl
+        z = (0.0193 * r + 0.1192 * g + 0.9505 * bl) / 1.08883
+
+        def f(t: float) -> float:
+            return float(t ** (1 / 3)) if t > 0.008856 else 7.787 * t + 16 / 116
+
+        return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+
+    return float(sum((p - q) ** 2 for p, q in zip(lab(a), lab(b), strict=True)) ** 0.5)
+
+
+def test_device_colours_never_reuse_a_budget_colour(window: MainWindow) -> None:
+    _menu_action(window, "Hardware", "Presets", "4x3090-tr-512g").trigger()  # type: ignore[attr-defined]
+    order = [f"CUDA{i}" for i in range(8)]
+    devices = [theme.device_color(n, order) for n in [*order, CPU_NAME]]
+    marks = [*theme.SEGMENT_COLORS.values(), theme.OVER_COLOR]
+    for d in devices:
+        for m in marks:
+            assert _distance(d, m) >= 20, (d.name(), m.name())
+    # The palette buttons show the same colours as the grid.
+    for name in ("CUDA0", "CUDA3", CPU_NAME):
+        assert name in window.device_palette.buttons
+
+
+def test_help_legend_explains_every_mark(window: MainWindow, qtbot: object, tmp_path: Path) -> None:
+    _menu_action(window, "Hardware", "Presets", "2x3090-256g").trigger()  # type: ignore[attr-defined]
+    _menu_action(window, "Help", "Legend").trigger()  # type: ignore[attr-defined]
+    dialog = window.legend_dialog
+    assert dialog is not None
+    qtbot.waitExposed(dialog)  # type: ignore[attr-defined]
+    text = "\n".join(dialog.texts)
+    for needle in (
+        "CUDA0",
+        "CUDA1",
+        "CPU",
+        "Pinned",
+        "Split cell",
+        "Not loaded",
+        "Weights",
+        "KV cache",
+        "Compute buffer",
+        "overhead",
+        "Over budget",
+        "Dashed line",
+        "Solid line",
+    ):
+        assert needle in text, needle
+    save_screenshot(dialog, "11-legend.png", tmp_path)
+    _menu_action(window, "Hardware", "Presets", "4x3090-tr-512g").trigger()  # type: ignore[attr-defined]
+    assert "CUDA3" in "\n".join(dialog.texts)
