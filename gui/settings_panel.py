@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import shlex
 
-from PySide6.QtCore import QEvent, QObject, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
-    QAbstractScrollArea,
     QAbstractSpinBox,
-    QApplication,
     QCheckBox,
     QComboBox,
     QFormLayout,
@@ -27,6 +25,7 @@ from moe_studio.core.gguf.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
 from moe_studio.core.plan.settings import DIALECTS, Dialect, Settings
 from moe_studio.core.units import MiB
 from moe_studio.gui.document import Document
+from moe_studio.gui.wheel import guard_wheel
 
 BATCH_CHOICES = ["128", "256", "512", "1024", "2048", "4096", "8192"]
 
@@ -46,27 +45,6 @@ def _spin(lo: int, hi: int, step: int = 1, special: str = "") -> QSpinBox:
     if special:
         box.setSpecialValueText(special)
     return box
-
-
-class _WheelGuard(QObject):
-    """Lets the wheel scroll the page over a field that has no focus (instead of changing it):
-    a field takes the wheel only once the user clicked or tabbed into it (KDE/Qt convention)."""
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if (
-            event.type() == QEvent.Type.Wheel
-            and isinstance(watched, QWidget)
-            and not watched.hasFocus()
-        ):
-            # Hand the wheel to the enclosing page's scroll bar ourselves: Qt propagates only
-            # spontaneous wheel events to the parent, and this must work the same for both.
-            parent = watched.parentWidget()
-            while parent is not None and not isinstance(parent, QAbstractScrollArea):
-                parent = parent.parentWidget()
-            if parent is not None:
-                QApplication.sendEvent(parent.verticalScrollBar(), event)
-            return True
-        return False
 
 
 class SettingsPanel(QWidget):
@@ -176,10 +154,9 @@ class SettingsPanel(QWidget):
             line.editingFinished.connect(self._on_field_changed)
         # Fields take focus by click or Tab only (not by the wheel), and ignore the wheel until
         # focused, so wheeling over the panel scrolls it and never adds an undo step.
-        self._wheel_guard = _WheelGuard(self)
-        for field in self.findChildren(QComboBox) + self.findChildren(QAbstractSpinBox):
-            field.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
-            field.installEventFilter(self._wheel_guard)
+        self._wheel_guard = guard_wheel(
+            self, self.findChildren(QComboBox) + self.findChildren(QAbstractSpinBox)
+        )
         document.settings_changed.connect(self.load)
         document.model_changed.connect(self.load)
         self.load()

@@ -16,6 +16,7 @@ from moe_studio.core.hardware.devices import CPU_NAME, HostInfo, Rig
 from moe_studio.core.plan.placement import cell_device, device_bytes, expert_cells
 from moe_studio.core.units import GiB
 from moe_studio.gui import main_window, theme
+from moe_studio.gui.app import _parser, build_window
 from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow
 
@@ -153,6 +154,13 @@ def test_the_wheel_scrolls_the_settings_instead_of_editing_them(
         assert window.document.settings == settings, field
         assert window.document.undo_stack.count() == steps
     assert bar.value() > 0  # the page scrolled instead
+    # The Engine combo above the command preview ignores the wheel too until focused.
+    window.tabs.setCurrentIndex(0)
+    engine = window.command_view.dialect
+    _wheel(engine)
+    assert window.document.settings == settings
+    assert engine.focusPolicy() == Qt.FocusPolicy.StrongFocus
+    window.tabs.setCurrentIndex(1)
     # A focused field still takes the wheel.
     panel.mla.setFocus()
     qtbot.waitUntil(panel.mla.hasFocus)  # type: ignore[attr-defined]
@@ -331,3 +339,11 @@ def test_help_legend_explains_every_mark(window: MainWindow, qtbot: object, tmp_
     save_screenshot(dialog, "11-legend.png", tmp_path)
     _menu_action(window, "Hardware", "Presets", "4x3090-tr-512g").trigger()  # type: ignore[attr-defined]
     assert "CUDA3" in "\n".join(dialog.texts)
+
+
+def test_start_up_with_another_rig_is_placed_for_it(qtbot: object, qsettings: QSettings) -> None:
+    window = build_window(_parser().parse_args(["--rig", "2x3090-256g"]), qsettings)
+    qtbot.addWidget(window)  # type: ignore[attr-defined]
+    assert {"CUDA0", "CUDA1"} <= _used(window)
+    _assert_no_stale_state(window)
+    assert not window.document.is_dirty
