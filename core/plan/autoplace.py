@@ -225,8 +225,43 @@ def auto_place(
             f"The GPUs cannot hold every layer's always-active part: layers 0–{gpu_from - 1} "
             f"stay on the CPU ({format_bytes(shortfall)} short)."
         )
+    notes += _pins_that_do_not_fit(layout, plan, budget)
     new = Plan(tuple(devices_out), plan.pinned)
     return AutoPlacement(new, shortfall, suggestions, tuple(notes))
+
+
+def _pins_that_do_not_fit(layout: ModelLayout, plan: Plan, budget: dict[str, int]) -> list[str]:
+    """For each device that pinned cells alone push over its budget: which pins to release (the
+    largest first, as few as cover the excess)."""
+    notes = []
+    for device, left in budget.items():
+        if left >= 0:
+            continue
+        mine = sorted(
+            (
+                (layout.cell_bytes.get(cell, 0), cell)
+                for cell in plan.pinned
+                if {plan.devices[i] for i in layout.cells.get(cell, ()) if plan.devices[i]}
+                == {device}
+            ),
+            key=lambda item: (-item[0], item[1]),
+        )
+        if not mine:
+            continue
+        chosen: list[str] = []
+        freed = 0
+        for size, (layer, group) in mine:
+            if freed >= -left:
+                break
+            where = "global" if layer == GLOBAL_LAYER else f"layer {layer}"
+            chosen.append(f"{where} {TensorGroup(group).label}")
+            freed += size
+        more = "" if freed >= -left else " (and still more)"
+        notes.append(
+            f"{device} cannot hold what is pinned to it: {format_bytes(-left)} over. Unpin "
+            f"{', '.join(chosen)}{more}, or move them to the CPU."
+        )
+    return notes
 
 
 def _suggestions(layout: ModelLayout, settings: Settings, shortfall: int) -> tuple[str, ...]:

@@ -50,3 +50,14 @@ def test_restore_cells_takes_devices_and_pins_from_the_source() -> None:
     edited = assign(layout, source, [(1, G.ATTENTION), (2, G.ATTENTION)], "CUDA1").after
     back = restore_cells(layout, edited, source, [(1, G.ATTENTION), (2, G.ATTENTION)]).after
     assert back == source
+
+
+def test_auto_place_names_the_pins_that_do_not_fit() -> None:
+    from moe_studio.core.plan.placement import expert_cells
+
+    layout = catalog.load_catalog("qwen3-30b-a3b")
+    rig = _rig(8)
+    plan = assign(layout, initial_plan(layout), expert_cells(layout, 0, 20), "CUDA0").after
+    placed = auto_place(layout, plan, rig, Settings(ctx=8192))
+    note = next(n for n in placed.notes if "cannot hold what is pinned" in n)
+    assert note.startswith("CUDA0") and "Unpin layer" in note

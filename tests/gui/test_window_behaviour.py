@@ -347,3 +347,16 @@ def test_start_up_with_another_rig_is_placed_for_it(qtbot: object, qsettings: QS
     assert {"CUDA0", "CUDA1"} <= _used(window)
     _assert_no_stale_state(window)
     assert not window.document.is_dirty
+
+
+def test_auto_place_with_pins_that_cannot_fit_says_what_to_unpin(
+    window: MainWindow, qtbot: object
+) -> None:
+    doc = window.document
+    _activate(window, qtbot)
+    doc.assign_cells(expert_cells(doc.layout, 20, 29), "CUDA0")  # pinned, 10 layers of experts
+    QTest.keyClick(window.tensor_view, Qt.Key.Key_A, CTRL | SHIFT)  # Auto-place the rest
+    qtbot.waitUntil(  # type: ignore[attr-defined]
+        lambda: "cannot hold what is pinned" in window.command_view.advice.text()
+    )
+    assert "Unpin layer" in window.command_view.advice.text()
