@@ -51,22 +51,24 @@ def _excepthook(kind: type[BaseException], error: BaseException, tb: object) -> 
     show_error(QApplication.activeWindow(), "MoE Studio", error)
 
 
-def demo_document() -> Document:
-    """The start-up picture: the demo model on the demo rig, advisor -b/-ub, auto-placed."""
+def demo_document(rig: Rig | None = None) -> Document:
+    """The start-up picture: the demo model on ``rig`` (the demo rig by default), advisor
+    -b/-ub, auto-placed for that rig."""
     layout = catalog.load_catalog(catalog.DEMO)
-    rig = load_preset(DEMO_RIG)
+    rig = rig if rig is not None else load_preset(DEMO_RIG)
     settings, placed = prepare_plan(layout, rig, DEMO_SETTINGS)
     assert isinstance(settings, Settings)
     return Document(layout, rig, settings, placed.plan)
 
 
 def build_window(args: argparse.Namespace, qsettings: QSettings | None = None) -> MainWindow:
-    document = demo_document()
+    rig: Rig | None = None
     if args.rig:
         from moe_studio.core.cli.hw import resolve_rig
 
-        rig: Rig = resolve_rig(args.rig)
-        document.set_rig(rig)
+        rig = resolve_rig(args.rig)
+    # Placed for the rig it starts on: no plan left on a device that rig lacks.
+    document = demo_document(rig)
     window = MainWindow(document, qsettings)
     if args.model:
         if args.model.startswith(catalog.PREFIX):

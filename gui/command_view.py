@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 from moe_studio.core.plan.planning import PlanResult
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document
+from moe_studio.gui.wheel import guard_wheel
 
 
 class CommandView(QWidget):
@@ -36,6 +37,7 @@ class CommandView(QWidget):
         self.dialect.addItem("ik_llama.cpp", "ik")
         self.dialect.addItem("llama.cpp (mainline)", "mainline")
         top.addWidget(self.dialect)
+        self._wheel_guard = guard_wheel(self, [self.dialect])
         top.addStretch(1)
         self.copy_button = QPushButton("Copy command")
         top.addWidget(self.copy_button)
@@ -62,11 +64,17 @@ class CommandView(QWidget):
         document.plan_changed.connect(self._schedule)
         document.settings_changed.connect(self._schedule)
         document.model_changed.connect(self._schedule)
-        document.rig_changed.connect(self._schedule)
+        document.rig_changed.connect(self._on_rig_changed)
         self.refresh()
 
     def command_text(self) -> str:
         return self.text.toPlainText()
+
+    def _on_rig_changed(self) -> None:
+        # Notes about the previous rig ("This rig has no GPU") would be stale; whoever changed
+        # the rig sets the new ones after.
+        self.extra_notes = []
+        self._schedule()
 
     def _schedule(self, *_: object) -> None:
         self._timer.start()

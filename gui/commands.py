@@ -7,6 +7,7 @@ from typing import Protocol
 from PySide6.QtGui import QUndoCommand
 
 from moe_studio.core.gguf.model import Cell
+from moe_studio.core.hardware.devices import Rig
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.settings import Settings
 
@@ -18,6 +19,8 @@ class Restorable(Protocol):
     def restore_plan(self, plan: Plan, cells: frozenset[Cell]) -> None: ...
 
     def restore_settings(self, settings: Settings) -> None: ...
+
+    def restore_rig(self, rig: Rig, plan: Plan) -> None: ...
 
 
 PLAN_STROKE_ID = 1001
@@ -72,3 +75,25 @@ class SettingsCommand(QUndoCommand):
 
     def undo(self) -> None:
         self._document.restore_settings(self.before)
+
+
+class RigCommand(QUndoCommand):
+    """Change the hardware and the plan re-placed for it, as one step."""
+
+    def __init__(
+        self,
+        document: Restorable,
+        before: tuple[Rig, Plan],
+        after: tuple[Rig, Plan],
+        text: str,
+    ) -> None:
+        super().__init__(text)
+        self._document = document
+        self.before = before
+        self.after = after
+
+    def redo(self) -> None:
+        self._document.restore_rig(*self.after)
+
+    def undo(self) -> None:
+        self._document.restore_rig(*self.before)

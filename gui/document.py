@@ -18,15 +18,22 @@ from PySide6.QtGui import QUndoStack
 
 from moe_studio.core.gguf.model import Cell, ModelLayout
 from moe_studio.core.hardware.devices import Rig
-from moe_studio.core.plan.autoplace import AutoPlacement
+from moe_studio.core.plan.autoplace import AutoPlacement, replan_for_rig
 from moe_studio.core.plan.layers import LayerSplit
 from moe_studio.core.plan.memory import Estimate
-from moe_studio.core.plan.placement import Edit, Plan, assign, initial_plan, reset, set_pinned
+from moe_studio.core.plan.placement import (
+    Edit,
+    Plan,
+    assign,
+    initial_plan,
+    restore_cells,
+    set_pinned,
+)
 from moe_studio.core.plan.planning import Planner, PlanResult
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.profiles.plans import profile_from_plan, update_profile
 from moe_studio.core.profiles.schema import Profile
-from moe_studio.gui.commands import PlanCommand, SettingsCommand
+from moe_studio.gui.commands import PlanCommand, RigCommand, SettingsCommand
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,8 @@ class Document(QObject):
         self._layout = layout
         self._planner = Planner(layout, rig, settings)
         self._plan = plan if plan is not None else initial_plan(layout)
+        # What "Reset all" returns to: the layout the model opened with, and the rig it was for.
+        self._opening = (rig, self._plan)
         self._estimate_cache: tuple[Plan, LayerSplit, Estimate] | None = None
         self.executable = "llama-server"
         # The profile this document was opened from or saved to (keeps its name, notes,
@@ -136,9 +145,22 @@ class Document(QObject):
         edit = set_pinned(self._layout, self._plan, cells, pinned)
         self.apply_edit(edit, f"{'Pin' if pinned else 'Unpin'} {len(cells)} cells")
 
-    def reset_cells(self, cells: Iterable[Cell] | None = None) -> None:
-        edit = reset(self._layout, self._plan, None if cells is None else list(cells))
-        self.apply_edit(edit, "Reset" if cells is None else "Reset cells")
+    def reset_cells(self, cells: Iterable[Cell]) -> None:
+        """``cells`` back to where the opening layout has them (see :meth:`opening_plan`)."""
+        edit = restore_cells(self._layout, self._plan, self.opening_plan(), cells)
+        self.apply_edit(edit, "Reset cells")
+
+    def opening_plan(self) -> Plan:
+        """The layout the model opened with (pins included) while the rig is the one it opened
+        on; on another rig, the layout opening it there gives (auto-placed afresh)."""
+        rig, plan = self._opening
+        if rig == self.rig:
+            return plan
+        return self._planner.auto_place(initial_plan(self._layout)).plan
+
+    def reset_all(self) -> None:
+        """Back to the layout the model opened with (one undo step)."""
+        self.apply_edit(Edit(self._plan, self.opening_plan(), frozenset()), "Reset all")
 
     def auto_place(self) -> AutoPlacement:
         """Auto-place every free cell as one undo step; returns the placement (with notes)."""
@@ -149,10 +171,17 @@ class Document(QObject):
     def replace_plan(self, plan: Plan, text: str) -> None:
         self.apply_edit(Edit(self._plan, plan, frozenset()), text)
 
-    def replace_plan_and_settings(self, plan: Plan, settings: Settings, text: str) -> None:
-        """Both as one undo step (an imported command)."""
+    def replace_plan_and_settings(
+        self, plan: Plan, settings: Settings, text: str, rig: Rig | None = None
+    ) -> None:
+        """All as one undo step (an imported command; its ``rig`` may add devices, which the
+        same Undo takes away again)."""
         self.undo_stack.beginMacro(text)
         try:
+            if rig is not None and rig != self.rig:
+                self.undo_stack.push(
+                    RigCommand(self, (self.rig, self._plan), (rig, self._plan), text)
+                )
             self.replace_plan(plan, text)
             self.set_settings(settings, text)
         finally:
@@ -163,11 +192,20 @@ class Document(QObject):
             self.undo_stack.push(SettingsCommand(self, self.settings, settings, text))
 
     def set_rig(self, rig: Rig) -> None:
-        """Change the hardware (not undoable: it is a fact about the machine, not an edit)."""
+        """Set the hardware without an undo step or a re-plan (start-up, an opened profile)."""
         self._planner.update(rig=rig)
         self._estimate_cache = None
         self.rig_changed.emit()
         self.plan_changed.emit(frozenset())
+
+    def change_rig(self, rig: Rig, text: str = "Change hardware") -> AutoPlacement:
+        """The user switched hardware: one undo step that also re-plans (pins whose device
+        remains stay, cells of vanished devices and new GPUs are auto-placed). Returns the
+        placement (with its notes)."""
+        placed = replan_for_rig(self._layout, self._plan, rig, self.settings)
+        if rig != self.rig or placed.plan != self._plan:
+            self.undo_stack.push(RigCommand(self, (self.rig, self._plan), (rig, placed.plan), text))
+        return placed
 
     def set_model(
         self, layout: ModelLayout, plan: Plan | None = None, settings: Settings | None = None
@@ -176,6 +214,7 @@ class Document(QObject):
         self._layout = layout
         self._planner = Planner(layout, self.rig, settings or self.settings)
         self._plan = plan if plan is not None else initial_plan(layout)
+        self._opening = (self.rig, self._plan)
         self._estimate_cache = None
         self.undo_stack.clear()
         self.model_changed.emit()
@@ -230,6 +269,13 @@ class Document(QObject):
     def restore_plan(self, plan: Plan, cells: frozenset[Cell]) -> None:
         self._plan = plan
         self.plan_changed.emit(cells)
+
+    def restore_rig(self, rig: Rig, plan: Plan) -> None:
+        self._planner.update(rig=rig)
+        self._plan = plan
+        self._estimate_cache = None
+        self.rig_changed.emit()
+        self.plan_changed.emit(frozenset())
 
     def restore_settings(self, settings: Settings) -> None:
         self._planner.update(settings=settings)

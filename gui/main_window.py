@@ -46,6 +46,7 @@ from moe_studio.gui.budget.budget_plot import BudgetPlot
 from moe_studio.gui.command_view import CommandView
 from moe_studio.gui.dialogs import ImportCommandDialog, MachineDialog, RpcDialog
 from moe_studio.gui.document import Document
+from moe_studio.gui.legend import LegendDialog
 from moe_studio.gui.messages import show_error
 from moe_studio.gui.palette import DevicePalette
 from moe_studio.gui.process.process_panel import ProcessPanel
@@ -57,7 +58,24 @@ from moe_studio.gui.tensor_map.view import TensorMapView
 
 log = logging.getLogger(__name__)
 MAX_RECENT = 10
+# Ctrl+Y is the other redo key users know (KDE and GNOME bind only Ctrl+Shift+Z to Redo).
+EXTRA_REDO_KEYS = ("Ctrl+Y",)
 Opened = tuple[ModelLayout, Settings, AutoPlacement]
+
+
+def key_bindings(key: QKeySequence.StandardKey) -> list[QKeySequence]:
+    """The platform's bindings for a standard key (a seam: tests pass another platform's)."""
+    return list(QKeySequence.keyBindings(key))
+
+
+def shortcuts(key: QKeySequence.StandardKey, *extra: str) -> list[QKeySequence]:
+    """The platform's bindings for ``key`` plus ``extra``, each once: a sequence bound twice is
+    an "Ambiguous shortcut overload" that Qt then ignores."""
+    result: list[QKeySequence] = []
+    for sequence in [*key_bindings(key), *(QKeySequence(e) for e in extra)]:
+        if not sequence.isEmpty() and sequence not in result:
+            result.append(sequence)
+    return result
 
 
 def prepare_plan(
@@ -85,6 +103,7 @@ class MainWindow(QMainWindow):
         self.qsettings = qsettings or QSettings()
         self.tasks = TaskRunner(self)
         self.last_error_dialog: QMessageBox | None = None
+        self.legend_dialog: LegendDialog | None = None
         self._task_error_title = "Cannot open the model"
         # Short jobs that must not cancel an opening model (hardware detection).
         self.background = Background(self)
@@ -193,16 +212,16 @@ class MainWindow(QMainWindow):
 
         edit = bar.addMenu("&Edit")
         undo = self.document.undo_stack.createUndoAction(self, "&Undo")
-        undo.setShortcut(QKeySequence.StandardKey.Undo)
+        undo.setShortcuts(shortcuts(QKeySequence.StandardKey.Undo))
         redo = self.document.undo_stack.createRedoAction(self, "&Redo")
-        redo.setShortcuts(
-            [QKeySequence("Ctrl+Shift+Z"), QKeySequence(QKeySequence.StandardKey.Redo)]
-        )
+        redo.setShortcuts(shortcuts(QKeySequence.StandardKey.Redo, *EXTRA_REDO_KEYS))
         edit.addAction(undo)
         edit.addAction(redo)
         edit.addSeparator()
         edit.addAction("&Auto-place the rest", self.auto_place).setShortcut("Ctrl+Shift+A")
-        edit.addAction("&Reset all", lambda: self.document.reset_cells(None))
+        edit.addAction("&Reset all", self.document.reset_all).setToolTip(
+            "Back to the layout the model opened with (pins included)"
+        )
         edit.addAction("Select &all", self.tensor_view.selectAll).setShortcut(
             QKeySequence.StandardKey.SelectAll
         )
@@ -227,6 +246,7 @@ class MainWindow(QMainWindow):
         hardware.addAction("Add &RPC device…", self.add_rpc_device)
 
         help_menu = bar.addMenu("&Help")
+        help_menu.addAction("&Legend", self.show_legend)
         help_menu.addAction("&About MoE Studio", self._about)
 
     def _build_status(self) -> None:
@@ -368,7 +388,11 @@ class MainWindow(QMainWindow):
 
     def import_command_dialog(self) -> None:
         dialog = ImportCommandDialog(self)
-        if dialog.exec():
+        accepted = dialog.exec()
+        # Keys typed next belong to the grid, never to a settings field that Qt picked when the
+        # dialog closed (typing "m" there switched the engine to mainline).
+        self.tensor_view.setFocus(Qt.FocusReason.OtherFocusReason)
+        if accepted:
             self.import_command_text(dialog.command())
 
     def import_command_text(self, text: str) -> bool:
@@ -377,9 +401,7 @@ class MainWindow(QMainWindow):
         except MoeStudioError as exc:
             self.last_error_dialog = show_error(self, "Cannot import the command", exc)
             return False
-        if rig != self.document.rig:
-            self.document.set_rig(rig)
-        self.document.replace_plan_and_settings(plan, imported.settings, "Import command")
+        self.document.replace_plan_and_settings(plan, imported.settings, "Import command", rig)
         self.command_view.extra_notes = list(imported.notes)
         self.command_view.refresh()
         return True
@@ -397,14 +419,21 @@ class MainWindow(QMainWindow):
 
     def _on_rig_ready(self, rig: object) -> None:
         assert isinstance(rig, Rig)
-        self.document.set_rig(rig)
-        if rig.notes:
-            self.command_view.extra_notes = list(rig.notes)
-            self.command_view.refresh()
+        self.change_rig(rig, "Use detected hardware")
+
+    def change_rig(self, rig: Rig, text: str) -> None:
+        """Switch hardware as one undoable step that re-plans; the notes and advice shown are
+        about the new rig only."""
+        placed = self.document.change_rig(rig, text)
+        self.command_view.extra_notes = (
+            list(rig.notes) + list(placed.notes) + [f"would help: {s}" for s in placed.suggestions]
+        )
+        self.command_view.refresh()
+        self._update_status()
 
     def use_preset(self, name: str) -> None:
         try:
-            self.document.set_rig(load_preset(name))
+            self.change_rig(load_preset(name), f"Use the {name} preset")
         except MoeStudioError as exc:
             self.last_error_dialog = show_error(self, "Cannot use the preset", exc)
 
@@ -415,19 +444,19 @@ class MainWindow(QMainWindow):
         if not path:
             return
         try:
-            self.document.set_rig(load_rig_file(path))
+            self.change_rig(load_rig_file(path), f"Use rig file {Path(path).name}")
         except MoeStudioError as exc:
             self.last_error_dialog = show_error(self, "Cannot use the rig file", exc)
 
     def plan_for_another_machine(self) -> None:
         dialog = MachineDialog(self.document.rig, self)
         if dialog.exec() and dialog.result_rig is not None:
-            self.document.set_rig(dialog.result_rig)
+            self.change_rig(dialog.result_rig, "Plan for another machine")
 
     def add_rpc_device(self) -> None:
         dialog = RpcDialog(self.document.rig, self)
         if dialog.exec() and dialog.result_rig is not None:
-            self.document.set_rig(dialog.result_rig)
+            self.change_rig(dialog.result_rig, "Add an RPC device")
 
     # --- look ----------------------------------------------------------------------------------
 
@@ -456,6 +485,13 @@ class MainWindow(QMainWindow):
             f"{format_bytes(layout.total_bytes)} · {rig.name}: {gpus}, "
             f"{format_bytes(rig.host.ram_total, precision=0)} RAM · {fits}"
         )
+
+    def show_legend(self) -> None:
+        """What every colour and mark means (non-modal, beside the window)."""
+        if self.legend_dialog is None:
+            self.legend_dialog = LegendDialog(self.document, self)
+        self.legend_dialog.show()
+        self.legend_dialog.activateWindow()
 
     def _about(self) -> None:
         from moe_studio.core import __version__

@@ -10,6 +10,7 @@ import shlex
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QCheckBox,
     QComboBox,
     QFormLayout,
@@ -24,6 +25,7 @@ from moe_studio.core.gguf.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
 from moe_studio.core.plan.settings import DIALECTS, Dialect, Settings
 from moe_studio.core.units import MiB
 from moe_studio.gui.document import Document
+from moe_studio.gui.wheel import guard_wheel
 
 BATCH_CHOICES = ["128", "256", "512", "1024", "2048", "4096", "8192"]
 
@@ -150,6 +152,11 @@ class SettingsPanel(QWidget):
             check.toggled.connect(self._on_field_changed)
         for line in (self.host, self.extra):
             line.editingFinished.connect(self._on_field_changed)
+        # Fields take focus by click or Tab only (not by the wheel), and ignore the wheel until
+        # focused, so wheeling over the panel scrolls it and never adds an undo step.
+        self._wheel_guard = guard_wheel(
+            self, self.findChildren(QComboBox) + self.findChildren(QAbstractSpinBox)
+        )
         document.settings_changed.connect(self.load)
         document.model_changed.connect(self.load)
         self.load()

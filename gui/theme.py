@@ -10,7 +10,8 @@ from PySide6.QtWidgets import QApplication
 from moe_studio.core.hardware.devices import CPU_NAME
 
 CPU_COLOR = QColor("#9a9a9a")
-# Okabe–Ito, reordered so neighbouring devices contrast in luminance as well as hue.
+# Okabe–Ito, reordered so neighbouring devices contrast in luminance as well as hue. Vermillion is
+# left out: it means "over budget".
 GPU_COLORS = [
     QColor("#0072B2"),  # blue
     QColor("#E69F00"),  # orange
@@ -18,17 +19,19 @@ GPU_COLORS = [
     QColor("#009E73"),  # bluish green
     QColor("#F0E442"),  # yellow
     QColor("#CC79A7"),  # reddish purple
-    QColor("#D55E00"),  # vermillion
     QColor("#000000"),  # black
 ]
 OVER_COLOR = QColor("#D55E00")
 MIXED_COLOR = QColor("#c8c8c8")
 
+# What fills a budget bar: a brown ramp, dark to light, a hue family no device uses, so a bar's
+# "weights" never reads as "CUDA0" (each is >= 29 CIELAB ΔE from every device colour, and the
+# four differ in lightness, which colour-blind readers see too).
 SEGMENT_COLORS = {
-    "weights": QColor("#0072B2"),
-    "kv": QColor("#56B4E9"),
-    "compute": QColor("#E69F00"),
-    "overhead": QColor("#9a9a9a"),
+    "weights": QColor("#5B3A1F"),
+    "kv": QColor("#94673C"),
+    "compute": QColor("#C9A67A"),
+    "overhead": QColor("#EFE3CF"),
 }
 
 

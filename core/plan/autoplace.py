@@ -16,7 +16,7 @@ Pinned cells are never moved; their bytes count where they are.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from moe_studio.core.gguf.model import Cell, ModelLayout
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
@@ -231,8 +231,43 @@ def auto_place(
             f"The GPUs cannot hold every layer's always-active part: layers 0–{gpu_from - 1} "
             f"stay on the CPU ({format_bytes(shortfall)} short)."
         )
+    notes += _pins_that_do_not_fit(layout, plan, budget)
     new = Plan(tuple(devices_out), plan.pinned)
     return AutoPlacement(new, shortfall, suggestions, tuple(notes))
+
+
+def _pins_that_do_not_fit(layout: ModelLayout, plan: Plan, budget: dict[str, int]) -> list[str]:
+    """For each device that pinned cells alone push over its budget: which pins to release (the
+    largest first, as few as cover the excess)."""
+    notes = []
+    for device, left in budget.items():
+        if left >= 0:
+            continue
+        mine = sorted(
+            (
+                (layout.cell_bytes.get(cell, 0), cell)
+                for cell in plan.pinned
+                if {plan.devices[i] for i in layout.cells.get(cell, ()) if plan.devices[i]}
+                == {device}
+            ),
+            key=lambda item: (-item[0], item[1]),
+        )
+        if not mine:
+            continue
+        chosen: list[str] = []
+        freed = 0
+        for size, (layer, group) in mine:
+            if freed >= -left:
+                break
+            where = "global" if layer == GLOBAL_LAYER else f"layer {layer}"
+            chosen.append(f"{where} {TensorGroup(group).label}")
+            freed += size
+        more = "" if freed >= -left else " (and still more)"
+        notes.append(
+            f"{device} cannot hold what is pinned to it: {format_bytes(-left)} over. Unpin "
+            f"{', '.join(chosen)}{more}, or move them to the CPU."
+        )
+    return notes
 
 
 def _suggestions(layout: ModelLayout, settings: Settings, shortfall: int) -> tuple[str, ...]:
@@ -251,3 +286,24 @@ def _suggestions(layout: ModelLayout, settings: Settings, shortfall: int) -> tup
         f"another GPU with at least {format_bytes(shortfall + 2 * 2**30)} would hold the rest"
     )
     return tuple(out)
+
+
+def replan_for_rig(layout: ModelLayout, plan: Plan, rig: Rig, settings: Settings) -> AutoPlacement:
+    """The plan carried over to another rig: pins whose devices the rig still has stay where
+    they are; pins on a vanished device are released, and every free cell (those included) is
+    auto-placed, so new GPUs are filled and nothing is left on a device the rig lacks."""
+    known = {d.name for d in rig.devices} | {CPU_NAME}
+    kept = frozenset(
+        cell
+        for cell in plan.pinned
+        if all(plan.devices[i] in known for i in layout.cells.get(cell, ()) if plan.devices[i])
+    )
+    placed = auto_place(layout, Plan(plan.devices, kept), rig, settings)
+    released = len(plan.pinned) - len(kept)
+    if released:
+        note = (
+            f"{released} pinned cell{'s' if released != 1 else ''} sat on a device this rig "
+            "does not have; they were unpinned and auto-placed."
+        )
+        return replace(placed, notes=(*placed.notes, note))
+    return placed

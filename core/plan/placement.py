@@ -144,6 +144,17 @@ def reset(layout: ModelLayout, plan: Plan, cells: Iterable[Cell] | None = None) 
     return Edit(plan, Plan(edit.after.devices, plan.pinned - touched), touched)
 
 
+def restore_cells(layout: ModelLayout, plan: Plan, source: Plan, cells: Iterable[Cell]) -> Edit:
+    """``cells`` as ``source`` has them (devices and pins): a partial reset to a saved layout."""
+    touched = _check_cells(layout, cells)
+    devices = list(plan.devices)
+    for cell in touched:
+        for i in layout.cells[cell]:
+            devices[i] = source.devices[i]
+    pinned = (plan.pinned - touched) | (source.pinned & touched)
+    return Edit(plan, Plan(tuple(devices), pinned), touched)
+
+
 # --- selections ----------------------------------------------------------------------------------
 
 

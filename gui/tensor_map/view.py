@@ -189,7 +189,7 @@ class TensorMapView(QTableView):
         reset_sel.setEnabled(bool(cells))
         reset_sel.triggered.connect(lambda: self._document.reset_cells(self.selected_cells()))
         reset_all = menu.addAction("Reset all")
-        reset_all.triggered.connect(lambda: self._document.reset_cells(None))
+        reset_all.triggered.connect(self._document.reset_all)
         menu.addSeparator()
         rows = sorted({i.row() for i in self.selectionModel().selectedIndexes()})
         collapse = menu.addAction("Collapse rows into a range")
