@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from moe_studio.core.errors import Cancelled, GGUFFormatError, ShardError, UnknownTypeError
+from moe_studio.core.errors import (
+    Cancelled,
+    GGUFFormatError,
+    ShardError,
+    UnknownTypeError,
+    describe_file_kind,
+)
 from moe_studio.core.gguf.ggml_types import type_by_id
 
 log = logging.getLogger(__name__)
@@ -332,21 +338,6 @@ def _open(source: str | os.PathLike[str] | BinaryIO) -> tuple[BinaryIO, str, boo
             raise GGUFFormatError(path, f"cannot be opened: {exc.strerror}") from None
     name = getattr(source, "name", None)
     return source, str(name) if isinstance(name, str) else "<stream>", False
-
-
-def describe_file_kind(mode: int) -> str:
-    """What a non-regular file is, in words ("a named pipe (FIFO)", "a character device")."""
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
 
 
 def _stream_size(stream: BinaryIO) -> int | None:

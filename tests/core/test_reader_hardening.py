@@ -222,3 +222,24 @@ def test_u32_alignment_is_accepted() -> None:
 
 def test_every_refusal_is_a_model_file_error() -> None:
     assert issubclass(GGUFFormatError, ModelFileError)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_profiles_and_rig_files_must_be_regular_files(tmp_path: Path, kind: str) -> None:
+    from moe_studio.core.errors import HardwareError, ProfileError
+    from moe_studio.core.hardware.rigs import load_rig_file
+    from moe_studio.core.profiles.schema import load_profile
+
+    if kind == "fifo":
+        target = tmp_path / "thing"
+        os.mkfifo(target)
+        said = "named pipe"
+    else:
+        if not Path("/dev/zero").exists():
+            pytest.skip("needs /dev/zero")
+        target = Path("/dev/zero")
+        said = "character device"
+    with pytest.raises(ProfileError, match=said):
+        load_profile(target)
+    with pytest.raises(HardwareError, match=said):
+        load_rig_file(target)
