@@ -17,7 +17,7 @@ from moe_studio.core.gguf import catalog
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan.placement import Plan, as_mapping, initial_plan
 from moe_studio.core.plan.planning import Planner, PlanResult, apply_pin
-from moe_studio.core.plan.settings import DIALECTS, Settings
+from moe_studio.core.plan.settings import DIALECTS, Settings, exposure_warning
 from moe_studio.core.units import format_bytes, parse_memory
 
 
@@ -176,6 +176,9 @@ def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
         base = imported.settings
         notes += imported.notes
     settings = _settings(args, base)
+    exposed = exposure_warning(settings.host)
+    if exposed:
+        notes.append(exposed)
     for rule in args.pin:
         plan = apply_pin(layout, plan, rule).after
     planner = Planner(layout, rig, settings)

@@ -77,6 +77,21 @@ def check_extra_args(value: object) -> None:
         )
 
 
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+def exposure_warning(host: str) -> str | None:
+    """A warning when ``host`` makes llama-server listen beyond this machine, else None."""
+    if host.startswith(_LOOPBACK) or host == "[::1]":
+        return None
+    everywhere = host in ("0.0.0.0", "::", "[::]", "*")
+    where = "on every network interface" if everywhere else f"on {host}"
+    return (
+        f"--host {host}: llama-server will listen {where} with no authentication; anyone who "
+        "can reach this machine can use the model (use 127.0.0.1, or an --api-key)"
+    )
+
+
 def validate_settings(settings: Settings) -> None:
     """Check every number and the host in ``settings`` (called once, when they are built)."""
     for name in LIMITS:

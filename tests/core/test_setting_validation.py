@@ -66,3 +66,17 @@ def test_settings_cannot_be_built_out_of_range() -> None:
     with pytest.raises(CommandError, match="--extra"):
         Settings(extra_args=(["--"],))  # type: ignore[arg-type]
     assert Settings().port == 8080
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5"])
+def test_plan_warns_when_the_server_listens_beyond_this_machine(
+    capsys: pytest.CaptureFixture[str], host: str
+) -> None:
+    assert main([*BASE, "--host", host]) == 0
+    out = capsys.readouterr().out
+    assert f"--host {host}" in out and "no authentication" in out
+
+
+def test_loopback_hosts_get_no_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*BASE, "--host", "127.0.0.1"]) == 0
+    assert "no authentication" not in capsys.readouterr().out
