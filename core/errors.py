@@ -21,6 +21,7 @@ it in its error dialog with ``details`` folded away. Nothing else should escape 
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 
@@ -100,3 +101,18 @@ class EngineError(MoeStudioError):
 
 class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error a user reads
     """Raised inside long work when its ``cancelled`` callable returned true."""
+
+
+def describe_file_kind(mode: int) -> str:
+    """What a non-regular file is, in words ("a named pipe (FIFO)", "a character device")."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from moe_studio.core.errors import MoeStudioError
+from moe_studio.core.errors import MoeStudioError, describe_file_kind
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,33 @@ _TMP_SUFFIX = ".tmp"
 # A temporary file counts as abandoned after this long even when its writer cannot be checked
 # (Windows) or its pid was reused.
 _STALE_AFTER_S = 3600.0
+
+
+class NotARegularFileError(OSError):
+    """A path that exists but is a FIFO, device, socket or folder, or a file past a size limit."""
+
+
+def read_regular_file(path: str | os.PathLike[str], *, limit: int = 64 * 1024 * 1024) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
+
+    Checked before opening, so a FIFO never blocks and ``/dev/zero`` is never read.
+
+    Raises:
+        FileNotFoundError, OSError: as :func:`open`.
+        NotARegularFileError: ``path`` is something else (``strerror`` says what), or too large.
+    """
+    p = Path(path)
+    mode = p.stat().st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a regular file", str(p))
+    if not stat.S_ISREG(mode):
+        kind = describe_file_kind(mode)
+        raise NotARegularFileError(errno.EINVAL, f"{kind}, not a regular file", str(p))
+    with p.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise NotARegularFileError(errno.EFBIG, f"larger than {limit} bytes", str(p))
+    return data
 
 
 def backup_path(path: str | os.PathLike[str]) -> Path:

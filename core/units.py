@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from moe_studio.core.errors import MoeStudioError
@@ -50,7 +51,38 @@ def parse_size(text: str, *, default_unit: str = "") -> int:
         raise MoeStudioError(
             f"{text!r} has an unknown unit {unit!r}; use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)."
         )
-    return round(float(number) * _UNITS[unit])
+    value = float(number) * _UNITS[unit]
+    if not math.isfinite(value) or value >= 2**63:
+        raise MoeStudioError(f"{text[:40]!r} is not a size any machine has.")
+    return round(value)
+
+
+# A device or host memory size a user may give: more than nothing, less than any machine made.
+MEMORY_RANGE = (1 * 1024**2, 1024**5)  # 1 MiB .. 1 PiB
+
+
+def parse_memory(flag: str, text: str) -> int:
+    """A device or RAM size for ``flag``, checked against :data:`MEMORY_RANGE`.
+
+    Raises:
+        MoeStudioError: not a size, or out of range (the message names the flag and the range).
+    """
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    if text.strip().replace(".", "", 1).isdigit():
+        raise MoeStudioError(
+            f"{flag} {shown}: the size has no unit; write it with one, for example {shown}GiB."
+        )
+    try:
+        value = parse_size(text)
+    except MoeStudioError as exc:
+        raise MoeStudioError(f"{flag}: {exc}") from None
+    low, high = MEMORY_RANGE
+    if not low <= value <= high:
+        raise MoeStudioError(
+            f"{flag} {shown} is out of range: a memory size must be between "
+            f"{format_bytes(low)} and {format_bytes(high)}."
+        )
+    return value
 
 
 def format_bytes(n: float, *, precision: int = 1) -> str:

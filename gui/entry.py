@@ -13,6 +13,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args and (args[0] in cli.command_names() or args[0] in ("-h", "--help", "--version")):
         return cli.main(args)
+    problem = cli.unknown_command(args[0]) if args else None
+    if problem is not None:
+        print(f"moe-studio: {problem}", file=sys.stderr)
+        return 2
     from moe_studio.gui.app import main as app_main
 
     return app_main(args)

@@ -20,6 +20,7 @@ from moe_studio.core.errors import ExportError, MoeStudioError, ProfileError
 from moe_studio.core.fsutil import atomic_write_bytes
 from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.plan.settings import exposure_warning
 from moe_studio.core.profiles.exports import (
     ExportFormat,
     bash_script,
@@ -160,6 +161,9 @@ def render(
     """
     argv, env, numactl = list(spec.argv), dict(spec.env), list(spec.numactl)
     notes: list[str] = []
+    exposed = exposure_warning(profile.settings.host)
+    if exposed:
+        notes.append(exposed)
     ident = model_id or default_model_id(profile)
     if fmt in (ExportFormat.BATCH, ExportFormat.POWERSHELL) and numactl:
         notes.append(f"left out the numactl prefix ({' '.join(numactl)}): Windows has no numactl")

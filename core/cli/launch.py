@@ -31,6 +31,7 @@ from moe_studio.core.engine.log_patterns import expected_load_dots
 from moe_studio.core.errors import EngineError
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.planning import Planner
+from moe_studio.core.plan.settings import exposure_warning
 from moe_studio.core.units import format_bytes
 
 POLL_INTERVAL = 0.5
@@ -115,6 +116,9 @@ def _from_profile(
     require_model(profile, layout)
     planner, plan = planner_from_profile(profile, layout)
     notes = list(profile.warnings)
+    exposed = exposure_warning(profile.settings.host)
+    if exposed:
+        notes.append(exposed)
     given = {k for k in _OVERRIDES if getattr(args, k, None) != defaults.get(k)}
     if given:
         # The plan options the user typed win over the profile's settings.

@@ -11,6 +11,7 @@ failure).
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import os
@@ -34,6 +35,22 @@ COMMANDS: dict[str, str] = {
 
 def command_names() -> set[str]:
     return set(COMMANDS)
+
+
+def unknown_command(word: str) -> str | None:
+    """The one-line error for a first argument that looks like a mistyped command, else None.
+
+    A word that is no command, no existing path and has neither a folder separator nor a file
+    extension cannot be a model to open, so the GUI must not start for it.
+    """
+    if word in COMMANDS or word.startswith("-") or not word:
+        return None
+    if "/" in word or os.sep in word or "." in word or os.path.exists(word):
+        return None
+    close = difflib.get_close_matches(word, sorted(COMMANDS), n=1, cutoff=0.6)
+    if close:
+        return f"unknown command {word!r}; did you mean {close[0]!r}?"
+    return f"unknown command {word!r}; the commands are {', '.join(sorted(COMMANDS))}"
 
 
 def _command_in(argv: Sequence[str]) -> str | None:

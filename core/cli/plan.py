@@ -17,8 +17,8 @@ from moe_studio.core.gguf import catalog
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan.placement import Plan, as_mapping, initial_plan
 from moe_studio.core.plan.planning import Planner, PlanResult, apply_pin
-from moe_studio.core.plan.settings import DIALECTS, Settings
-from moe_studio.core.units import format_bytes, parse_size
+from moe_studio.core.plan.settings import DIALECTS, Settings, exposure_warning
+from moe_studio.core.units import format_bytes, parse_memory
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,11 +83,9 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     place.add_argument("--engine", metavar="PATH", help="llama-server to write into the command")
 
 
-def _memory(text: str) -> int:
+def _memory(text: str, flag: str = "--gpu") -> int:
     """A memory size from the command line; a bare number is refused (bytes? GB? GiB?)."""
-    if text.strip().replace(".", "", 1).isdigit():
-        raise MoeStudioError(f"{text!r} has no unit; write it with one, for example {text}GiB.")
-    return parse_size(text)
+    return parse_memory(flag, text)
 
 
 def _rig(args: argparse.Namespace) -> Rig:
@@ -115,12 +113,12 @@ def _rig(args: argparse.Namespace) -> Rig:
             )
         from moe_studio.core.hardware.rpc import rpc_device
 
-        devices.append(rpc_device(endpoint, _memory(size), label="RPC"))
+        devices.append(rpc_device(endpoint, _memory(size, "--rpc"), label="RPC"))
     host = rig.host
     if args.ram:
         from dataclasses import replace
 
-        host = replace(host, ram_total=_memory(args.ram))
+        host = replace(host, ram_total=_memory(args.ram, "--ram"))
     if not host.ram_total:
         raise MoeStudioError("Say how much RAM the machine has: --ram 256GiB.")
     rpc = [d for d in devices if d.kind is DeviceKind.RPC]
@@ -178,6 +176,9 @@ def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
         base = imported.settings
         notes += imported.notes
     settings = _settings(args, base)
+    exposed = exposure_warning(settings.host)
+    if exposed:
+        notes.append(exposed)
     for rule in args.pin:
         plan = apply_pin(layout, plan, rule).after
     planner = Planner(layout, rig, settings)

@@ -8,6 +8,7 @@ takes it.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -214,22 +215,86 @@ class ModelLayout:
         return bool(by_layer) and all(len(types) == 1 for types in by_layer.values())
 
 
+# Largest value each hyperparameter may take: generous next to any real model (DeepSeek-V3 has 61
+# layers, 256 experts, n_embd 7168), small enough that one flipped bit cannot make us allocate
+# one entry per claimed layer. Keys are relative to ``<architecture>.``.
+MAX_LAYERS = 4096
+_HPARAM_LIMITS: dict[str, int] = {
+    "block_count": MAX_LAYERS,
+    "embedding_length": 1 << 20,
+    "feed_forward_length": 1 << 22,
+    "attention.head_count": 1 << 16,
+    "attention.head_count_kv": 1 << 16,
+    "attention.key_length": 1 << 16,
+    "attention.value_length": 1 << 16,
+    "attention.key_length_mla": 1 << 16,
+    "attention.value_length_mla": 1 << 16,
+    "attention.kv_lora_rank": 1 << 20,
+    "attention.q_lora_rank": 1 << 20,
+    "attention.sliding_window": 1 << 32,
+    "rope.dimension_count": 1 << 16,
+    "expert_count": 1 << 16,
+    "expert_used_count": 1 << 16,
+    "expert_shared_count": 1 << 16,
+    "expert_feed_forward_length": 1 << 22,
+    "leading_dense_block_count": MAX_LAYERS,
+    "nextn_predict_layers": MAX_LAYERS,
+    "interleave_moe_layer_step": MAX_LAYERS,
+    "context_length": 1 << 32,
+    "vocab_size": 1 << 32,
+}
+
+
+def check_hyperparameters(model: GGUFModel, arch: str) -> None:
+    """Refuse hyperparameters no engine would accept before anything is sized by them.
+
+    Raises:
+        GGUFFormatError: a value that is not a finite number in the key's range (names the file,
+            the byte offset of the key and the field).
+    """
+    head = model.first
+    for key, limit in _HPARAM_LIMITS.items():
+        name = f"{arch}.{key}"
+        value = head.metadata.get(name)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                bad = f"is {v}"
+            elif v < 0 or v > limit:
+                bad = f"is {v}, outside 0..{limit}"
+            else:
+                continue
+            raise GGUFFormatError(
+                head.path,
+                f"field {name} {bad}; no engine loads such a model, the header is corrupt",
+                offset=head.offset_of(name),
+            )
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v))
+
+
 def _as_tuple(value: MetaValue, n: int, default: int) -> tuple[int, ...]:
     if isinstance(value, list):
-        vals = [int(v) for v in value if isinstance(v, int | float)]
+        vals = [int(v) for v in value if isinstance(v, int | float) and _finite(v)]
         if len(vals) >= n:
             return tuple(vals[:n])
         return tuple(vals + [vals[-1] if vals else default] * (n - len(vals)))
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool) and _finite(value):
         return (int(value),) * n
     return (default,) * n
 
 
 def _as_int(value: MetaValue, default: int = 0) -> int:
     if isinstance(value, list):
-        ints = [int(v) for v in value if isinstance(v, int | float)]
+        ints = [int(v) for v in value if isinstance(v, int | float) and _finite(v)]
         return max(ints) if ints else default
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool) and _finite(value):
         return int(value)
     return default
 
@@ -328,6 +393,7 @@ def layout_from_gguf(model: GGUFModel) -> ModelLayout:
             model.first.path,
             "has no general.architecture; it is not a model file the engines can load",
         )
+    check_hyperparameters(model, arch)
     raw = [
         (t.name, t.shape, t.type_id, t.nbytes, i)
         for i, shard in enumerate(model.shards)
@@ -336,6 +402,16 @@ def layout_from_gguf(model: GGUFModel) -> ModelLayout:
     n_layer = _as_int(meta.get(f"{arch}.block_count"))
     nextn = _as_int(meta.get(f"{arch}.nextn_predict_layers"))
     tensors = classify_tensors(raw, n_layer, nextn)
+    deepest = max(tensors, key=lambda t: t.layer, default=None)
+    if deepest is not None and deepest.layer >= MAX_LAYERS:
+        shard = model.shards[deepest.shard]
+        info = next((t for t in shard.tensors if t.name == deepest.name), None)
+        raise GGUFFormatError(
+            shard.path,
+            f"tensor {deepest.name} names layer {deepest.layer}; a model has at most "
+            f"{MAX_LAYERS} layers, the tensor table is corrupt",
+            offset=None if info is None else info.info_offset,
+        )
     hparams = hyperparams_from_metadata(meta, tensors)
     name = meta.get("general.name")
     return ModelLayout(

@@ -15,13 +15,20 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import struct
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from moe_studio.core.errors import Cancelled, GGUFFormatError, ShardError, UnknownTypeError
+from moe_studio.core.errors import (
+    Cancelled,
+    GGUFFormatError,
+    ShardError,
+    UnknownTypeError,
+    describe_file_kind,
+)
 from moe_studio.core.gguf.ggml_types import type_by_id
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,11 @@ SMALL_ARRAY = 4096
 MAX_STRING = 256 * 1024 * 1024
 _CHUNK = 64 * 1024
 _MAX_READ = 16 * 1024 * 1024
+# gguf-split names shards with five digits, and no published model has more than a few hundred;
+# a larger split.count is a damaged header, and must not make us build one path per claimed shard.
+MAX_SHARDS = 1000
+# How many missing shard names an error message lists before it says "and N more".
+_LIST_MISSING = 5
 
 # GGUF metadata value types.
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = (
@@ -127,6 +139,11 @@ class GGUFHeader:
     data_start: int
     file_size: int | None
     warnings: tuple[str, ...] = ()
+    # Where each metadata key's record starts in the file, for error messages about its value.
+    key_offsets: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def offset_of(self, key: str) -> int | None:
+        return self.key_offsets.get(key)
 
     def get_int(self, key: str, default: int | None = None) -> int | None:
         value = self.metadata.get(key, default)
@@ -278,7 +295,9 @@ class _Reader:
                     (length,) = unpack(buf, p)
                     p += 8 + length
                 i += 1
-            except struct.error:
+            except (struct.error, OverflowError):
+                # struct.error: the next length field is past the window; OverflowError: a length
+                # of 2**63 or more pushed ``p`` past what an offset can be (corruption, below).
                 pass
             done += i
             self.pos = base + p
@@ -296,9 +315,20 @@ class _Reader:
 def _open(source: str | os.PathLike[str] | BinaryIO) -> tuple[BinaryIO, str, bool]:
     if isinstance(source, str | os.PathLike):
         path = Path(source)
-        if path.is_dir():
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise GGUFFormatError(path, "does not exist") from None
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise GGUFFormatError(path, f"cannot be opened: {reason}") from None
+        if stat.S_ISDIR(mode):
             raise GGUFFormatError(
                 path, "is a folder, not a GGUF file; choose the model's .gguf file (any shard)"
+            )
+        if not stat.S_ISREG(mode):
+            raise GGUFFormatError(
+                path, f"is {describe_file_kind(mode)}, not a regular file; choose a .gguf file"
             )
         try:
             return path.open("rb"), str(path), True
@@ -394,15 +424,38 @@ def _parse(r: _Reader, load_arrays: frozenset[str]) -> GGUFHeader:
     r._check_length(n_kv, 13, "the metadata count", 16)
 
     metadata: dict[str, MetaValue] = {}
+    key_offsets: dict[str, int] = {}
+    key_types: dict[str, int] = {}
+    warnings: list[str] = []
     for _ in range(n_kv):
         key_at = r.pos
         key = r.string("a metadata key")
         vtype = r.u32(f"the type of {key!r}")
-        metadata[key] = _read_value(r, vtype, key, key_at, key in load_arrays)
+        value = _read_value(r, vtype, key, key_at, key in load_arrays)
+        if key in metadata:
+            # ik_llama.cpp keeps the first value (gguf_find_key returns the first match);
+            # mainline llama.cpp refuses the file.
+            warnings.append(
+                f"metadata key {key!r} appears twice (again at byte {key_at}); the first value "
+                "is used, as ik_llama.cpp does, and mainline llama.cpp refuses this file"
+            )
+            continue
+        metadata[key] = value
+        key_offsets[key] = key_at
+        key_types[key] = vtype
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if "general.alignment" in metadata and key_types["general.alignment"] != UINT32:
+        raise r.error(
+            "field general.alignment is stored as "
+            f"{TYPE_NAMES.get(key_types['general.alignment'], '?')}; the engines require uint32",
+            offset=key_offsets["general.alignment"],
+        )
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise r.error(f"general.alignment is {alignment!r}; it must be a power of two")
+        raise r.error(
+            f"field general.alignment is {alignment!r}; it must be a power of two",
+            offset=key_offsets.get("general.alignment", r.pos),
+        )
 
     records: list[tuple[str, tuple[int, ...], int, int, int]] = []
     seen: set[str] = set()
@@ -442,7 +495,6 @@ def _parse(r: _Reader, load_arrays: frozenset[str]) -> GGUFHeader:
             f"the tensor data should start at byte {data_start} but the file has {r.size} bytes; "
             "it is truncated"
         )
-    warnings: list[str] = []
     tensors = _resolve_sizes(r.path, records, alignment, data_start, r.size, warnings)
     return GGUFHeader(
         path=r.path,
@@ -453,6 +505,7 @@ def _parse(r: _Reader, load_arrays: frozenset[str]) -> GGUFHeader:
         data_start=data_start,
         file_size=r.size,
         warnings=tuple(warnings),
+        key_offsets=key_offsets,
     )
 
 
@@ -492,13 +545,11 @@ def _read_array(r: _Reader, elem: int, count: int, key: str, load: bool) -> Meta
             return SkippedArray(elem, count, start)
         return [r.string(f"element {i} of {key!r}") for i in range(count)]
     if elem == ARRAY:
-        r._check_length(count, 12, what, start - 8)
-        out: list[MetaValue] = []
-        for i in range(count):
-            inner = r.u32(f"the element type of {key!r}[{i}]")
-            n = r.u64(f"the length of {key!r}[{i}]")
-            out.append(_read_array(r, inner, n, f"{key}[{i}]", load))
-        return out
+        # ggml's gguf reader (both engines) refuses arrays of arrays; so do we, without recursing.
+        raise r.error(
+            f"field {key!r} is an array of arrays, which neither engine loads",
+            offset=start - 12,
+        )
     raise r.error(f"the array {key!r} has element type {elem}, which GGUF does not define")
 
 
@@ -603,6 +654,13 @@ def read_model(
     """
     first = read_header(path, load_arrays=load_arrays)
     count = _split_key(first, "split.count") or 1
+    if count > MAX_SHARDS:
+        raise GGUFFormatError(
+            first.path,
+            f"field split.count says the model is split into {count} files; a split model has "
+            f"at most {MAX_SHARDS} shards, so the header is corrupt",
+            offset=first.offset_of("split.count"),
+        )
     if count <= 1 or not isinstance(path, str | os.PathLike):
         if count > 1:
             raise ShardError(
@@ -612,16 +670,26 @@ def read_model(
             progress(1.0, Path(first.path).name)
         return GGUFModel((first,), first.warnings)
 
+    named = _SPLIT_NAME.match(Path(path).name)
+    if named and int(named.group("count")) != count:
+        raise ShardError(
+            first.path,
+            f"is named as one of {int(named.group('count'))} shards, but its field split.count "
+            f"says {count}; the file was renamed or its header is damaged",
+            offset=first.offset_of("split.count"),
+        )
     paths = split_paths(path, count)
-    missing = [p for p in paths if not p.is_file()]
+    given = Path(path).resolve()
+    missing = [p for p in paths if p.resolve() != given and not p.is_file()]
     if missing:
-        names = ", ".join(p.name for p in missing)
+        names = ", ".join(p.name for p in missing[:_LIST_MISSING])
+        if len(missing) > _LIST_MISSING:
+            names += f" and {len(missing) - _LIST_MISSING} more"
         raise ShardError(
             missing[0],
             f"is missing: the model is split into {count} files and {len(missing)} of them "
             f"cannot be found ({names}); download the missing shard(s) into {missing[0].parent}",
         )
-    given = Path(path).resolve()
     shards: list[GGUFHeader] = []
     for i, shard_path in enumerate(paths):
         if cancelled and cancelled():

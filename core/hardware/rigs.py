@@ -48,6 +48,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from moe_studio.core.errors import HardwareError, MoeStudioError
+from moe_studio.core.fsutil import NotARegularFileError, read_regular_file
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, NumaNode, Rig
 from moe_studio.core.hardware.numa import parse_cpulist
 from moe_studio.core.hardware.rpc import FLAVOURS, flavour_note, parse_endpoint, rpc_device
@@ -65,6 +66,8 @@ _BARE_NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)\s*$")
 _PCIE = re.compile(r"^\s*(?:gen\s*)?([1-6])(?:\.0)?\s*[x×]\s*(\d+)\s*$", re.IGNORECASE)
 _CAPABILITY = re.compile(r"^\d+\.\d+$")
 _WIDTHS = (1, 2, 4, 8, 12, 16, 32)
+# A rig file is a few kilobytes; anything past this is not one (or is /dev/zero).
+_MAX_RIG_FILE = 4 * 1024 * 1024
 
 
 class _Locator:
@@ -452,9 +455,11 @@ def load_rig_file(path: str | Path) -> Rig:
     """
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_regular_file(file, limit=_MAX_RIG_FILE).decode("utf-8")
     except FileNotFoundError:
         raise HardwareError(f"{file}: no such rig file.") from None
+    except NotARegularFileError as exc:
+        raise HardwareError(f"{file} is {exc.strerror}; choose a rig .toml file.") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise HardwareError(f"{file}: cannot read this rig file ({exc}).") from None
     return parse_rig(text, source=f"file:{file}", default_name=file.stem)

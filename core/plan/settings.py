@@ -5,11 +5,99 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
+from moe_studio.core.errors import CommandError
 from moe_studio.core.units import MiB
 
 Dialect = Literal["ik", "mainline"]
 DIALECTS: tuple[Dialect, ...] = ("ik", "mainline")
 NumaMode = Literal["", "distribute", "isolate", "numactl"]
+
+
+INT32_MAX = 2**31 - 1
+# Every number a user can give, with the flag that sets it and the range the engines accept
+# (llama-server's common/arg.cpp; ik_llama.cpp's -amb and -mla). ``None`` (engine default) is
+# always accepted.
+LIMITS: dict[str, tuple[str, int, int]] = {
+    "ctx": ("--ctx", 1, INT32_MAX),
+    "batch": ("--batch", 1, INT32_MAX),
+    "ubatch": ("--ubatch", 1, INT32_MAX),
+    "parallel": ("--parallel", 1, 4096),
+    "threads": ("--threads", 1, 65536),
+    "threads_batch": ("--threads-batch", 1, 65536),
+    "port": ("--port", 1, 65535),
+    "mla": ("-mla", 0, 3),
+    "amb": ("--amb", 0, INT32_MAX),
+    "gpu_overhead": ("gpu overhead", 0, 2**50),
+    "reserve": ("reserve", 0, 2**50),
+}
+MAX_HOST = 253  # the longest DNS name
+
+
+def check_number(name: str, value: object) -> None:
+    """Refuse ``value`` for the setting ``name`` unless the engine accepts it.
+
+    Raises:
+        CommandError: not a whole number in the range (the message names the flag and range).
+    """
+    flag, low, high = LIMITS[name]
+    if value is None:
+        return
+    shown = repr(value) if not isinstance(value, int) else str(value)
+    if len(shown) > 24:
+        shown = shown[:21] + "..."
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CommandError(f"{flag} {shown}: a whole number is needed ({low}..{high}).")
+    if not low <= value <= high:
+        raise CommandError(f"{flag} {shown} is out of range: the engine accepts {low}..{high}.")
+
+
+def check_host(value: object) -> None:
+    """Refuse an empty, spaced or absurdly long ``--host``.
+
+    Raises:
+        CommandError: the message names ``--host`` and what it needs.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise CommandError("--host is empty: give an address to listen on, e.g. 127.0.0.1.")
+    if len(value) > MAX_HOST or any(c.isspace() for c in value):
+        raise CommandError(
+            f"--host {value[:40]!r}: an address has no spaces and at most {MAX_HOST} characters."
+        )
+
+
+def check_extra_args(value: object) -> None:
+    """Each extra argument must be one string.
+
+    Raises:
+        CommandError: something else got in (``--extra=--`` used to put a list there).
+    """
+    if not isinstance(value, tuple | list) or not all(isinstance(v, str) for v in value):
+        raise CommandError(
+            "--extra takes one argument per use, e.g. --extra=--mlock or --extra --mlock."
+        )
+
+
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+def exposure_warning(host: str) -> str | None:
+    """A warning when ``host`` makes llama-server listen beyond this machine, else None."""
+    if host.startswith(_LOOPBACK) or host == "[::1]":
+        return None
+    everywhere = host in ("0.0.0.0", "::", "[::]", "*")
+    where = "on every network interface" if everywhere else f"on {host}"
+    return (
+        f"--host {host}: llama-server will listen {where} with no authentication; anyone who "
+        "can reach this machine can use the model (use 127.0.0.1, or an --api-key)"
+    )
+
+
+def validate_settings(settings: Settings) -> None:
+    """Check every number and the host in ``settings`` (called once, when they are built)."""
+    for name in LIMITS:
+        check_number(name, getattr(settings, name))
+    check_host(settings.host)
+    check_extra_args(settings.extra_args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +132,9 @@ class Settings:
     gpu_overhead: int = 450 * MiB  # CUDA context, cuBLAS workspace, pool slack per GPU
     reserve: int = 256 * MiB  # memory kept free on every GPU-like device
     extra_args: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        validate_settings(self)
 
     @property
     def is_ik(self) -> bool:

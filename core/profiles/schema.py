@@ -71,7 +71,12 @@ from typing import Any, Literal
 
 from moe_studio.core import __version__
 from moe_studio.core.errors import ProfileError
-from moe_studio.core.fsutil import atomic_write_text, backup_path
+from moe_studio.core.fsutil import (
+    NotARegularFileError,
+    atomic_write_text,
+    backup_path,
+    read_regular_file,
+)
 from moe_studio.core.gguf.model import Cell, ModelLayout
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, TensorGroup
 from moe_studio.core.hardware.devices import Rig
@@ -92,6 +97,8 @@ APP_NAME = "moe-studio"
 BENCH_SPEED_KEYS = ("tg_tokens_per_second", "tokens_per_second")
 
 KeyPath = tuple[str | int, ...]
+# A profile is a few kilobytes; anything past this is not one (or is /dev/zero).
+_MAX_PROFILE_FILE = 16 * 1024 * 1024
 
 
 def now_utc() -> datetime:
@@ -621,11 +628,13 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
     """
     p = Path(path)
     try:
-        data = p.read_bytes()
+        data = read_regular_file(p, limit=_MAX_PROFILE_FILE)
     except FileNotFoundError:
         raise ProfileError(f"{p} does not exist.") from None
     except IsADirectoryError:
         raise ProfileError(f"{p} is a folder, not a profile.") from None
+    except NotARegularFileError as exc:
+        raise ProfileError(f"{p} is {exc.strerror}; choose a profile file.") from None
     except OSError as exc:
         raise ProfileError(f"Could not read {p}: {exc.strerror or exc}.") from None
     try:
