@@ -18,7 +18,7 @@ INT32_MAX = 2**31 - 1
 # (llama-server's common/arg.cpp; ik_llama.cpp's -amb and -mla). ``None`` (engine default) is
 # always accepted.
 LIMITS: dict[str, tuple[str, int, int]] = {
-    "ctx": ("--ctx", 1, INT32_MAX),
+    "ctx": ("--ctx", 0, INT32_MAX),  # 0: the model's training context
     "batch": ("--batch", 1, INT32_MAX),
     "ubatch": ("--ubatch", 1, INT32_MAX),
     "parallel": ("--parallel", 1, 4096),

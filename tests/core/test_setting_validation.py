@@ -15,7 +15,6 @@ BASE = ["plan", "catalog:qwen3-30b-a3b", "--gpu", "24GiB", "--ram", "64GiB"]
     ("args", "flag"),
     [
         (["--ctx", "-1"], "--ctx"),
-        (["--ctx", "0"], "--ctx"),
         (["--ctx", "9" * 400], "--ctx"),
         (["--port", "70000"], "--port"),
         (["--port", "-1"], "--port"),
