@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import re
-import typing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,9 +29,6 @@ from moe_studio.core.profiles.schema import (
     timestamp_text,
     to_document,
 )
-
-if typing.TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 

@@ -84,9 +84,6 @@ from moe_studio.core.plan.settings import Dialect, Settings
 from moe_studio.core.profiles import migrations
 from moe_studio.core.profiles.migrations import Json
 
-if typing.TYPE_CHECKING:
-    pass
-
 log = logging.getLogger(__name__)
 
 FORMAT = "moe-studio-profile"
