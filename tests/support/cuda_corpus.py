@@ -5,8 +5,15 @@ the engine and its build as printed, the GPUs, the model (a ``catalog:`` layout 
 the user's file, with a note on how it differs), the command, and the sizes the engine printed
 per device and term (``kv``, ``compute``, ``weights``; MiB, ``CPU`` for ``CUDA_Host``/``CPU``).
 ``tolerance_pct`` gives each term's tolerance; ``null`` means reported, not asserted, and
-``tolerance_note`` says why. A point whose build
-:func:`moe_studio.core.plan.compute.describes_build` covers counts towards the corpus targets.
+``tolerance_note`` says why (a setting the log does not show, a build older than the model, a
+stand-in layout). ``printed_weights_mib`` keeps the per-GPU weight sizes the engine printed: they
+pin where the user's tensors went, but are not compared, because the catalog layout that stands
+in for the user's file has other quant types. A point whose build
+:func:`moe_studio.core.plan.compute.describes_build` covers counts towards the corpus targets
+(``date`` is the day the log was posted, so the build is at least that old).
+
+Most runs come from the ik_llama.cpp threads archived in the engine's repository
+(``github-data/``, issues and discussions up to July 2025); their URLs point at the thread.
 
 ``tests/core/test_cuda_corpus.py`` asserts the tolerances; ``benchmarks/cuda_corpus.py`` prints
 the error distribution per term.
@@ -30,6 +37,7 @@ from moe_studio.core.units import GiB, MiB
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "cuda_corpus"
 TERMS = ("weights", "kv", "compute")
+KINDS = ("weights", "kv", "compute GPU", "compute host")
 
 Run = dict[str, Any]
 
