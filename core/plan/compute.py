@@ -33,7 +33,14 @@ read: ik_llama.cpp at 8337e4cd (2026-08-15, build 4840) and mainline llama.cpp v
   ``T · n_used ≥ 32 · n_expert`` and any other matmul when ``T ≥ 32``; mainline offloads when
   ``T ≥ GGML_OP_OFFLOAD_MIN_BATCH`` (32). So a RAM-resident output matrix sends the output matmul
   (weight copy + logits) to the first GPU too, and with ``-ngl 0`` a CUDA build still reserves a
-  large CUDA compute buffer for the offloaded matmuls.
+  large CUDA compute buffer for the offloaded matmuls. The scheduler asks ``supports_op`` before
+  ``offload_op``, so only weight types the CUDA backend multiplies are copied
+  (:data:`CUDA_MATMUL_TYPES`); ik's ``-rtr`` repacks RAM tensors into row-interleaved types, most
+  of which it cannot (:func:`cuda_can_offload`).
+* **-amb** (ik): values below 128 MiB are raised to 128 (:func:`attention_max_batch`). The MLA
+  head chunks it bounds are intermediate tensors of each layer's attention, so they sit on every
+  device that holds some layer's KV cache (the layer's ``kv_self.k_l[il]`` and ``wkv_b``), not on
+  the first GPU only; what the first GPU alone carries is the offloaded-weight copy above.
 
 A device's buffer is ``masks + max(attention, FFN, logits) + offloaded weights``. The host runs
 the attention and FFN phases only for layers whose KV it holds; otherwise it holds the token
@@ -71,6 +78,57 @@ def describes_build(engine: str, date: str) -> bool:
     """Whether the model claims to describe a build of ``engine`` dated ``date`` (ISO)."""
     since = MODELLED_BUILDS.get(engine)
     return since is not None and bool(date) and date >= since[0]
+
+
+# ik ``ggml_backend_cuda_supports_op`` (``ggml/src/ggml-cuda.cu`` at 8337e4cd, the MUL_MAT /
+# MUL_MAT_ID type switch): the weight types a CUDA backend can multiply. The scheduler offers a
+# RAM-resident weight's matmul to a GPU only when ``supports_op`` and ``offload_op`` both agree
+# (``ggml_backend_sched_backend_id_from_cur``, ``ggml/src/ggml-backend.cpp``), so a RAM tensor of
+# another type is never copied into a compute buffer.
+CUDA_MATMUL_TYPES = frozenset(
+    {
+        "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q6_0", "q8_0", "q2_k", "q3_k",
+        "q4_k", "q5_k", "q6_k", "q8_k", "iq1_m", "iq1_s", "iq2_s", "iq2_xs", "iq2_xxs", "iq3_s",
+        "iq3_xxs", "iq4_nl", "mxfp4", "iq4_xs", "iq2_kl", "iq3_ks", "iq4_ks", "iq4_kss", "iq5_ks",
+        "iq2_k", "iq2_ks", "iq1_kt", "iq2_kt", "iq3_kt", "iq4_kt", "iq3_k", "iq4_k", "iq5_k",
+        "iq6_k", "iq1_bn", "iq2_bn", "iq2_k_r4", "iq3_k_r4", "iq4_k_r4", "iq4_ks_r4", "iq5_k_r4",
+        "iq5_ks_r4", "iq1_s_r4", "iq1_m_r4",
+    }
+)  # fmt: skip
+# ik ``-rtr`` repacks every tensor in a host buffer at load (``src/llama.cpp``, "Repacked %d
+# tensors"; the map is ``get_repack_info`` in ``ggml/src/iqk/iqk_quantize.cpp``). Most targets are
+# row-interleaved CPU layouts the CUDA backend cannot multiply (Q4_K_R4, Q8_0_R8, IQ4_XS_R8, …).
+RTR_REPACK = {
+    "iq2_k": "iq2_k_r4", "iq3_k": "iq3_k_r4", "iq4_k": "iq4_k_r4", "iq5_k": "iq5_k_r4",
+    "iq4_xs": "iq4_xs_r8", "iq4_ks": "iq4_ks_r4", "iq5_ks": "iq5_ks_r4", "iq4_nl": "iq4_nl_r4",
+    "iq2_bn": "iq2_bn_r4", "iq2_xxs": "iq2_xxs_r4", "iq2_xs": "iq2_xs_r4", "iq2_s": "iq2_s_r4",
+    "iq3_xxs": "iq3_xxs_r4", "iq3_s": "iq3_s_r4", "q2_k": "q2_k_r4", "q3_k": "q3_k_r4",
+    "q4_k": "q4_k_r4", "q5_k": "q5_k_r4", "q6_k": "q6_k_r4", "q4_0": "q4_0_r8", "q5_0": "q5_0_r4",
+    "q6_0": "q6_0_r4", "q8_0": "q8_0_r8", "q8_k": "q8_k_r8", "mxfp4": "mxfp4_r8",
+}  # fmt: skip
+
+
+def cuda_can_offload(type_name: str, settings: Settings) -> bool:
+    """Whether a CUDA backend can take the matmul of a RAM-resident weight of this type.
+
+    With ik's ``-rtr`` the weight has been repacked first (:data:`RTR_REPACK`), and only the
+    IQk_R4 targets are in :data:`CUDA_MATMUL_TYPES`; so ``-rtr`` with k-quant or legacy-quant
+    experts keeps their big-batch matmuls on the CPU and out of every CUDA compute buffer.
+    Mainline's CUDA backend multiplies every type its GGUFs use.
+    """
+    name = type_name.lower()
+    if not settings.is_ik:
+        return True
+    if settings.rtr:
+        name = RTR_REPACK.get(name, name)
+    return name in CUDA_MATMUL_TYPES
+
+
+def attention_max_batch(settings: Settings) -> int:
+    """``-amb`` as ik applies it: a value below 128 MiB is raised to 128 (the ``-amb`` parser in
+    ik ``common/common.cpp``: "amb = %d is too low. Changing to 128"); 0 turns the split off."""
+    amb = settings.effective_amb
+    return 128 if 0 < amb < 128 else amb
 
 
 def cache_type(name: str) -> GGMLType:
@@ -185,14 +243,14 @@ def _attention_phase(layout: ModelLayout, settings: Settings, tokens: int) -> fl
         v_head = hp.value_length_mla or hp.value_length
         if mla >= 2 and settings.flash_attn and tokens >= MLA_PP_MIN_TOKENS:
             full_mib = n_head * (nope + v_head) * kv * 4 // MiB
-            heads = _head_chunk(n_head, full_mib, settings.effective_amb)
+            heads = _head_chunk(n_head, full_mib, attention_max_batch(settings))
             q = n_head * (nope + rope) * tokens * 4
             return float(q + inp + (nope + v_head) * 6 * heads * kv)
         latent = 3 * (hp.kv_lora_rank + rope) * n_head * tokens * 4
         if settings.flash_attn:
             return float(latent)
         kq_mib = n_head * kv * tokens * 4 // MiB
-        amb = settings.effective_amb
+        amb = attention_max_batch(settings)
         if amb > 0 and kq_mib > amb:
             steps = min(-(-kq_mib // amb), n_head)
             scores = -(-n_head // steps) * kv * tokens * 4
@@ -211,7 +269,9 @@ def _attention_phase(layout: ModelLayout, settings: Settings, tokens: int) -> fl
         if not settings.flash_attn:
             full = heads * kv * tokens * 4
             split = (
-                settings.is_ik and kv_heads == heads and 0 < settings.effective_amb < full // MiB
+                settings.is_ik
+                and kv_heads == heads
+                and 0 < attention_max_batch(settings) < full // MiB
             )
             worst = max(worst, rows * tokens * 4 + inp + (kv * tokens * 4 if split else full))
     return float(worst)

@@ -28,6 +28,7 @@ from moe_studio.core.plan.compute import (
     RamWeights,
     cache_type,
     compute_terms,
+    cuda_can_offload,
     effective_mla,
     graph_tokens,
     layer_compute_bytes,
@@ -242,7 +243,7 @@ def estimate(
         if not d:
             continue
         weights[d] += t.nbytes
-        if d != CPU_NAME or len(t.shape) < 2:
+        if d != CPU_NAME or len(t.shape) < 2 or not cuda_can_offload(t.type_name, settings):
             continue
         if t.group in ROUTED_EXPERT_GROUPS:
             cpu_expert_max = max(cpu_expert_max, t.nbytes)
@@ -273,7 +274,12 @@ def estimate(
     }
     # RAM-resident weights go to the first CUDA backend for big batches (compute module).
     first_cuda = next((d.name for d in rig.devices if d.kind is DeviceKind.CUDA), None)
-    output_in_ram = output_device == CPU_NAME and output_index is not None and first_cuda
+    output_in_ram = (
+        output_device == CPU_NAME
+        and output_index is not None
+        and first_cuda
+        and cuda_can_offload(tensors[output_index].type_name, settings)
+    )
     ram = RamWeights(
         expert_max=cpu_expert_max,
         output=tensors[output_index].nbytes if output_in_ram and output_index is not None else 0,
