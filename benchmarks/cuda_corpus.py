@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.*
 
-from tests.support.cuda_corpus import KINDS, Point, all_points, load_runs
+from tests.support.cuda_corpus import KINDS, Point, all_points, dryrun_points, load_runs
 
 
 def summary(label: str, points: list[Point]) -> str:
@@ -60,6 +60,14 @@ def main() -> int:
         chosen = [p for p in points if p.kind == kind]
         print(summary(f"{kind} (described builds)", [p for p in chosen if p.claimed]))
         print(summary(f"{kind} (older builds)", [p for p in chosen if not p.claimed]))
+    dry = dryrun_points()
+    print(
+        "ik_llama.cpp 8337e4cd --dry-run, DeepSeek-V3 attention on RPC devices "
+        "(tests/data/mla_dryrun.json):"
+    )
+    print(summary("kv (dry run)", [p for p in dry if p.term == "kv"]))
+    print(summary("compute device (dry run)", [p for p in dry if p.kind == "compute GPU"]))
+    print(summary("compute host (dry run)", [p for p in dry if p.kind == "compute host"]))
     width = max((len(p.name) for p in points), default=10)
     if args.all:
         print("\nevery point:")

@@ -230,6 +230,40 @@ def _head_chunk(n_head: int, full_mib: int, amb: int) -> int:
     return 1
 
 
+def mla_prompt_attention_bytes(layout: ModelLayout, settings: Settings, tokens: int) -> int:
+    """Peak of ik's MLA prompt path (``-mla`` 2/3, flash attention, ``T ≥ 128``), one layer.
+
+    ``build_deepseek2`` (``src/graphs/build_deepseek2.cpp``, the ``pp_opt`` branch) decompresses
+    K and V for ``h`` heads at a time, ``h`` the largest chunk that keeps ``kv_f32`` under
+    ``-amb`` MiB (:func:`_head_chunk`). Live per head and KV cell: ``kv_f32`` = ``wkv_b`` × cache
+    (f32, nope + v) and the f16 casts ``V`` (v) and ``k_nope`` (nope). When ``-amb`` splits the
+    heads over several passes, ``K`` = concat(k_rope, k_nope) (f16, rope + nope) and the repeated
+    ``k_rope`` (f16, rope) join them (1792 bytes per head and cell for DeepSeek-V3 instead of
+    1536), and Q (f32, all heads) with the per-pass outputs being concatenated (``cur`` old and
+    new, ~2.5 · n_head · v floats per token) stay live beside the chunk. Checked against what ik
+    8337e4cd printed for DeepSeek-V3 attention (``tests/data/mla_dryrun.json``: 42 of 49 device
+    figures within ±10 %, median 3.6 %; before this term: 13 of 39, median 12 %).
+    """
+    hp = layout.hparams
+    kv = settings.kv_size
+    n_head = max(hp.head_count or (1,))
+    rope = hp.n_rot
+    nope = (hp.key_length_mla or hp.key_length) - rope
+    v_head = hp.value_length_mla or hp.value_length
+    full_mib = n_head * (nope + v_head) * kv * 4 // MiB
+    heads = _head_chunk(n_head, full_mib, attention_max_batch(settings))
+    if heads == n_head:
+        # One pass: Q (f32) and the layer input stay live beside kv_f32 and the two f16 casts
+        # (the repeated k_rope would add 2·rope per head and cell: closer for DeepSeek-V3 at
+        # 8k-64k context, but 5-8 % over the tiny-deepseek2 calibration points).
+        q = n_head * (nope + rope) * tokens * 4
+        inp = 2 * hp.n_embd * tokens * 4
+        return q + inp + heads * kv * (4 * (nope + v_head) + 2 * v_head + 2 * nope)
+    per_cell = 4 * (nope + v_head) + 2 * v_head + 2 * (nope + rope) + 2 * rope
+    rows = tokens * 4 * n_head * (nope + rope + 2 * v_head + v_head // 2)
+    return heads * kv * per_cell + rows
+
+
 def _attention_phase(layout: ModelLayout, settings: Settings, tokens: int) -> float:
     """Bytes live while one layer's attention runs (see the module docstring)."""
     hp = layout.hparams
@@ -238,14 +272,9 @@ def _attention_phase(layout: ModelLayout, settings: Settings, tokens: int) -> fl
     inp = 2 * hp.n_embd * tokens * 4
     mla = effective_mla(layout, settings)
     if mla:
-        rope = hp.n_rot
-        nope = (hp.key_length_mla or hp.key_length) - rope
-        v_head = hp.value_length_mla or hp.value_length
         if mla >= 2 and settings.flash_attn and tokens >= MLA_PP_MIN_TOKENS:
-            full_mib = n_head * (nope + v_head) * kv * 4 // MiB
-            heads = _head_chunk(n_head, full_mib, attention_max_batch(settings))
-            q = n_head * (nope + rope) * tokens * 4
-            return float(q + inp + (nope + v_head) * 6 * heads * kv)
+            return float(mla_prompt_attention_bytes(layout, settings, tokens))
+        rope = hp.n_rot
         latent = 3 * (hp.kv_lora_rank + rope) * n_head * tokens * 4
         if settings.flash_attn:
             return float(latent)

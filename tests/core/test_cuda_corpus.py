@@ -67,13 +67,18 @@ def test_targets_on_described_builds() -> None:
 
 # The error distribution when this bound was set (``python benchmarks/cuda_corpus.py``), per
 # kind: (points, median |error| %, points within ±10 %, worst |error| %). A model change may make
-# it better (then tighten the bound) but not worse. Before ik's -rtr repack was modelled
-# (:func:`cuda_can_offload`) compute GPU stood at a median of 28.4 %, 10 points within ±10 % and
-# a worst of 875 %.
+# it better (then tighten the bound) but not worse. All these points come from builds older than
+# the ones the model describes, so a term that follows the described build more closely can move
+# them; then the bound is reset here with the reason. History (compute GPU / compute host):
+# - corpus as collected: 28.4 % median, 10 within ±10 %, worst 875 % / 44.8 %, 5, 114 %;
+# - ik -rtr repack modelled (cuda_can_offload): 22.7 %, 13, 267 % / unchanged;
+# - MLA prompt-path chunk rebuilt from ik 8337e4cd's printed buffers (tests/data/mla_dryrun.json,
+#   median error there 12.1 % -> 3.6 %): 24.0 %, 13, 267 % / 44.8 %, 5, 154 % (these builds
+#   predate PR #1211 and kept larger MLA buffers on the GPUs; the -ngl 0 host point grows).
 REGRESSION_BOUND = {
     "kv": (56, 1.1, 52, 51.5),
-    "compute GPU": (56, 22.7, 13, 267.4),
-    "compute host": (37, 44.8, 5, 114.4),
+    "compute GPU": (56, 24.1, 13, 267.4),
+    "compute host": (37, 44.8, 5, 154.0),
 }
 
 

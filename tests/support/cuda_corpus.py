@@ -22,13 +22,13 @@ the error distribution per term.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from moe_studio.core.gguf import catalog
-from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.gguf.model import ModelLayout, classify_tensors, hyperparams_from_metadata
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan.cmdline import import_command, imported_split
 from moe_studio.core.plan.compute import describes_build
@@ -105,3 +105,64 @@ def points_of(run: Run) -> list[Point]:
 
 def all_points() -> list[Point]:
     return [p for run in load_runs() for p in points_of(run)]
+
+
+MLA_DRYRUN = CORPUS.parent / "mla_dryrun.json"
+
+
+@cache
+def deepseek_attention_layout() -> ModelLayout:
+    """DeepSeek-V3 (ik flavour, IQ2_KS) cut to 4 layers (1 dense) of 32 experts: the model behind
+    ``tests/data/mla_dryrun.json``. Attention has the full width (128 heads, kv_lora 512)."""
+    entry = catalog.CATALOG["deepseek-v3"]
+    _, recipe = catalog.RECIPES["IQ2_KS"]
+    assert entry.ik_metadata is not None
+    meta = dict(entry.ik_metadata)
+    meta |= {
+        "deepseek2.block_count": 4,
+        "deepseek2.expert_count": 32,
+        "deepseek2.leading_dense_block_count": 1,
+        "general.file_type_name": "IQ2_KS",
+    }
+    records = []
+    for name, shape in entry.build(meta):
+        stem, _, suffix = name.rpartition(".")
+        layer = -1
+        if stem.startswith("blk."):
+            _, num, stem = stem.split(".", 2)
+            layer = int(num)
+        gtype = catalog._pick_type(name, stem, suffix, shape, recipe, layer, 4)
+        records.append((name, shape, gtype.id, gtype.tensor_bytes(shape), 0))
+    tensors = classify_tensors(records, 4, 0)
+    return ModelLayout(
+        source="ds-attention.gguf",
+        name="DeepSeek-V3 attention, 4 layers",
+        architecture="deepseek2",
+        hparams=hyperparams_from_metadata(meta, tensors),
+        tensors=tensors,
+        metadata=meta,
+        recipe="IQ2_KS",
+    )
+
+
+def dryrun_points() -> list[Point]:
+    """Every compute and KV figure of ``mla_dryrun.json`` paired with our estimate (RPC devices;
+    the points count as described: the build is the one the compute model cites)."""
+    layout = deepseek_attention_layout()
+    doc = json.loads(MLA_DRYRUN.read_text())
+    out = []
+    for i, run in enumerate(doc["runs"]):
+        rig = Rig("dryrun", HostInfo(ram_total=1024 * GiB), ())
+        plan, imported, full_rig = import_command(run["command"], layout, rig, dialect="ik")
+        full_rig = replace(
+            full_rig, devices=tuple(replace(d, memory_total=24 * GiB) for d in full_rig.devices)
+        )
+        split = imported_split(layout, imported, full_rig)
+        est = estimate(layout, plan, full_rig, imported.settings, split.kv_devices)
+        for term in ("kv", "compute"):
+            for device, reported in run[term].items():
+                budget = est.device(device)
+                assert budget is not None, f"run {i}: {device} is not a device of the command"
+                ours = getattr(budget, term) / MiB
+                out.append(Point(f"dryrun{i}", term, device, reported, ours, None, True))
+    return out

@@ -1,0 +1,47 @@
+"""The MLA attention term against ik_llama.cpp 8337e4cd's own printed buffers.
+
+No published CUDA log comes from a build the compute model describes, so
+``tests/data/mla_dryrun.json`` holds what the real engine (the CPU+RPC build of the commit that
+``moe_studio.core.plan.compute`` cites) printed with ``--dry-run`` for full-width DeepSeek-V3
+attention on RPC devices, over context 8k…128k, ``-ub`` 512…4096 and ``-amb`` 0…2048. The
+attention buffer is a graph allocation and the same on an RPC or a CUDA device; RPC devices only
+never take offloaded weights, which these runs do not have.
+
+The host (``CPU``) figures are kept in the file but not asserted: ours are ~44 % high there
+(the engine does not count the token-embedding rows we charge to the host).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+
+from tests.support.cuda_corpus import Point, dryrun_points
+
+
+def device_compute(points: list[Point]) -> list[Point]:
+    return [p for p in points if p.term == "compute" and p.device != "CPU"]
+
+
+def test_mla_attention_matches_the_engine() -> None:
+    points = device_compute(dryrun_points())
+    errors = [abs(p.error_pct) for p in points]
+    assert len(points) >= 45
+    worst = max(points, key=lambda p: abs(p.error_pct))
+    # The two worst (+13 %, +19 %) are one two-device run whose layer split differs from ik's.
+    assert abs(worst.error_pct) <= 20, f"{worst.name}: {worst.error_pct:+.1f} %"
+    # 42 of 49 within ±10 %; the rest are single-pass (-amb not splitting) 8k-16k contexts at
+    # -6…-12 %, where the tiny-deepseek2 calibration points keep the k_rope copy out.
+    assert sum(e <= 10 for e in errors) >= 0.85 * len(errors)
+    assert statistics.median(errors) <= 4
+
+
+def test_kv_total_per_run_is_exact() -> None:
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for p in dryrun_points():
+        if p.term == "kv":
+            totals[p.run][0] += p.reported_mib
+            totals[p.run][1] += p.ours_mib
+    assert totals
+    for run, (reported, ours) in totals.items():
+        assert abs(ours - reported) <= 0.01 * reported, f"{run}: {reported} vs {ours}"
