@@ -60,14 +60,12 @@ def main() -> int:
         chosen = [p for p in points if p.kind == kind]
         print(summary(f"{kind} (described builds)", [p for p in chosen if p.claimed]))
         print(summary(f"{kind} (older builds)", [p for p in chosen if not p.claimed]))
-    dry = dryrun_points()
-    print(
-        "ik_llama.cpp 8337e4cd --dry-run, DeepSeek-V3 attention on RPC devices "
-        "(tests/data/mla_dryrun.json):"
-    )
-    print(summary("kv (dry run)", [p for p in dry if p.term == "kv"]))
-    print(summary("compute device (dry run)", [p for p in dry if p.kind == "compute GPU"]))
-    print(summary("compute host (dry run)", [p for p in dry if p.kind == "compute host"]))
+    print("ik_llama.cpp 8337e4cd --dry-run on RPC devices (tests/data/mla_dryrun.json):")
+    for model in ("deepseek-v3", "kimi-k2"):
+        dry = dryrun_points(model)
+        print(summary(f"kv ({model})", [p for p in dry if p.term == "kv"]))
+        print(summary(f"compute device ({model})", [p for p in dry if p.kind == "compute GPU"]))
+        print(summary(f"compute host ({model})", [p for p in dry if p.kind == "compute host"]))
     width = max((len(p.name) for p in points), default=10)
     if args.all:
         print("\nevery point:")

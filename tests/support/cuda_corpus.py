@@ -111,10 +111,10 @@ MLA_DRYRUN = CORPUS.parent / "mla_dryrun.json"
 
 
 @cache
-def deepseek_attention_layout() -> ModelLayout:
-    """DeepSeek-V3 (ik flavour, IQ2_KS) cut to 4 layers (1 dense) of 32 experts: the model behind
-    ``tests/data/mla_dryrun.json``. Attention has the full width (128 heads, kv_lora 512)."""
-    entry = catalog.CATALOG["deepseek-v3"]
+def attention_layout(model: str = "deepseek-v3") -> ModelLayout:
+    """A catalog MLA model (ik flavour, IQ2_KS) cut to 4 layers (1 dense) of 32 experts: the
+    models behind ``tests/data/mla_dryrun.json``. Attention keeps its full width."""
+    entry = catalog.CATALOG[model]
     _, recipe = catalog.RECIPES["IQ2_KS"]
     assert entry.ik_metadata is not None
     meta = dict(entry.ik_metadata)
@@ -135,8 +135,8 @@ def deepseek_attention_layout() -> ModelLayout:
         records.append((name, shape, gtype.id, gtype.tensor_bytes(shape), 0))
     tensors = classify_tensors(records, 4, 0)
     return ModelLayout(
-        source="ds-attention.gguf",
-        name="DeepSeek-V3 attention, 4 layers",
+        source=f"{model}-attention.gguf",
+        name=f"{entry.title} attention, 4 layers",
         architecture="deepseek2",
         hparams=hyperparams_from_metadata(meta, tensors),
         tensors=tensors,
@@ -145,13 +145,15 @@ def deepseek_attention_layout() -> ModelLayout:
     )
 
 
-def dryrun_points() -> list[Point]:
-    """Every compute and KV figure of ``mla_dryrun.json`` paired with our estimate (RPC devices;
-    the points count as described: the build is the one the compute model cites)."""
-    layout = deepseek_attention_layout()
+def dryrun_points(model: str | None = None) -> list[Point]:
+    """Every compute and KV figure of ``mla_dryrun.json`` (of one ``model``, or all) paired with
+    our estimate (RPC devices; the build is the one the compute model cites)."""
     doc = json.loads(MLA_DRYRUN.read_text())
     out = []
     for i, run in enumerate(doc["runs"]):
+        if model is not None and run["model"] != model:
+            continue
+        layout = attention_layout(run["model"])
         rig = Rig("dryrun", HostInfo(ram_total=1024 * GiB), ())
         plan, imported, full_rig = import_command(run["command"], layout, rig, dialect="ik")
         full_rig = replace(
@@ -164,5 +166,6 @@ def dryrun_points() -> list[Point]:
                 budget = est.device(device)
                 assert budget is not None, f"run {i}: {device} is not a device of the command"
                 ours = getattr(budget, term) / MiB
-                out.append(Point(f"dryrun{i}", term, device, reported, ours, None, True))
+                name = f"dryrun{i}-{run['model']}"
+                out.append(Point(name, term, device, reported, ours, None, True))
     return out
