@@ -433,7 +433,9 @@ def compute_terms(
             # The token embeddings stay live beside the experts' up/gate output (ik PR #259's
             # CUDA_Host line: mask + n_embd·T·4 + n_ff_exp·n_used·T·4); when the first GPU
             # takes the expert matmuls, only the embeddings (mainline log in ik PR #394).
-            if not (ram.has_cuda and tokens >= offload_threshold(layout, settings)):
+            if not (
+                ram.has_cuda and ram.expert_max and tokens >= offload_threshold(layout, settings)
+            ):
                 exps = float(max(hp.n_ff_exp, 1) * max(hp.n_expert_used, 1) * tokens * 4)
                 ffn = ffn + exps if ram.has_cuda else max(ffn, exps)
         else:

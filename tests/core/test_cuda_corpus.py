@@ -116,6 +116,26 @@ def test_rtr_keeps_repacked_experts_off_the_gpu() -> None:
     assert cuda_can_offload("q4_K", mainline)
 
 
+def test_rtr_experts_stay_in_the_host_compute_buffer() -> None:
+    """With -rtr the RAM experts' matmuls stay on the CPU: the first GPU loses the weight copy
+    and the host buffer gains the experts' activations."""
+    run = {
+        "id": "rtr",
+        "engine": "ik_llama.cpp",
+        "date": "2026-08-15",
+        "model": "catalog:qwen3-235b-a22b@Q4_K_M",
+        "gpus": [{"name": "CUDA0", "memory_mib": 24564}],
+        "command": "llama-server -m q.gguf -ngl 99 -ot exps=CPU -c 32768 -b 4096 -ub 4096",
+        "reported": {"compute": {"CUDA0": 1.0, "CPU": 1.0}},
+        "tolerance_pct": {},
+    }
+    plain = {p.device: p.ours_mib for p in points_of(run)}
+    run["command"] += " -rtr"
+    rtr = {p.device: p.ours_mib for p in points_of(run)}
+    assert rtr["CUDA0"] < plain["CUDA0"]
+    assert rtr["CPU"] > plain["CPU"]
+
+
 def test_amb_below_128_is_raised_to_128() -> None:
     assert attention_max_batch(Settings(amb=64)) == 128
     assert attention_max_batch(Settings(amb=512)) == 512
