@@ -51,7 +51,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_plan_arguments(p)
     p.set_defaults(dialect=None)  # from the engine unless given
     p.add_argument(
-        "--dry-run", action="store_true", help="print the command and what would run; start nothing"
+        "--dry-run",
+        action="store_true",
+        help="print the command and what would run; start nothing (with --probe: only the check)",
     )
     p.add_argument("--test-prompt", metavar="TEXT", help="once ready, send TEXT and show tokens/s")
     p.add_argument(
@@ -392,6 +394,19 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     command_notes = list(result.command.notes) if result.command else []
     for note in [*notes, *command_notes, *spec.notes]:
         out.write(f"note: {note}\n")
+    if args.probe:
+        from moe_studio.core.cli.plan import print_probe, probe
+        from moe_studio.core.engine.probe import ProbeOutcome
+
+        out.flush()
+        checked = probe(
+            planner, plan, result, engine, timeout=args.probe_timeout,
+            record=not args.no_calibration,
+        )  # fmt: skip
+        print_probe(checked, out)
+        if checked.outcome is ProbeOutcome.OUT_OF_MEMORY:
+            out.write("not started: the engine's dry run ran out of memory.\n")
+            return EXIT_FAILED
     if args.dry_run:
         return 0
     out.flush()

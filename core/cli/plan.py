@@ -8,9 +8,10 @@ budget table and the advice (or one JSON object with ``--json``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from moe_studio.core.errors import CommandError, MoeStudioError
 from moe_studio.core.gguf import catalog
@@ -19,6 +20,10 @@ from moe_studio.core.plan.placement import Plan, as_mapping, initial_plan
 from moe_studio.core.plan.planning import Planner, PlanResult, apply_pin
 from moe_studio.core.plan.settings import DIALECTS, Settings, exposure_warning
 from moe_studio.core.units import format_bytes, parse_memory
+
+if TYPE_CHECKING:
+    from moe_studio.core.engine.discovery import EngineInfo
+    from moe_studio.core.engine.probe import ProbeResult
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,6 +86,20 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     )
     place.add_argument("--no-auto", action="store_true", help="do not auto-place the free cells")
     place.add_argument("--engine", metavar="PATH", help="llama-server to write into the command")
+    check = p.add_argument_group("check with the engine")
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="run the command with ik_llama.cpp's --dry-run and show the engine's buffer sizes "
+        "next to the estimate (seconds; no weights are read)",
+    )
+    check.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="give the dry run this long to print its buffers (default 120)",
+    )
 
 
 def _memory(text: str, flag: str = "--gpu") -> int:
@@ -259,19 +278,76 @@ def print_result(planner: Planner, result: PlanResult, notes: list[str], out: Te
             w(f"  - {line}\n")
 
 
+def probe(
+    planner: Planner,
+    plan: Plan,
+    result: PlanResult,
+    engine: EngineInfo,
+    *,
+    timeout: float,
+    record: bool = True,
+) -> ProbeResult:
+    """Dry-run the plan's command on ``engine``; a measured probe adds a calibration record."""
+    from moe_studio.core.engine.launch import build_launch_spec
+    from moe_studio.core.engine.probe import run_probe
+
+    spec = build_launch_spec(result, engine, dialect=planner.settings.dialect)
+    outcome = run_probe(spec, engine, planner, plan, timeout=timeout)
+    if record and outcome.measured:
+        from moe_studio.core.engine.calibration import append_record, make_record
+
+        rows = list(outcome.rows)
+        entry = make_record(planner.layout, planner.settings, rows, engine=engine.version)
+        with contextlib.suppress(MoeStudioError):  # shown anyway; only the learning is lost
+            append_record(entry)
+    return outcome
+
+
+def print_probe(outcome: ProbeResult, out: TextIO) -> None:
+    """The probe's sentence and, when it has figures, estimate beside engine per device."""
+    from moe_studio.core.cli.launch import print_compare, print_diagnosis
+
+    out.write(f"\ncheck with the engine: {outcome.sentence}\n")
+    if outcome.rows:
+        print_compare(outcome.rows, out)
+    if outcome.diagnosis is not None and outcome.diagnosis.out_of_memory:
+        print_diagnosis(outcome.diagnosis, out)
+    if outcome.tail and not outcome.measured:
+        out.write("last lines of the engine's output:\n")
+        for line in outcome.tail:
+            out.write(f"  | {line}\n")
+
+
+def _probe_engine(args: argparse.Namespace, planner: Planner) -> EngineInfo:
+    from moe_studio.core.engine.discovery import EngineStore, resolve_engine
+
+    return resolve_engine(
+        args.engine or None, store=EngineStore(), flavour=planner.settings.dialect
+    )
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     planner, plan, notes = make_plan(args)
     result = planner.result(plan, executable=args.engine or "llama-server")
+    measured: ProbeResult | None = None
+    if args.probe and result.command is not None:
+        engine = _probe_engine(args, planner)
+        measured = probe(planner, plan, result, engine, timeout=args.probe_timeout)
     if args.save:
         from moe_studio.core.profiles.plans import save_profile_from_plan
 
         save_profile_from_plan(args.save, planner, plan, executable=args.engine or "llama-server")
         notes.append(f"Saved the profile to {args.save}.")
     if args.json:
-        json.dump(result_json(planner, plan, result, notes), sys.stdout, indent=1)
+        obj = result_json(planner, plan, result, notes)
+        if measured is not None:
+            obj["measured"] = measured.as_json()
+        json.dump(obj, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         print_result(planner, result, notes, sys.stdout)
+        if measured is not None:
+            print_probe(measured, sys.stdout)
     if result.command is None:
         # The budget table above is still worth reading; the reason goes to stderr, exit 1.
         raise CommandError(result.command_error)

@@ -1,0 +1,49 @@
+"""``plan --probe`` on the real ik_llama.cpp with two rpc-server devices: the dry run's buffers are
+read per device, marked measured, and agree with the estimate where the estimate is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from moe_studio.core.cli.main import main
+from moe_studio.core.units import MiB
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture
+def data_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("arch", ["qwen3moe", "glm4moe", "deepseek2"])
+def test_plan_probe_reads_every_device(
+    arch: str,
+    ik_engine: Path,
+    rpc_endpoints: list[str],
+    data_home: Path,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model: Path = request.getfixturevalue(f"tiny_{arch}")
+    rpc = [arg for e in rpc_endpoints for arg in ("--rpc", f"{e}=1GiB")]
+    code = main(["plan", str(model), "--ram", "4GiB", *rpc, "--ctx", "4096", "--threads", "1",
+                 "--engine", str(ik_engine), "--probe", "--json"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    measured = json.loads(out)["measured"]
+    assert measured["outcome"] == "measured", measured["sentence"]
+    devices = {d["name"]: d for d in measured["devices"]}
+    assert set(devices) == {f"RPC0[{e}]" for e in rpc_endpoints} | {"CPU"}
+    for name, d in devices.items():
+        est = d["estimate"]
+        assert abs(d["weights"] - est["weights"]) <= 0.01 * MiB, name
+        assert abs(d["kv"] - est["kv"]) <= 0.01 * MiB, name
+        assert d["compute"] > 0, name
+    assert os.path.exists(data_home / "data" / "moe-studio" / "calibration.jsonl")
