@@ -8,7 +8,6 @@ budget table and the advice (or one JSON object with ``--json``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from typing import TYPE_CHECKING, TextIO
@@ -278,46 +277,6 @@ def print_result(planner: Planner, result: PlanResult, notes: list[str], out: Te
             w(f"  - {line}\n")
 
 
-def probe(
-    planner: Planner,
-    plan: Plan,
-    result: PlanResult,
-    engine: EngineInfo,
-    *,
-    timeout: float,
-    record: bool = True,
-) -> ProbeResult:
-    """Dry-run the plan's command on ``engine``; a measured probe adds a calibration record."""
-    from moe_studio.core.engine.launch import build_launch_spec
-    from moe_studio.core.engine.probe import run_probe
-
-    spec = build_launch_spec(result, engine, dialect=planner.settings.dialect)
-    outcome = run_probe(spec, engine, planner, plan, timeout=timeout)
-    if record and outcome.measured:
-        from moe_studio.core.engine.calibration import append_record, make_record
-
-        rows = list(outcome.rows)
-        entry = make_record(planner.layout, planner.settings, rows, engine=engine.version)
-        with contextlib.suppress(MoeStudioError):  # shown anyway; only the learning is lost
-            append_record(entry)
-    return outcome
-
-
-def print_probe(outcome: ProbeResult, out: TextIO) -> None:
-    """The probe's sentence and, when it has figures, estimate beside engine per device."""
-    from moe_studio.core.cli.launch import print_compare, print_diagnosis
-
-    out.write(f"\ncheck with the engine: {outcome.sentence}\n")
-    if outcome.rows:
-        print_compare(outcome.rows, out)
-    if outcome.diagnosis is not None and outcome.diagnosis.out_of_memory:
-        print_diagnosis(outcome.diagnosis, out)
-    if outcome.tail and not outcome.measured:
-        out.write("last lines of the engine's output:\n")
-        for line in outcome.tail:
-            out.write(f"  | {line}\n")
-
-
 def _probe_engine(args: argparse.Namespace, planner: Planner) -> EngineInfo:
     from moe_studio.core.engine.discovery import EngineStore, resolve_engine
 
@@ -331,6 +290,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     result = planner.result(plan, executable=args.engine or "llama-server")
     measured: ProbeResult | None = None
     if args.probe and result.command is not None:
+        from moe_studio.core.cli.report import print_probe, probe
+
         engine = _probe_engine(args, planner)
         measured = probe(planner, plan, result, engine, timeout=args.probe_timeout)
     if args.save:
