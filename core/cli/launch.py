@@ -237,7 +237,7 @@ class _Watcher:
             expected_dots=expected_load_dots(t.nbytes for t in layout.tensors if t.loaded),
         )
         self.tracker = HealthTracker()
-        self.estimate = planner.estimate(plan)[1]
+        self.estimate = planner.estimate(plan, learned=False)[1]  # the model's own figures
         self.shown_label = ""
         self.shown_table = False
         self.t0 = time.monotonic()
@@ -335,6 +335,13 @@ class _Watcher:
 def _cmd_launch(args: argparse.Namespace) -> int:
     out = sys.stdout
     engine, planner, plan, notes = prepare(args, defaults=args.plan_defaults, store=EngineStore())
+    from moe_studio.core.cli.plan import learn
+    from moe_studio.core.engine.discovery import estimate_build_note
+
+    learn(planner, engine)
+    build_note = estimate_build_note(engine)
+    if build_note:
+        notes.append(build_note)
     result = planner.result(plan, executable=engine.path)
     spec = build_launch_spec(result, engine, dialect=planner.settings.dialect)
     out.write(f"{engine.label} at {engine.path}\n{spec.shell()}\n")

@@ -171,7 +171,7 @@ def run_probe(
         return ProbeResult(ProbeOutcome.UNSUPPORTED, reason, engine=label)
     probe = probe_spec(spec, free_port())
     layout = planner.layout
-    _, estimate = planner.estimate(plan)
+    _, estimate = planner.estimate(plan, learned=False)  # the model's own, as records keep
     parser = EngineLogParser(spec.dialect if spec.dialect != "unknown" else None)
     run = ServerRun(probe, check_port_first=False)
     t0 = time.monotonic()

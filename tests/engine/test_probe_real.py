@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,31 @@ def test_plan_probe_reads_every_device(
         assert abs(d["kv"] - est["kv"]) <= 0.01 * MiB, name
         assert d["compute"] > 0, name
     assert os.path.exists(data_home / "data" / "moe-studio" / "calibration.jsonl")
+
+
+def test_plan_after_a_launch_reports_its_measured_compute(
+    ik_engine: Path,
+    rpc_endpoints: list[str],
+    data_home: Path,
+    tiny_glm4moe: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rpc = [arg for e in rpc_endpoints for arg in ("--rpc", f"{e}=1GiB")]
+    common = [str(tiny_glm4moe), "--ram", "4GiB", *rpc, "--ctx", "2048", "--threads", "1",
+              "--engine", str(ik_engine)]  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["launch", *common, "--port", str(port), "--check"]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    assert main(["plan", *common, "--json"]) == 0
+    devices = json.loads(capsys.readouterr().out)["devices"]
+    records = [
+        json.loads(line)
+        for line in (data_home / "data" / "moe-studio" / "calibration.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    launched = {d["name"]: d["actual"]["compute"] for d in records[-1]["devices"]}
+    assert {d["name"]: d["compute"] for d in devices} == launched
+    assert {d["compute_source"] for d in devices} == {"measured"}
