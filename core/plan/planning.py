@@ -127,11 +127,20 @@ class Planner:
 
     def advise_batch(self, plan: Plan) -> Settings:
         """Settings with the advisor's -b/-ub, chosen before experts take the VRAM it needs."""
-        lean = self.auto_place(plan, experts=False).plan
-        advice = self.result(lean).advice
+        placed = self.auto_place(plan, experts=False)
+        advice = self.result(placed.plan).advice
         if advice is None:
             return self.settings
-        return self.settings.with_(ubatch=advice.ubatch, batch=advice.batch)
+        tuned = self.settings.with_(ubatch=advice.ubatch, batch=advice.batch)
+        # The always-active weights come first: a -ub whose compute buffer, with its error band
+        # (memory.COMPUTE_MARGIN), pushes a layer off the GPUs is too big; halve it until it
+        # does not (not below the engines' default 512).
+        while tuned.ubatch > 512:
+            lean = auto_place(self.layout, plan, self.rig, tuned, experts=False)
+            if lean.shortfall <= placed.shortfall:
+                break
+            tuned = tuned.with_(ubatch=tuned.ubatch // 2)
+        return tuned
 
     def initial(self) -> Plan:
         return initial_plan(self.layout)

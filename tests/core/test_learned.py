@@ -153,3 +153,19 @@ def test_an_older_ik_build_is_named_in_a_note() -> None:
     assert estimate_build_note(EngineInfo("s", "ik", "version: 4840 (8337e4cd3)", 4840)) == ""
     assert estimate_build_note(EngineInfo("s", "ik", "version: 0 (unknown)", None)) == ""
     assert estimate_build_note(EngineInfo("s", "mainline", "version: 6000 (abc)", 6000)) == ""
+
+
+def test_the_advised_ubatch_leaves_room_for_the_band() -> None:
+    # DeepSeek-V3 on one 24 GiB GPU: -ub 4096 fits without the band but, with it, pushes layer
+    # 0's always-active weights off the GPU; the advisor settles for 2048 instead.
+    layout = catalog.load_catalog(catalog.DEMO)
+    gpu = Device("CUDA0", DeviceKind.CUDA, 24 * GiB, index=0, pcie_gen=4, pcie_width=16)
+    rig = Rig("r", HostInfo(256 * GiB, cores_physical=16), (gpu,))
+    planner = Planner(layout, rig, Settings(cache_type_k="q8_0", cache_type_v="q8_0"))
+    tuned = planner.advise_batch(planner.initial())
+    planner.update(settings=tuned)
+    placed = planner.auto_place(planner.initial())
+    assert tuned.ubatch == 2048 and placed.shortfall == 0
+    result = planner.result(placed.plan)
+    assert result.estimate.fits
+    assert result.advice is not None and result.advice.lines[0].startswith("-ub 2048:")
