@@ -43,6 +43,7 @@ from moe_studio.core.profiles.library import ProfileLibrary
 from moe_studio.core.units import format_bytes, format_params
 from moe_studio.gui import theme
 from moe_studio.gui.budget.budget_plot import BudgetPlot
+from moe_studio.gui.budget.engine_check import EngineCheck
 from moe_studio.gui.command_view import CommandView
 from moe_studio.gui.dialogs import ImportCommandDialog, MachineDialog, RpcDialog
 from moe_studio.gui.document import Document
@@ -125,6 +126,9 @@ class MainWindow(QMainWindow):
         self.profiles.failed.connect(self._show_error)
         self.settings_panel = SettingsPanel(document)
         self.process_panel = ProcessPanel(document, auto_detect=auto_detect_engine)
+        self.engine_check = EngineCheck(
+            document, self.budget, self.tasks, lambda: self.process_panel.engine_info
+        )
         self._build_layout()
         self._build_menus()
         self._build_status()
@@ -176,7 +180,12 @@ class MainWindow(QMainWindow):
         self.tabs = tabs
 
         right = QSplitter(Qt.Orientation.Vertical)
-        right.addWidget(self.budget)
+        budget_panel = QWidget()
+        budget_layout = QVBoxLayout(budget_panel)
+        budget_layout.setContentsMargins(0, 0, 0, 0)
+        budget_layout.addWidget(self.budget, 1)
+        budget_layout.addWidget(self.engine_check)
+        right.addWidget(budget_panel)
         right.addWidget(tabs)
         right.setStretchFactor(0, 2)
         right.setStretchFactor(1, 3)
