@@ -23,7 +23,7 @@ def data_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("arch", ["qwen3moe", "glm4moe", "deepseek2"])
+@pytest.mark.parametrize("arch", ["qwen3moe", "glm4moe", "deepseek2", "gpt_oss"])
 def test_plan_probe_reads_every_device(
     arch: str,
     ik_engine: Path,
@@ -76,3 +76,18 @@ def test_plan_after_a_launch_reports_its_measured_compute(
     launched = {d["name"]: d["actual"]["compute"] for d in records[-1]["devices"]}
     assert {d["name"]: d["compute"] for d in devices} == launched
     assert {d["compute_source"] for d in devices} == {"measured"}
+
+
+def test_mla_dry_run_crash_is_a_sentence(
+    ik_engine: Path, data_home: Path, tiny_deepseek2: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ik 8337e4cd's --dry-run segfaults while reserving the compute buffers of a DeepSeek (MLA)
+    # model that runs on the CPU alone; the same command without --dry-run loads.
+    code = main(["plan", str(tiny_deepseek2), "--ram", "4GiB", "--ctx", "512", "--threads", "1",
+                 "--engine", str(ik_engine), "--probe", "--json"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    measured = json.loads(out)["measured"]
+    assert measured["outcome"] == "failed"
+    assert "ended before it printed its compute buffers" in measured["sentence"]
+    assert "SIGSEGV" in measured["sentence"]
