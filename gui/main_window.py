@@ -129,6 +129,8 @@ class MainWindow(QMainWindow):
         self.engine_check = EngineCheck(
             document, self.budget, self.tasks, lambda: self.process_panel.engine_info
         )
+        # A finished run has added its calibration record (the panel's own slot runs first).
+        self.process_panel.server.finished.connect(self._on_server_finished)
         self._build_layout()
         self._build_menus()
         self._build_status()
@@ -355,6 +357,9 @@ class MainWindow(QMainWindow):
         self._update_status()
         assert isinstance(error, BaseException)
         self.last_error_dialog = show_error(self, self._task_error_title, error)
+
+    def _on_server_finished(self, info: object) -> None:
+        self.engine_check.relearn()
 
     def _on_tasks_progressed(self, fraction: float, text: str) -> None:
         self.progress.setValue(int(fraction * 1000))
