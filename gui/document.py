@@ -20,6 +20,7 @@ from moe_studio.core.gguf.model import Cell, ModelLayout
 from moe_studio.core.hardware.devices import Rig
 from moe_studio.core.plan.autoplace import AutoPlacement, replan_for_rig
 from moe_studio.core.plan.layers import LayerSplit
+from moe_studio.core.plan.learned import Learned
 from moe_studio.core.plan.memory import Estimate
 from moe_studio.core.plan.placement import (
     Edit,
@@ -220,6 +221,12 @@ class Document(QObject):
         self.model_changed.emit()
         self.plan_changed.emit(frozenset())
         self.settings_changed.emit()
+
+    def set_learned(self, learned: Learned) -> None:
+        """Compute buffers measured on this machine for this model (not an undo step: a fact)."""
+        self._planner.update(learned=learned)
+        self._estimate_cache = None
+        self.plan_changed.emit(frozenset())
 
     def add_benchmark(self, result: Mapping[str, Any]) -> None:
         """Keep a benchmark result with the profile; the document becomes unsaved.

@@ -9,6 +9,7 @@ from PySide6.QtGui import QBrush, QColor, QPainter, QPen, QPixmap, QPolygonF
 from PySide6.QtWidgets import QDialog, QGridLayout, QLabel, QVBoxLayout, QWidget
 
 from moe_studio.core.hardware.devices import CPU_NAME
+from moe_studio.core.plan.memory import COMPUTE_MARGIN
 from moe_studio.core.units import format_bytes
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document
@@ -111,8 +112,31 @@ def legend_entries(document: Document) -> list[tuple[str, str, Paint]]:
             "Dashed line: usable memory (total minus the reserve)",
             _line(Qt.PenStyle.DashLine, 1),
         ),
+        (
+            "Budget bars",
+            f"Hatched cap: the compute estimate's known error (±{COMPUTE_MARGIN:.0%}); "
+            "'fits' keeps it under the dashed line. Measured figures ('measured') have none",
+            _fill(theme.SEGMENT_COLORS["compute"], Qt.BrushStyle.Dense5Pattern),
+        ),
+        ("Budget bars", "Diamond: the engine's own total from Check with engine", _diamond),
     ]
     return grid + bars
+
+
+def _diamond(p: QPainter, r: QRectF) -> None:
+    c = r.center()
+    p.setPen(QPen(QColor("#000000"), 1.5))
+    p.setBrush(QColor("#56B4E9"))
+    p.drawPolygon(
+        QPolygonF(
+            [
+                QPointF(c.x(), c.y() - 7),
+                QPointF(c.x() + 6, c.y()),
+                QPointF(c.x(), c.y() + 7),
+                QPointF(c.x() - 6, c.y()),
+            ]
+        )
+    )
 
 
 class LegendDialog(QDialog):

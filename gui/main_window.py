@@ -43,6 +43,7 @@ from moe_studio.core.profiles.library import ProfileLibrary
 from moe_studio.core.units import format_bytes, format_params
 from moe_studio.gui import theme
 from moe_studio.gui.budget.budget_plot import BudgetPlot
+from moe_studio.gui.budget.engine_check import EngineCheck
 from moe_studio.gui.command_view import CommandView
 from moe_studio.gui.dialogs import ImportCommandDialog, MachineDialog, RpcDialog
 from moe_studio.gui.document import Document
@@ -125,6 +126,11 @@ class MainWindow(QMainWindow):
         self.profiles.failed.connect(self._show_error)
         self.settings_panel = SettingsPanel(document)
         self.process_panel = ProcessPanel(document, auto_detect=auto_detect_engine)
+        self.engine_check = EngineCheck(
+            document, self.budget, self.tasks, lambda: self.process_panel.engine_info
+        )
+        # A finished run has added its calibration record (the panel's own slot runs first).
+        self.process_panel.server.finished.connect(self._on_server_finished)
         self._build_layout()
         self._build_menus()
         self._build_status()
@@ -176,7 +182,12 @@ class MainWindow(QMainWindow):
         self.tabs = tabs
 
         right = QSplitter(Qt.Orientation.Vertical)
-        right.addWidget(self.budget)
+        budget_panel = QWidget()
+        budget_layout = QVBoxLayout(budget_panel)
+        budget_layout.setContentsMargins(0, 0, 0, 0)
+        budget_layout.addWidget(self.budget, 1)
+        budget_layout.addWidget(self.engine_check)
+        right.addWidget(budget_panel)
         right.addWidget(tabs)
         right.setStretchFactor(0, 2)
         right.setStretchFactor(1, 3)
@@ -346,6 +357,9 @@ class MainWindow(QMainWindow):
         self._update_status()
         assert isinstance(error, BaseException)
         self.last_error_dialog = show_error(self, self._task_error_title, error)
+
+    def _on_server_finished(self, info: object) -> None:
+        self.engine_check.relearn()
 
     def _on_tasks_progressed(self, fraction: float, text: str) -> None:
         self.progress.setValue(int(fraction * 1000))

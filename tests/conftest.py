@@ -41,6 +41,12 @@ def tiny_glm4moe(tiny_models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_gpt_oss(tiny_models_dir: Path) -> Path:
+    """A 4-layer gpt-oss GGUF (sliding window 128 on the even layers): 79 tensors, 28 KVs."""
+    return write_tiny_model(tiny_models_dir / "tiny-gpt-oss.gguf", "gpt-oss")
+
+
+@pytest.fixture(scope="session")
 def tiny_split(tiny_models_dir: Path) -> Path:
     """The tiny qwen3moe split into 3 shards of 17 tensors; the first shard's path."""
     return write_tiny_split(tiny_models_dir / "tiny-split.gguf", "qwen3moe", n_shards=3)[0]

@@ -17,11 +17,12 @@ import argparse
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from moe_studio.core.engine.diagnosis import CompareRow, Diagnosis, Fix, FixKind, compare, diagnose
+from moe_studio.core.cli.report import print_compare, print_diagnosis
+from moe_studio.core.engine.diagnosis import compare, diagnose
 from moe_studio.core.engine.discovery import EngineInfo, EngineStore, Flavour, resolve_engine
 from moe_studio.core.engine.health import HealthTracker, Phase, poll_health, send_test_prompt
 from moe_studio.core.engine.launch import LaunchSpec, ServerRun, build_launch_spec, connect_host
@@ -32,7 +33,6 @@ from moe_studio.core.errors import EngineError
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.planning import Planner
 from moe_studio.core.plan.settings import exposure_warning
-from moe_studio.core.units import format_bytes
 
 POLL_INTERVAL = 0.5
 EXIT_FAILED = 1
@@ -51,7 +51,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_plan_arguments(p)
     p.set_defaults(dialect=None)  # from the engine unless given
     p.add_argument(
-        "--dry-run", action="store_true", help="print the command and what would run; start nothing"
+        "--dry-run",
+        action="store_true",
+        help="print the command and what would run; start nothing (with --probe: only the check)",
     )
     p.add_argument("--test-prompt", metavar="TEXT", help="once ready, send TEXT and show tokens/s")
     p.add_argument(
@@ -214,59 +216,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def print_compare(rows: Sequence[CompareRow], out: TextIO) -> None:
-    """The predicted-vs-actual table: ours / engine's (difference) per device and part."""
-
-    def cell(ours: int | None, theirs: int | None) -> str:
-        if theirs is None:
-            return f"{format_bytes(ours or 0)} / ?"
-        diff = theirs - (ours or 0)
-        sign = "+" if diff >= 0 else "-"
-        return (
-            f"{format_bytes(ours or 0)} / {format_bytes(theirs)} ({sign}{format_bytes(abs(diff))})"
-        )
-
-    out.write("\nmemory: ours / engine's (difference)\n")
-    out.write(f"{'device':<24}{'weights':>32}{'KV cache':>32}{'compute':>32}\n")
-    for r in rows:
-        out.write(
-            f"{r.device[:23]:<24}{cell(r.predicted_weights, r.actual_weights):>32}"
-            f"{cell(r.predicted_kv, r.actual_kv):>32}"
-            f"{cell(r.predicted_compute, r.actual_compute):>32}\n"
-        )
-
-
-def fix_options(fix: Fix) -> str:
-    """The ``launch``/``plan`` options that apply ``fix`` by hand."""
-    s = fix.settings
-    if fix.kind is FixKind.LOWER_UBATCH:
-        return f"--ubatch {s.ubatch}" + (f" --batch {s.batch}" if s.batch < 2048 else "")
-    if fix.kind is FixKind.QUANTIZE_CACHE:
-        if s.cache_type_k == s.cache_type_v:
-            return f"--cache {s.cache_type_k}"
-        return f"--cache-k {s.cache_type_k} --cache-v {s.cache_type_v}"
-    if fix.kind is FixKind.SMALLER_CONTEXT:
-        return f"--ctx {s.ctx}"
-    layers = sorted({layer for layer, _ in (fix.edit.cells if fix.edit else ())})
-    spans: list[tuple[int, int]] = []
-    for layer in layers:
-        if spans and spans[-1][1] == layer - 1:
-            spans[-1] = (spans[-1][0], layer)
-        else:
-            spans.append((layer, layer))
-    return " ".join(f"--pin E:{a}-{b}=CPU" if a != b else f"--pin E:{a}=CPU" for a, b in spans)
-
-
-def print_diagnosis(diagnosis: Diagnosis, out: TextIO) -> None:
-    out.write(f"\nfailed: {diagnosis.sentence}\n")
-    if diagnosis.fixes:
-        out.write("fixes (add the options to the same command):\n")
-        for fix in diagnosis.fixes:
-            enough = {True: "", False: " [not enough by our estimate]", None: ""}[fix.sufficient]
-            out.write(f"  - {fix.label}{enough}: {fix_options(fix)}\n")
-            out.write(f"      {fix.detail}\n")
-
-
 class _Watcher:
     """The CLI's loop over one server run: output → parser → tracker, polls, printing."""
 
@@ -288,7 +237,7 @@ class _Watcher:
             expected_dots=expected_load_dots(t.nbytes for t in layout.tensors if t.loaded),
         )
         self.tracker = HealthTracker()
-        self.estimate = planner.estimate(plan)[1]
+        self.estimate = planner.estimate(plan, learned=False)[1]  # the model's own figures
         self.shown_label = ""
         self.shown_table = False
         self.t0 = time.monotonic()
@@ -386,12 +335,32 @@ class _Watcher:
 def _cmd_launch(args: argparse.Namespace) -> int:
     out = sys.stdout
     engine, planner, plan, notes = prepare(args, defaults=args.plan_defaults, store=EngineStore())
+    from moe_studio.core.cli.plan import learn
+    from moe_studio.core.engine.discovery import estimate_build_note
+
+    learn(planner, engine)
+    build_note = estimate_build_note(engine)
+    if build_note:
+        notes.append(build_note)
     result = planner.result(plan, executable=engine.path)
     spec = build_launch_spec(result, engine, dialect=planner.settings.dialect)
     out.write(f"{engine.label} at {engine.path}\n{spec.shell()}\n")
     command_notes = list(result.command.notes) if result.command else []
     for note in [*notes, *command_notes, *spec.notes]:
         out.write(f"note: {note}\n")
+    if args.probe:
+        from moe_studio.core.cli.report import print_probe, probe
+        from moe_studio.core.engine.probe import ProbeOutcome
+
+        out.flush()
+        checked = probe(
+            planner, plan, result, engine, timeout=args.probe_timeout,
+            record=not args.no_calibration,
+        )  # fmt: skip
+        print_probe(checked, out)
+        if checked.outcome is ProbeOutcome.OUT_OF_MEMORY:
+            out.write("not started: the engine's dry run ran out of memory.\n")
+            return EXIT_FAILED
     if args.dry_run:
         return 0
     out.flush()

@@ -10,15 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TextIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TextIO
 
 from moe_studio.core.errors import CommandError, MoeStudioError
 from moe_studio.core.gguf import catalog
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.plan.memory import COMPUTE_MARGIN, ComputeSource, DeviceBudget
 from moe_studio.core.plan.placement import Plan, as_mapping, initial_plan
 from moe_studio.core.plan.planning import Planner, PlanResult, apply_pin
 from moe_studio.core.plan.settings import DIALECTS, Settings, exposure_warning
 from moe_studio.core.units import format_bytes, parse_memory
+
+if TYPE_CHECKING:
+    from moe_studio.core.engine.discovery import EngineInfo
+    from moe_studio.core.engine.probe import ProbeResult
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,6 +87,20 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     )
     place.add_argument("--no-auto", action="store_true", help="do not auto-place the free cells")
     place.add_argument("--engine", metavar="PATH", help="llama-server to write into the command")
+    check = p.add_argument_group("check with the engine")
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="run the command with ik_llama.cpp's --dry-run and show the engine's buffer sizes "
+        "next to the estimate (seconds; no weights are read)",
+    )
+    check.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="give the dry run this long to print its buffers (default 120)",
+    )
 
 
 def _memory(text: str, flag: str = "--gpu") -> int:
@@ -224,6 +244,28 @@ def result_json(
     }
 
 
+_SOURCE_MARKS = {
+    ComputeSource.ESTIMATED: " ",
+    ComputeSource.MEASURED: "*",
+    ComputeSource.SCALED: "~",
+}
+
+
+def _headroom_line(devices: Sequence[DeviceBudget]) -> str:
+    """What the compute column's marks and the "fits" column mean."""
+    parts = []
+    sources = {d.compute_source for d in devices}
+    if ComputeSource.MEASURED in sources:
+        parts.append("* measured on this machine")
+    if ComputeSource.SCALED in sources:
+        parts.append("~ scaled from a measurement at nearby settings")
+    parts.append(
+        f"fits = total plus {COMPUTE_MARGIN:.0%} of each estimated compute buffer "
+        "(its known error) within capacity"
+    )
+    return "(" + "; ".join(parts) + ")\n"
+
+
 def print_result(planner: Planner, result: PlanResult, notes: list[str], out: TextIO) -> None:
     w = out.write
     if result.command:
@@ -236,12 +278,14 @@ def print_result(planner: Planner, result: PlanResult, notes: list[str], out: Te
     )
     for d in result.estimate.devices:
         name = d.name if d.kind is not DeviceKind.CPU else "CPU (host RAM)"
+        mark = _SOURCE_MARKS[d.compute_source]
         w(
             f"{name[:25]:<26}{format_bytes(d.capacity):>11}{format_bytes(d.weights):>11}"
-            f"{format_bytes(d.kv):>11}{format_bytes(d.compute):>11}{format_bytes(d.overhead):>11}"
-            f"{format_bytes(d.total):>11}  "
+            f"{format_bytes(d.kv):>11}{format_bytes(d.compute) + mark:>11}"
+            f"{format_bytes(d.overhead):>11}{format_bytes(d.total):>11}  "
             f"{'yes' if d.fits else 'NO, ' + format_bytes(d.overflow) + ' over'}\n"
         )
+    w(_headroom_line(result.estimate.devices))
     ranges = result.split.ranges()
     if result.split.devices:
         w("\nKV layers: " + ", ".join(f"{dev} {a}-{b}" for dev, a, b in ranges) + "\n")
@@ -259,19 +303,65 @@ def print_result(planner: Planner, result: PlanResult, notes: list[str], out: Te
             w(f"  - {line}\n")
 
 
+def _probe_engine(args: argparse.Namespace, planner: Planner) -> EngineInfo:
+    from moe_studio.core.engine.discovery import EngineStore, resolve_engine
+
+    return resolve_engine(
+        args.engine or None, store=EngineStore(), flavour=planner.settings.dialect
+    )
+
+
+def learn(planner: Planner, engine: EngineInfo | None) -> None:
+    """Let the planner learn from the compute buffers measured for this model on this engine
+    (every engine of the dialect when ``engine`` is None)."""
+    from moe_studio.core.engine.calibration import learned_for, read_records
+
+    version = engine.version if engine is not None and engine.version else None
+    learned = learned_for(read_records(), planner.layout, planner.settings.dialect, version)
+    planner.update(learned=learned)
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     planner, plan, notes = make_plan(args)
+    engine: EngineInfo | None = None
+    if args.probe:
+        engine = _probe_engine(args, planner)
+    elif args.engine:
+        from moe_studio.core.engine.discovery import probe_engine
+
+        found = probe_engine(args.engine)
+        engine = found if found.usable else None
+    if engine is not None:
+        from moe_studio.core.engine.discovery import estimate_build_note
+
+        note = estimate_build_note(engine)
+        if note:
+            notes.append(note)
+    learn(planner, engine)
     result = planner.result(plan, executable=args.engine or "llama-server")
+    measured: ProbeResult | None = None
+    if args.probe and engine is not None and result.command is not None:
+        from moe_studio.core.cli.report import print_probe, probe
+
+        measured = probe(planner, plan, result, engine, timeout=args.probe_timeout)
+        if measured.measured:  # the table shows the engine's figures, marked measured
+            learn(planner, engine)
+            result = planner.result(plan, executable=args.engine or "llama-server")
     if args.save:
         from moe_studio.core.profiles.plans import save_profile_from_plan
 
         save_profile_from_plan(args.save, planner, plan, executable=args.engine or "llama-server")
         notes.append(f"Saved the profile to {args.save}.")
     if args.json:
-        json.dump(result_json(planner, plan, result, notes), sys.stdout, indent=1)
+        obj = result_json(planner, plan, result, notes)
+        if measured is not None:
+            obj["measured"] = measured.as_json()
+        json.dump(obj, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         print_result(planner, result, notes, sys.stdout)
+        if measured is not None:
+            print_probe(measured, sys.stdout)
     if result.command is None:
         # The budget table above is still worth reading; the reason goes to stderr, exit 1.
         raise CommandError(result.command_error)

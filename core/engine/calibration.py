@@ -30,6 +30,7 @@ from pathlib import Path
 from moe_studio.core.engine.diagnosis import CompareRow
 from moe_studio.core.errors import EngineError
 from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.plan.learned import Learned, MeasuredRun
 from moe_studio.core.plan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,10 @@ class CalibrationRecord:
     engine: str
     settings: Mapping[str, object]
     devices: tuple[DevicePair, ...]
+    model_size: int = 0  # bytes of the model's tensors: tells quants of one model apart
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "v": FORMAT_VERSION,
             "time": self.time,
             "model": self.model,
@@ -97,6 +99,9 @@ class CalibrationRecord:
                 for d in self.devices
             ],
         }
+        if self.model_size:
+            out["model_size"] = self.model_size
+        return out
 
     @classmethod
     def from_json(cls, obj: object) -> CalibrationRecord | None:
@@ -126,6 +131,7 @@ class CalibrationRecord:
             engine=str(obj.get("engine", "")),
             settings=settings if isinstance(settings, dict) else {},
             devices=tuple(devices),
+            model_size=size if isinstance(size := obj.get("model_size"), int) else 0,
         )
 
 
@@ -159,7 +165,50 @@ def make_record(
         engine=engine,
         settings={k: all_settings[k] for k in SETTINGS_KEYS},
         devices=tuple(pairs),
+        model_size=model_size(layout),
     )
+
+
+def model_size(layout: ModelLayout) -> int:
+    """Bytes of the tensors the engine loads: with the name, what identifies a model file."""
+    return sum(t.nbytes for t in layout.tensors if t.loaded)
+
+
+def engine_key(engine: str) -> str:
+    """The build part of an engine string: ``version: 4840 (8337e4cd3)`` and the label
+    ``ik_llama.cpp 4840 (8337e4cd3)`` (older GUI records) both give ``4840 (8337e4cd3)``."""
+    text = engine.strip()
+    for prefix in ("version:", "ik_llama.cpp", "llama.cpp", "llama-server"):
+        text = text.removeprefix(prefix).strip()
+    return text
+
+
+def learned_for(
+    records: Sequence[CalibrationRecord],
+    layout: ModelLayout,
+    dialect: str,
+    engine: str | None = None,
+) -> Learned:
+    """The compute buffers measured for ``layout`` on this engine, for the planner to learn from.
+
+    Records of another model (name, architecture, size), dialect or — when ``engine`` (its
+    version line) is given — build are left out.
+    """
+    size = model_size(layout)
+    want = engine_key(engine) if engine else None
+    runs = []
+    for r in records:
+        if r.model != layout.name or r.architecture != layout.architecture:
+            continue
+        if r.dialect != dialect or (r.model_size and r.model_size != size):
+            continue
+        if want is not None and engine_key(r.engine) != want:
+            continue
+        predicted = {d.name: d.predicted["compute"] for d in r.devices if "compute" in d.predicted}
+        actual = {d.name: d.actual["compute"] for d in r.devices if "compute" in d.actual}
+        if actual:
+            runs.append(MeasuredRun(r.settings, predicted, actual, r.time))
+    return Learned(tuple(runs))
 
 
 def append_record(record: CalibrationRecord, path: str | os.PathLike[str] | None = None) -> Path:

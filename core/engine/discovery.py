@@ -538,3 +538,33 @@ class EngineStore:
         atomic_write_text(
             self.path, json.dumps(data, indent=1) + "\n", backup=False, error=EngineError
         )
+
+
+# --- the builds the estimate describes ------------------------------------------------------------
+
+# ik numbers its builds by commit count (``version: 4840 (8337e4cd3)``). The first build the
+# compute-buffer model describes (``compute.MODELLED_BUILDS``: after PR #1211, merged 2026-01-31
+# as 33308908d) is build 4161.
+IK_FIRST_DESCRIBED_BUILD = 4161
+
+
+def describes_engine(info: EngineInfo) -> bool | None:
+    """Whether the compute-buffer model describes ``info``'s build (None: cannot tell — mainline
+    build numbers, or a build without one, e.g. ``version: 0 (unknown)``)."""
+    if info.flavour != "ik" or info.build is None:
+        return None
+    return info.build >= IK_FIRST_DESCRIBED_BUILD
+
+
+def estimate_build_note(info: EngineInfo) -> str:
+    """A sentence when the estimate describes a newer build than ``info``'s ("" otherwise)."""
+    if describes_engine(info) is not False:
+        return ""
+    from moe_studio.core.plan.compute import MODELLED_BUILDS
+
+    since, what = MODELLED_BUILDS["ik_llama.cpp"]
+    return (
+        f"The estimate describes a newer build (ik_llama.cpp ≥ {IK_FIRST_DESCRIBED_BUILD}, "
+        f"{what}, {since}); {info.label} is older, so its compute buffers may differ — "
+        "check with the engine (--probe) or update it."
+    )

@@ -20,6 +20,7 @@ from moe_studio.core.gguf.tensors import ROUTED_EXPERT_GROUPS
 from moe_studio.core.hardware.devices import CPU_NAME, DeviceKind, Rig
 from moe_studio.core.plan.memory import (
     Estimate,
+    compute_margin,
     compute_terms,
     layer_compute_bytes,
     offload_threshold,
@@ -137,7 +138,7 @@ def advise(
                     copy if offloads else 0.0,
                     ub / copy if offloads else None,
                     terms.total,
-                    total <= budget.usable,
+                    total + compute_margin(terms.total) <= budget.usable,  # with its band
                 )
             )
         good = [o for o in options if o.fits and o.offloads and o.ubatch <= 4096]

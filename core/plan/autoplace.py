@@ -22,7 +22,13 @@ from moe_studio.core.gguf.model import Cell, ModelLayout
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
 from moe_studio.core.hardware.devices import CPU_NAME, Device, DeviceKind, Rig
 from moe_studio.core.plan.compute import rebuilt_kv_b_bytes
-from moe_studio.core.plan.memory import compute_terms, effective_mla, kv_bytes, layer_compute_bytes
+from moe_studio.core.plan.memory import (
+    compute_margin,
+    compute_terms,
+    effective_mla,
+    kv_bytes,
+    layer_compute_bytes,
+)
 from moe_studio.core.plan.placement import Plan, assign
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import format_bytes
@@ -64,7 +70,9 @@ def _budgets(
             layer_compute=layer_compute,
         )
         overhead = settings.gpu_overhead if dev.kind is DeviceKind.CUDA else 0
-        out[dev.name] = dev.memory_total - settings.reserve - overhead - terms.total
+        # The compute buffer with its known error (memory.COMPUTE_MARGIN): what "fits" checks.
+        compute = terms.total + compute_margin(terms.total)
+        out[dev.name] = dev.memory_total - settings.reserve - overhead - compute
     return out
 
 

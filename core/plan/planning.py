@@ -17,6 +17,7 @@ from moe_studio.core.plan.advisor import Advice, advise
 from moe_studio.core.plan.autoplace import AutoPlacement, auto_place
 from moe_studio.core.plan.cmdline import Command, build_command
 from moe_studio.core.plan.layers import LayerSplit, plan_layer_split
+from moe_studio.core.plan.learned import Learned
 from moe_studio.core.plan.memory import (
     Estimate,
     estimate,
@@ -56,10 +57,20 @@ class Planner:
         self.settings = resolve_context(layout, settings)
         self._kv: list[int] | None = None
         self._compute: float | None = None
+        # Compute buffers measured on this machine for this model and engine (learned.py).
+        self.learned: Learned | None = None
 
-    def update(self, *, rig: Rig | None = None, settings: Settings | None = None) -> None:
+    def update(
+        self,
+        *,
+        rig: Rig | None = None,
+        settings: Settings | None = None,
+        learned: Learned | None = None,
+    ) -> None:
         if rig is not None:
             self.rig = rig
+        if learned is not None:
+            self.learned = learned
         if settings is not None:
             settings = resolve_context(self.layout, settings)
         if settings is not None and settings != self.settings:
@@ -67,8 +78,13 @@ class Planner:
             self._kv = None
             self._compute = None
 
-    def estimate(self, plan: Plan) -> tuple[LayerSplit, Estimate]:
-        """The fast path (a cell edit): split and memory per device."""
+    def estimate(self, plan: Plan, *, learned: bool = True) -> tuple[LayerSplit, Estimate]:
+        """The fast path (a cell edit): split and memory per device.
+
+        With ``learned`` (default) compute buffers measured on this machine replace or scale the
+        model's (:attr:`learned`); without, the model's own figures — what a calibration record
+        compares the engine with, so that a correction never learns from itself.
+        """
         if self._kv is None:
             self._kv = kv_bytes(self.layout, self.settings)
             self._compute = layer_compute_bytes(self.layout, self.settings)
@@ -82,6 +98,8 @@ class Planner:
             kv_per_layer=self._kv,
             layer_compute=self._compute,
         )
+        if learned and self.learned is not None:
+            est = self.learned.correct(est, self.settings)
         return split, est
 
     def result(
@@ -109,11 +127,20 @@ class Planner:
 
     def advise_batch(self, plan: Plan) -> Settings:
         """Settings with the advisor's -b/-ub, chosen before experts take the VRAM it needs."""
-        lean = self.auto_place(plan, experts=False).plan
-        advice = self.result(lean).advice
+        placed = self.auto_place(plan, experts=False)
+        advice = self.result(placed.plan).advice
         if advice is None:
             return self.settings
-        return self.settings.with_(ubatch=advice.ubatch, batch=advice.batch)
+        tuned = self.settings.with_(ubatch=advice.ubatch, batch=advice.batch)
+        # The always-active weights come first: a -ub whose compute buffer, with its error band
+        # (memory.COMPUTE_MARGIN), pushes a layer off the GPUs is too big; halve it until it
+        # does not (not below the engines' default 512).
+        while tuned.ubatch > 512:
+            lean = auto_place(self.layout, plan, self.rig, tuned, experts=False)
+            if lean.shortfall <= placed.shortfall:
+                break
+            tuned = tuned.with_(ubatch=tuned.ubatch // 2)
+        return tuned
 
     def initial(self) -> Plan:
         return initial_plan(self.layout)

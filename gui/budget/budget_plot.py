@@ -4,17 +4,24 @@ capacity and reserve, GPUs and RPC devices on the left, host RAM on the right.
 Items are created once and updated in place (pyqtgraph ``setOpts``/``setData``). A device over
 its usable capacity gets a hatched vermillion overflow segment and a "+X over" label, so the
 warning does not rely on colour alone. Cells dragged from the grid can be dropped on a bar.
+
+Trust, drawn: an estimated compute buffer carries a hatched cap, its known error
+(``memory.COMPUTE_MARGIN``), and a device fits only with the cap under its usable line; a compute
+buffer measured on this machine has no cap and its label says "measured". After "Check with
+engine", a diamond marks the engine's own total (weights + KV + compute, plus our overhead) on
+each bar, while the plan stays the one checked. Hovering a bar explains its figures.
 """
 
 from __future__ import annotations
 
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
-from PySide6.QtGui import QBrush, QDragEnterEvent, QDragMoveEvent, QDropEvent
+from PySide6.QtGui import QBrush, QDragEnterEvent, QDragMoveEvent, QDropEvent, QMouseEvent
 from PySide6.QtWidgets import QWidget
 
+from moe_studio.core.engine.probe import ProbeResult
 from moe_studio.core.hardware.devices import DeviceKind
-from moe_studio.core.plan.memory import DeviceBudget, Estimate
+from moe_studio.core.plan.memory import COMPUTE_MARGIN, ComputeSource, DeviceBudget, Estimate
 from moe_studio.core.units import GiB, format_bytes
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document
@@ -28,6 +35,14 @@ SEGMENT_LABELS = {
     "overhead": "overhead",
 }
 BAR_WIDTH = 0.6
+HEADROOM_RULE = (
+    "A bar stacks weights, KV cache, compute buffer and overhead. An estimated compute buffer "
+    f"carries a hatched cap of ±{COMPUTE_MARGIN:.0%} of it: the remaining error of the estimate "
+    "against published CUDA runs (benchmarks/cuda_corpus.py). A device fits only when the bar "
+    "with its cap stays under the dashed line (capacity minus the reserve). Figures measured on "
+    "this machine (a launch, or Check with engine) carry no cap; a diamond marks the engine's "
+    "own total from the last check."
+)
 
 
 class _Panel:
@@ -63,6 +78,21 @@ class _Panel:
             pen=pg.mkPen(theme.OVER_COLOR, width=2),
         )
         plot.addItem(self.overflow)
+        # The compute estimate's known error, on top of the stack (none for measured figures).
+        self.band = pg.BarGraphItem(
+            x=[],
+            height=[],
+            width=BAR_WIDTH,
+            y0=[],
+            brush=QBrush(theme.SEGMENT_COLORS["compute"], Qt.BrushStyle.Dense5Pattern),
+            pen=pg.mkPen(theme.SEGMENT_COLORS["compute"], width=1, style=Qt.PenStyle.DotLine),
+        )
+        plot.addItem(self.band)
+        # The engine's own totals from "Check with engine".
+        self.marks = pg.ScatterPlotItem(
+            x=[], y=[], symbol="d", size=13, pen=pg.mkPen("#000000", width=1.5), brush="#56B4E9"
+        )
+        plot.addItem(self.marks)
         self.capacity = pg.PlotDataItem([], [], connect="pairs", pen=pg.mkPen("#444444", width=2))
         self.reserve = pg.PlotDataItem(
             [], [], connect="pairs", pen=pg.mkPen("#444444", width=1, style=Qt.PenStyle.DashLine)
@@ -72,7 +102,9 @@ class _Panel:
         self.labels: list[pg.TextItem] = []
         self.budgets: list[DeviceBudget] = []
 
-    def set_budgets(self, budgets: list[DeviceBudget], dark: bool) -> None:
+    def set_budgets(
+        self, budgets: list[DeviceBudget], dark: bool, measured: dict[str, int] | None = None
+    ) -> None:
         self.budgets = budgets
         xs = list(range(len(budgets)))
         bottom = [0.0] * len(budgets)
@@ -87,6 +119,18 @@ class _Panel:
                 over_y0.append(b.usable / GiB)
                 over_h.append(b.overflow / GiB)
         self.overflow.setOpts(x=over_x, height=over_h, y0=over_y0, width=BAR_WIDTH + 0.12)
+        band = [(i, b) for i, b in enumerate(budgets) if b.margin]
+        self.band.setOpts(
+            x=[i for i, _ in band],
+            height=[b.margin / GiB for _, b in band],
+            y0=[b.total / GiB for _, b in band],
+            width=BAR_WIDTH,
+        )
+        marks = [(i, (measured or {}).get(b.name)) for i, b in enumerate(budgets)]
+        self.marks.setData(
+            x=[i for i, m in marks if m is not None],
+            y=[m / GiB for _, m in marks if m is not None],
+        )
         cap_x, cap_y, res_x, res_y = [], [], [], []
         half = BAR_WIDTH / 2 + 0.12
         for i, b in enumerate(budgets):
@@ -106,16 +150,20 @@ class _Panel:
             label = pg.TextItem(anchor=(0.5, 1.0))
             self.plot.addItem(label)
             self.labels.append(label)
-        top = max([max(b.capacity, b.total) / GiB for b in budgets] or [1.0])
+        top = max([max(b.capacity, b.total + b.margin) / GiB for b in budgets] or [1.0])
         for i, label in enumerate(self.labels):
             if i >= len(budgets):
                 label.setText("")
                 continue
             b = budgets[i]
-            y = max(b.total, b.capacity) / GiB
+            y = max(b.total + b.margin, b.capacity) / GiB
             if b.fits:
+                measured_mark = {
+                    ComputeSource.MEASURED: " measured",
+                    ComputeSource.SCALED: " scaled",
+                }.get(b.compute_source, "")
                 label.setText(
-                    f"{b.total / GiB:.1f} / {b.capacity / GiB:.0f}",
+                    f"{b.total / GiB:.1f} / {b.capacity / GiB:.0f}{measured_mark}",
                     color="#dddddd" if dark else "#222222",
                 )
             else:
@@ -164,6 +212,12 @@ class BudgetPlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         for seg in SEGMENTS:
             self._legend.addItem(self._gpus.bars[seg], SEGMENT_LABELS[seg])
         self._legend.addItem(self._gpus.overflow, "over budget")
+        self._legend.addItem(self._gpus.band, f"estimate error (±{COMPUTE_MARGIN:.0%} compute)")
+        self._legend.addItem(self._gpus.marks, "engine's dry run")
+        self._measured: ProbeResult | None = None
+        self._measured_state: tuple[object, object] | None = None
+        self.setMouseTracking(True)
+        self.setToolTip(HEADROOM_RULE)
         self.ci.layout.setColumnStretchFactor(0, 5)
         self.ci.layout.setColumnStretchFactor(1, 1)
         # set_model and set_rig announce a plan change too, so this one signal is enough.
@@ -179,8 +233,62 @@ class BudgetPlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         self.setBackground("#1f2124" if dark else "#ffffff")
         devices = [d for d in estimate.devices if d.kind is not DeviceKind.CPU]
         host = [d for d in estimate.devices if d.kind is DeviceKind.CPU]
-        self._gpus.set_budgets(devices, dark)
-        self._ram.set_budgets(host, dark)
+        measured = self.measured_totals(estimate)
+        self._gpus.set_budgets(devices, dark, measured)
+        self._ram.set_budgets(host, dark, measured)
+
+    def show_measured(self, result: ProbeResult | None) -> None:
+        """Mark the engine's totals of a check of the document's current plan (None: clear)."""
+        doc = self._document
+        self._measured = result if result is not None and result.rows else None
+        self._measured_state = (doc.plan, doc.settings) if self._measured else None
+        self.refresh()
+
+    def measured_totals(self, estimate: Estimate) -> dict[str, int]:
+        """Device → the engine's weights + KV + compute (+ our overhead) from the last check,
+        while the plan and settings are the ones checked ({} otherwise)."""
+        doc = self._document
+        result = self._measured
+        if result is None or self._measured_state != (doc.plan, doc.settings):
+            return {}
+        out = {}
+        for row in result.rows:
+            budget = estimate.device(row.device)
+            parts = (row.actual_weights, row.actual_kv, row.actual_compute)
+            if budget is None or any(p is None for p in parts):
+                continue
+            out[row.device] = sum(p or 0 for p in parts) + budget.overhead
+        return out
+
+    def device_tooltip(self, name: str) -> str:
+        """What a device's bar says, for hovering it."""
+        _, estimate = self._document.estimate()
+        b = estimate.device(name)
+        if b is None:
+            return HEADROOM_RULE
+        source = {
+            ComputeSource.MEASURED: "measured on this machine",
+            ComputeSource.SCALED: "scaled from a measurement at nearby settings",
+            ComputeSource.ESTIMATED: "estimated",
+        }[b.compute_source]
+        lines = [
+            f"<b>{name}</b>",
+            f"weights {format_bytes(b.weights)}, KV cache {format_bytes(b.kv)}, "
+            f"compute buffer {format_bytes(b.compute)} ({source}), "
+            f"overhead {format_bytes(b.overhead)}",
+            f"total {format_bytes(b.total)}"
+            + (f" + {format_bytes(b.margin)} estimate error" if b.margin else "")
+            + f" of {format_bytes(b.usable)} usable",
+        ]
+        engine = self.measured_totals(estimate).get(name)
+        if engine is not None:
+            lines.append(f"engine's dry run: {format_bytes(engine)} (with our overhead)")
+        return "<br>".join(lines) + "<br><br>" + HEADROOM_RULE
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        name = self.device_at(event.position())
+        self.setToolTip(self.device_tooltip(name) if name else HEADROOM_RULE)
+        super().mouseMoveEvent(event)
 
     def bar_heights(self) -> dict[str, dict[str, float]]:
         """Per device and segment, the bar height in bytes as drawn (for tests)."""

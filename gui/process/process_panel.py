@@ -389,7 +389,8 @@ class ProcessPanel(QWidget):
     # --- predicted vs actual -------------------------------------------------------------------
 
     def refresh_compare(self) -> None:
-        _, estimate = self.document.estimate()
+        doc = self.document
+        _, estimate = doc.planner.estimate(doc.plan, learned=False)  # the model's own figures
         rows = compare(estimate, self.server.report())
         self.compare_table.setRowCount(len(rows))
         for r, row in enumerate(rows):
@@ -425,9 +426,10 @@ class ProcessPanel(QWidget):
         report = self.server.report()
         if not (report.model_buffers or report.kv_buffers or report.compute_buffers):
             return
-        _, estimate = self.document.estimate()
+        doc = self.document
+        _, estimate = doc.planner.estimate(doc.plan, learned=False)  # never learn from itself
         rows = compare(estimate, report)
-        engine = self.engine_info.label if self.engine_info else ""
+        engine = self.engine_info.version if self.engine_info else ""
         try:
             record = make_record(self.document.layout, self.document.settings, rows, engine=engine)
             append_record(record, self.calibration_path)

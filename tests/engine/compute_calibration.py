@@ -45,8 +45,17 @@ ENDPOINTS = ("127.0.0.1:50052", "127.0.0.1:50053")
 SOURCE = "measured"
 ENGINE = "ik_llama.cpp"
 VERSION = "8337e4cd, CPU + RPC build (the binary says version 0)"
-DEFAULT_TOLERANCE = (5.0, "tiny fixture on RPC devices: the worst such point is 4.3 % off")
-FIXTURES = ("qwen3moe", "deepseek2", "glm4moe")
+DEFAULT_TOLERANCE = (
+    2.0,
+    "tiny fixture, CPU and RPC devices: the target (worst -2.0 %: 0.01 MiB rounding)",
+)
+# DeepSeek MLA beyond 512 cells: what the model still misses (issue 10; see tolerance()).
+MLA_TOLERANCE = (
+    5.0,
+    "DeepSeek MLA: the allocator's reuse around the -mla 3 prompt path is not modelled "
+    "(worst -4.3 % with FA, +3.2 % without)",
+)
+FIXTURES = ("qwen3moe", "deepseek2", "glm4moe", "gpt-oss")
 
 _COMPUTE = re.compile(
     r"^llama_init_from_model: +(\S+) compute buffer size = +([\d.]+) MiB$", re.MULTILINE
@@ -270,6 +279,8 @@ def tolerance(run: Run) -> tuple[float, str]:
         if s.effective_mla >= 2 and min(s.ubatch, s.kv_size) >= 512:
             # ik keeps about 3 more bytes per token and cell than the model has.
             return (25.0, "DeepSeek -mla 3, FA, 512 tokens on 512 cells: we are 19-22 % low")
+    if run.arch == "deepseek2":
+        return MLA_TOLERANCE
     return DEFAULT_TOLERANCE
 
 

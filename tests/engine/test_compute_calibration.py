@@ -55,7 +55,7 @@ def test_stored_run_reproduces(
     tmp_path: Path,
 ) -> None:
     arch = run["model"].removeprefix("fixture:tiny-")
-    model: Path = request.getfixturevalue(f"tiny_{arch}")
+    model: Path = request.getfixturevalue(f"tiny_{arch.replace('-', '_')}")
     got = measure(shlex.split(run["command"]), engine, model, rpc_endpoints, tmp_path / "log")
     assert {our_device(d): mib for d, mib in got.compute.items()} == run["compute"], name
     if "layers" in run:

@@ -97,7 +97,9 @@ SETTINGS = {
 }
 
 
-@pytest.fixture(scope="module", params=["tiny_qwen3moe", "tiny_deepseek2", "tiny_glm4moe"])
+@pytest.fixture(
+    scope="module", params=["tiny_qwen3moe", "tiny_deepseek2", "tiny_glm4moe", "tiny_gpt_oss"]
+)
 def tiny_model(request: pytest.FixtureRequest) -> Path:
     path: Path = request.getfixturevalue(request.param)
     return path

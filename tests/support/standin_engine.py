@@ -24,7 +24,8 @@ Behaviour knobs (environment variables):
 ``STANDIN_FAIL``                  ``oom`` (cudaMalloc fails on device 0 while allocating the
                                   model buffers), ``oom-kv``, ``oom-compute`` (the same while
                                   allocating the KV cache / compute buffers), ``crash`` (SIGSEGV
-                                  once loaded)
+                                  once loaded), ``crash-load`` (SIGSEGV before the compute
+                                  buffers)
 ``STANDIN_OOM_MIB``               MiB the failed cudaMalloc asked for (default: the computed
                                   CUDA0 buffer, or 1024)
 ``STANDIN_ENFORCE_FREE=1``        fail like a real GPU: the first model, KV or compute buffer
@@ -39,6 +40,9 @@ Behaviour knobs (environment variables):
 ``STANDIN_PROMPT_TPS``            simulated prompt speed, tokens/s (default 2000)
 ``STANDIN_GEN_TPS``               simulated generation speed, tokens/s (default 200)
 ================================  =============================================================
+
+``--dry-run`` (ik): the buffer lines as usual, then the stand-in waits for a signal without
+loading or serving (a probe must stop it once the buffers are printed).
 
 Dialect differences it reproduces: ik prints its library lines to stderr and its ``INFO [ … ]``
 server lines to stdout; it accepts connections only once loaded (before: connection refused,
@@ -286,6 +290,7 @@ class Options:
     log_timestamps: bool = True
     threads: int = 2
     alias: str = ""
+    dry_run: bool = False
 
 
 class UsageError(Exception):
@@ -455,6 +460,8 @@ def _apply(o: Options, flag: str, value: str | None, raw: str, cuda: list[int]) 
         o.threads = _int(value, raw, d)
     elif flag in ("-a", "--alias"):
         o.alias = _need(value, raw, d)
+    elif flag in ("-dr", "--dry-run"):
+        o.dry_run = True
 
 
 def rpc_buffer(endpoint: str) -> str:
@@ -990,6 +997,9 @@ class Engine:
             lg.lib("sched_reserve: reserving ...")
         if self.stop.wait(seconds * 0.2) or not self._gate_opened():
             return 0
+        if fail == "crash-load":  # ik's --dry-run on an MLA model in some builds
+            signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGSEGV)
         compute = compute_buffers(layout, o, p)
         hit = self.overflow(compute)
         if fail == "oom-compute" or hit:
@@ -1020,6 +1030,11 @@ class Engine:
         if ik:
             lg.lib(f"llama_init_from_model: graph nodes  = {nodes}")
             lg.lib(f"llama_init_from_model: graph splits = {splits}")
+            if o.dry_run:
+                # ik goes on to serve after a dry run; the stand-in holds here instead, so a
+                # caller that waits for more than the buffers never ends.
+                self.stop.wait()
+                return 0
             lg.server("init", "initializing slots", n_slots=self.n_slots)
             for i in range(self.n_slots):
                 lg.server("init", "new slot", id_slot=i, n_ctx_slot=p.kv_size // self.n_slots)

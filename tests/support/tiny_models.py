@@ -22,7 +22,13 @@ arch          tensors  KV pairs  layers
 qwen3moe      51       27        4 MoE (12 tensors each) + token_embd, output_norm, output
 deepseek2     66       34        1 dense (12) + 3 MoE with a shared expert (17); ``attn_kv_b``
 glm4moe       80       33        1 dense (14) + 2 MoE (19) + 1 nextn MoE block (25), unused
+gpt-oss       79       28        4 MoE (19 tensors each: biases everywhere, attention sinks)
 ============  =======  ========  ==========================================================
+
+The gpt-oss file has gpt-oss's layout (ik ``create_openai_moe_tensors``): biased q/k/v/o,
+``attn_sinks``, a biased router, experts with per-expert biases, and ``attention.sliding_window``
+128, so every other layer (ik and our reader: the even ones) attends through a sliding window and
+the graph builds the second KQ mask. Its experts are Q8_0 here, not MXFP4.
 
 A split model (:func:`write_tiny_split`) is laid out as ``gguf-split`` writes one: the tensors in
 file order over ``<stem>-0000k-of-0000n.gguf``, the full metadata in the first shard only, and
@@ -47,7 +53,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType, TokenType, quants
 
-ARCHITECTURES = ("qwen3moe", "deepseek2", "glm4moe")
+ARCHITECTURES = ("qwen3moe", "deepseek2", "glm4moe", "gpt-oss")
 # Keys gguf-split adds to every shard of a split model.
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
 
@@ -347,7 +353,50 @@ def _glm4moe(n_layer: int) -> tuple[dict[str, MetaSpec], list[TensorSpec], int]:
     return meta, tensors, nextn
 
 
-_BUILDERS = {"qwen3moe": _qwen3moe, "deepseek2": _deepseek2, "glm4moe": _glm4moe}
+def _gpt_oss(n_layer: int) -> tuple[dict[str, MetaSpec], list[TensorSpec], int]:
+    n_head, n_head_kv, head = 4, 2, 64
+    meta = _common_metadata("gpt-oss", n_layer)
+    meta |= {
+        "gpt-oss.attention.head_count": _u32(n_head),
+        "gpt-oss.attention.head_count_kv": _u32(n_head_kv),
+        "gpt-oss.attention.key_length": _u32(head),
+        "gpt-oss.attention.value_length": _u32(head),
+        "gpt-oss.rope.dimension_count": _u32(head),
+        "gpt-oss.attention.sliding_window": _u32(128),
+    }
+    tensors = []
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        tensors += [
+            _vec(p + "attn_norm.weight", N_EMBD),
+            _mat(p + "attn_q.weight", N_EMBD, n_head * head),
+            _vec(p + "attn_q.bias", n_head * head),
+            _mat(p + "attn_k.weight", N_EMBD, n_head_kv * head),
+            _vec(p + "attn_k.bias", n_head_kv * head),
+            _mat(p + "attn_v.weight", N_EMBD, n_head_kv * head),
+            _vec(p + "attn_v.bias", n_head_kv * head),
+            _mat(p + "attn_output.weight", n_head * head, N_EMBD),
+            _vec(p + "attn_output.bias", N_EMBD),
+            _vec(p + "attn_sinks.weight", n_head),
+            _vec(p + "post_attention_norm.weight", N_EMBD),
+            _mat(p + "ffn_gate_inp.weight", N_EMBD, N_EXPERT, F32),
+            _vec(p + "ffn_gate_inp.bias", N_EXPERT),
+            TensorSpec(p + "ffn_gate_exps.weight", (N_EMBD, N_FF_EXP, N_EXPERT), Q8_0),
+            TensorSpec(p + "ffn_gate_exps.bias", (N_FF_EXP, N_EXPERT), F32),
+            TensorSpec(p + "ffn_up_exps.weight", (N_EMBD, N_FF_EXP, N_EXPERT), Q8_0),
+            TensorSpec(p + "ffn_up_exps.bias", (N_FF_EXP, N_EXPERT), F32),
+            TensorSpec(p + "ffn_down_exps.weight", (N_FF_EXP, N_EMBD, N_EXPERT), Q8_0),
+            TensorSpec(p + "ffn_down_exps.bias", (N_EMBD, N_EXPERT), F32),
+        ]
+    return meta, tensors, 0
+
+
+_BUILDERS = {
+    "qwen3moe": _qwen3moe,
+    "deepseek2": _deepseek2,
+    "glm4moe": _glm4moe,
+    "gpt-oss": _gpt_oss,
+}
 
 
 def tiny_model_plan(arch: str = "qwen3moe", *, n_layer: int = 4) -> TinyModelPlan:
