@@ -97,6 +97,10 @@ class CommandView(QWidget):
         over = theme.OVER_COLOR.name()
         parts: list[str] = []
         advice = result.advice
+        if result.engine_problem:
+            parts.append(
+                f"<li><b style='color:{over}'>⚠ {html.escape(result.engine_problem)}</b></li>"
+            )
         if result.command_error:
             parts.append(
                 f"<li><b style='color:{over}'>{html.escape(result.command_error)}</b></li>"

@@ -47,6 +47,7 @@ from moe_studio.gui.budget.engine_check import EngineCheck
 from moe_studio.gui.command_view import CommandView
 from moe_studio.gui.dialogs import ImportCommandDialog, MachineDialog, RpcDialog
 from moe_studio.gui.document import Document
+from moe_studio.gui.fit_area import fit_area
 from moe_studio.gui.legend import LegendDialog
 from moe_studio.gui.messages import show_error
 from moe_studio.gui.palette import DevicePalette
@@ -125,7 +126,7 @@ class MainWindow(QMainWindow):
         )
         self.profiles.failed.connect(self._show_error)
         self.settings_panel = SettingsPanel(document)
-        self.process_panel = ProcessPanel(document, auto_detect=auto_detect_engine)
+        self.process_panel = ProcessPanel(document, auto_detect=auto_detect_engine, bench_tab=False)
         self.engine_check = EngineCheck(
             document, self.budget, self.tasks, lambda: self.process_panel.engine_info
         )
@@ -174,11 +175,13 @@ class MainWindow(QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.settings_panel)
         tabs.addTab(scroll, "Settings")
-        # Scroll areas keep the window usable at 1280×800: these panels are taller than the tab.
-        server_scroll = QScrollArea()
-        server_scroll.setWidgetResizable(True)
-        server_scroll.setWidget(self.process_panel)
-        tabs.addTab(server_scroll, "Server")
+        # A scroll area keeps Settings usable at 1280×800. Server and Benchmarks fit there with
+        # no scroll bar (their plots and logs share the room in tabs and splitters); they scroll
+        # only in a smaller window.
+        self.server_tab = fit_area(self.process_panel)
+        tabs.addTab(self.server_tab, "Server")
+        self.bench_tab = fit_area(self.process_panel.bench)
+        tabs.addTab(self.bench_tab, "Benchmarks")
         self.tabs = tabs
 
         right = QSplitter(Qt.Orientation.Vertical)
@@ -494,11 +497,14 @@ class MainWindow(QMainWindow):
             or "no GPU"
         )
         fits = "fits" if estimate.fits else "does NOT fit"
+        problem = self.document.planner.engine_problem()
         self.status_label.setText(
             f"{layout.name}: {format_params(layout.total_params)} params, "
             f"{format_bytes(layout.total_bytes)} · {rig.name}: {gpus}, "
             f"{format_bytes(rig.host.ram_total, precision=0)} RAM · {fits}"
+            + (f" · ⚠ {problem.partition(':')[0]} (see Command)" if problem else "")
         )
+        self.status_label.setToolTip(problem)
 
     def show_legend(self) -> None:
         """What every colour and mark means (non-modal, beside the window)."""

@@ -60,6 +60,7 @@ class LaunchSpec:
     numactl: tuple[str, ...] = ()
     load_seconds: float | None = None
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # the exported command will not work (wrong engine's types)
 
 
 def estimate_load_seconds(layout: ModelLayout) -> float:
@@ -122,6 +123,7 @@ def launch_spec(profile: Profile, layout: ModelLayout, *, advice: bool = True) -
         numactl=numactl,
         load_seconds=estimate_load_seconds(layout),
         notes=tuple(notes),
+        warnings=(result.engine_problem,) if result.engine_problem else (),
     )
 
 
@@ -230,6 +232,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         health_timeout=args.health_timeout,
         windows=args.windows,
     )
+    for warning in spec.warnings:
+        sys.stderr.write(f"moe-studio: warning: {warning}\n")
     for note in (*spec.notes, *notes):
         sys.stderr.write(f"moe-studio: note: {note}\n")
     data = encode_export(fmt, text)

@@ -29,6 +29,7 @@ from moe_studio.core.engine.launch import LaunchSpec, ServerRun, build_launch_sp
 from moe_studio.core.engine.log_events import BufferKind
 from moe_studio.core.engine.log_parser import EngineLogParser
 from moe_studio.core.engine.log_patterns import expected_load_dots
+from moe_studio.core.engine.preflight import preflight
 from moe_studio.core.errors import EngineError
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.planning import Planner
@@ -363,6 +364,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             return EXIT_FAILED
     if args.dry_run:
         return 0
+    checked = preflight(spec.full_argv)
+    for warning in checked.warnings:
+        out.write(f"warning: {warning}\n")
+    if not checked.ok:
+        raise EngineError(f"Not launched: {checked.sentence()}")
     out.flush()
     with _sigterm_as_interrupt():
         run = ServerRun(spec)

@@ -222,6 +222,7 @@ def result_json(
         "argv": list(result.command.argv) if result.command else None,
         "env": result.command.env if result.command else {},
         "command_error": result.command_error or None,
+        "engine_problem": result.engine_problem or None,
         "settings": planner.settings.to_dict(),
         "devices": result.estimate.as_json(),
         "layer_devices": list(result.split.layer_devices),
@@ -272,6 +273,8 @@ def print_result(planner: Planner, result: PlanResult, notes: list[str], out: Te
         w(result.command.shell() + "\n")
     else:
         w(f"(no command: {result.command_error})\n")
+    if result.engine_problem:
+        w(f"! {result.engine_problem}\n")
     w(
         f"\n{'device':<26}{'capacity':>11}{'weights':>11}{'KV':>11}{'compute':>11}"
         f"{'overhead':>11}{'total':>11}  fits\n"

@@ -335,8 +335,13 @@ def send_test_prompt(
     timings = data.get("timings")
     if not isinstance(timings, dict):
         raise EngineError("The server's answer to the test prompt has no timings.")
+    return result_from_timings(str(data.get("content", "")), timings)
+
+
+def result_from_timings(content: str, timings: dict[str, object]) -> PromptResult:
+    """A :class:`PromptResult` from the server's ``timings`` object (both engines write one)."""
     return PromptResult(
-        content=str(data.get("content", "")),
+        content=content,
         prompt_tokens=int(_number(timings, "prompt_n") if "prompt_n" in timings else 0),
         prompt_tokens_per_second=_number(timings, "prompt_per_second"),
         predicted_tokens=int(_number(timings, "predicted_n") if "predicted_n" in timings else 0),

@@ -168,7 +168,8 @@ def build_launch_spec(
         which: Finds ``numactl`` on PATH.
 
     Raises:
-        EngineError: no command, an unusable engine, or an engine of the other dialect.
+        EngineError: no command, an unusable engine, an engine of the other dialect, or quant
+            types the dialect's engine does not have.
     """
     engine.require_usable()
     command = result.command
@@ -176,6 +177,8 @@ def build_launch_spec(
         raise EngineError(
             f"There is no command to run: {result.command_error or 'the plan is incomplete'}"
         )
+    if result.engine_problem:
+        raise EngineError(f"Not launched: {result.engine_problem}")
     if engine.flavour not in ("unknown", dialect):
         plan_name = "ik_llama.cpp" if dialect == "ik" else "mainline llama.cpp"
         raise EngineError(

@@ -8,9 +8,11 @@ new settings give a new :class:`PlanResult`.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from moe_studio.core.errors import CommandError, MoeStudioError, PlanError
+from moe_studio.core.gguf.ggml_types import type_by_id
 from moe_studio.core.gguf.model import Cell, ModelLayout
 from moe_studio.core.hardware.devices import Rig
 from moe_studio.core.plan.advisor import Advice, advise
@@ -33,7 +35,43 @@ from moe_studio.core.plan.placement import (
     initial_plan,
     range_cells,
 )
-from moe_studio.core.plan.settings import Settings
+from moe_studio.core.plan.settings import Dialect, Settings
+
+_ENGINE_NAMES = {"ik": "ik_llama.cpp", "mainline": "llama.cpp (mainline)"}
+
+
+def unsupported_types(layout: ModelLayout, dialect: Dialect) -> dict[str, int]:
+    """Tensors per quant type that ``dialect``'s engine does not define (name → count), most
+    used first: ik_llama.cpp's own types (IQ2_KS, IQ4_KS…) for mainline, and mainline's own
+    (TQ1_0, NVFP4…) for ik. Types neither engine knows were refused when the file was read."""
+    counts: Counter[str] = Counter()
+    for tensor in layout.tensors:
+        if not tensor.loaded:
+            continue  # GLM's nextn blocks: the engine skips them, their types do not matter
+        kind = type_by_id(tensor.type_id)
+        if kind is None:
+            continue
+        known = kind.in_mainline if dialect == "mainline" else kind.in_ik
+        if not known:
+            counts[kind.name] += 1
+    return dict(counts.most_common())
+
+
+def engine_type_problem(layout: ModelLayout, dialect: Dialect) -> str:
+    """A sentence when ``dialect``'s engine cannot load ``layout``'s quant types, else ``""``."""
+    missing = unsupported_types(layout, dialect)
+    if not missing:
+        return ""
+    other: Dialect = "ik" if dialect == "mainline" else "mainline"
+    count = sum(missing.values())
+    total = sum(1 for t in layout.tensors if t.loaded)
+    listing = ", ".join(f"{name} ×{n}" for name, n in missing.items())
+    own = "ik_llama.cpp-only" if dialect == "mainline" else "mainline-only"
+    return (
+        f"{_ENGINE_NAMES[dialect]} cannot load this model: {count} of {total} tensors use "
+        f"{own} quant types ({listing}). Use {_ENGINE_NAMES[other]} (switch the engine to "
+        f"{other}), or a quant of this model made with types both engines know."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +84,7 @@ class PlanResult:
     command_error: str = ""
     advice: Advice | None = None
     notes: tuple[str, ...] = field(default=())
+    engine_problem: str = ""  # the engine cannot load the model at all (see engine_type_problem)
 
 
 class Planner:
@@ -59,6 +98,14 @@ class Planner:
         self._compute: float | None = None
         # Compute buffers measured on this machine for this model and engine (learned.py).
         self.learned: Learned | None = None
+        self._type_problems: dict[Dialect, str] = {}
+
+    def engine_problem(self) -> str:
+        """Why the settings' engine cannot load this model ("" when it can); cached per dialect."""
+        dialect = self.settings.dialect
+        if dialect not in self._type_problems:
+            self._type_problems[dialect] = engine_type_problem(self.layout, dialect)
+        return self._type_problems[dialect]
 
     def update(
         self,
@@ -120,7 +167,9 @@ class Planner:
         except MoeStudioError as exc:
             error = str(exc)
         advice = advise(self.layout, plan, self.rig, self.settings, est)
-        return PlanResult(split, est, command, error, advice, split.notes)
+        return PlanResult(
+            split, est, command, error, advice, split.notes, engine_problem=self.engine_problem()
+        )
 
     def auto_place(self, plan: Plan, *, experts: bool = True) -> AutoPlacement:
         return auto_place(self.layout, plan, self.rig, self.settings, experts=experts)

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from PySide6.QtCore import QSignalBlocker, Qt, QTimer, Signal
+from PySide6.QtCore import QSignalBlocker, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QFontDatabase, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
@@ -106,10 +106,14 @@ class BenchPanel(QWidget):
         document: Document,
         engine_provider: EngineProvider,
         parent: QWidget | None = None,
+        *,
+        blocker: Callable[[], str] | None = None,
     ) -> None:
         super().__init__(parent)
         self._document = document
         self._engine_provider = engine_provider
+        # Why a run cannot start now ("" when it can): the window's server holds the devices.
+        self._blocker = blocker or (lambda: "")
         self._spec: BenchSpec | None = None
         self._spec_error = ""
         self._entries: tuple[Mapping[str, Any], ...] = ()
@@ -150,10 +154,16 @@ class BenchPanel(QWidget):
         self._on_document_benchmarks_changed()
         self.refresh()
 
+    def sizeHint(self) -> QSize:
+        # The plot asks for far more than it needs; as a tab of the window this panel takes the
+        # tab's share of the height instead of pushing the budget plot above it away.
+        return QSize(560, 380)
+
     # --- construction --------------------------------------------------------------------------
 
     def _build(self) -> None:
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
 
         options = QGridLayout()
         options.setHorizontalSpacing(8)
@@ -186,8 +196,9 @@ class BenchPanel(QWidget):
             ("Generate:", self.n_gen),
             ("Repetitions:", self.repetitions),
         )
+        # Two fields a row: the panel shares the Server tab's width (about 570 px at 1280×800).
         for i, (text, widget) in enumerate(fields):
-            row, col = divmod(i, 3)
+            row, col = divmod(i, 2)
             label = QLabel(text)
             label.setBuddy(widget)
             options.addWidget(label, row, 2 * col, Qt.AlignmentFlag.AlignRight)
@@ -195,14 +206,14 @@ class BenchPanel(QWidget):
         self.depths = QLabel()
         self.depths.setStyleSheet("color: palette(placeholder-text);")
         self.depths.setToolTip("The KV depths (N_KV) this run will measure.")
-        options.addWidget(self.depths, 1, 4, 1, 2)
-        options.setColumnStretch(6, 1)
+        options.addWidget(self.depths, 2, 2, 1, 2)
+        options.setColumnStretch(4, 1)
         self.run_button = QPushButton("Run benchmark")
         self.run_button.setDefault(True)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        options.addWidget(self.run_button, 0, 7)
-        options.addWidget(self.cancel_button, 1, 7)
+        options.addWidget(self.run_button, 0, 5)
+        options.addWidget(self.cancel_button, 1, 5)
         layout.addLayout(options)
 
         self.command = QPlainTextEdit()
@@ -211,10 +222,7 @@ class BenchPanel(QWidget):
         font.setStyleHint(QFont.StyleHint.Monospace)
         self.command.setFont(font)
         self.command.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
-        lines = self.command.fontMetrics().lineSpacing() * 3
-        self.command.setMaximumHeight(lines + 2 * self.command.frameWidth() + 10)
         self.command.setToolTip("The exact command the benchmark runs (read-only).")
-        layout.addWidget(self.command)
         self.notes = QLabel()
         self.notes.setWordWrap(True)
         self.notes.setStyleSheet("color: palette(placeholder-text);")
@@ -248,12 +256,16 @@ class BenchPanel(QWidget):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(False)
         self.bottom.addTab(self.runs, "Runs")
+        # In a tab, so that the plot keeps the height at 1280×800 (the Server tab is short).
+        self.bottom.addTab(self.command, "Command")
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setFont(font)
         self.log.setMaximumBlockCount(LOG_LINES)
         self.bottom.addTab(self.log, "Output")
         splitter.addWidget(self.bottom)
+        # The runs list may shrink to its tab bar and a row: the plot matters more.
+        self.bottom.setMinimumHeight(60)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 1)
         layout.addWidget(splitter, 1)
@@ -296,13 +308,18 @@ class BenchPanel(QWidget):
             self.notes.setVisible(bool(self._spec.notes))
         else:
             self.command.setPlainText(self._spec_error)
-            self.notes.hide()
+            self.notes.setText(self._spec_error)
+            self.notes.show()
         self._update_buttons()
 
     def start(self) -> bool:
         """Start the benchmark (what Run does); False with the reason in the status if it
         cannot."""
         if self.is_running:
+            return False
+        blocked = self._blocker()
+        if blocked:
+            self._set_status(blocked)
             return False
         self.refresh()
         spec = self._spec
@@ -416,10 +433,13 @@ class BenchPanel(QWidget):
 
     def _update_buttons(self) -> None:
         running = self.is_running
-        can_run = self._spec is not None and not running
+        blocked = self._blocker()
+        can_run = self._spec is not None and not running and not blocked
         self.run_button.setEnabled(can_run)
         if running:
             self.run_button.setToolTip("A benchmark is running.")
+        elif blocked:
+            self.run_button.setToolTip(blocked)
         elif self._spec is None:
             self.run_button.setToolTip(self._spec_error)
         else:

@@ -132,7 +132,7 @@ class BenchPlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent=parent)
-        self.setMinimumHeight(220)
+        self.setMinimumHeight(120)  # fits under the Server tab's controls at 1280×800
         self._pp = _Panel(self.addPlot(row=0, col=0), "Prompt processing (S_PP)")
         self._tg = _Panel(self.addPlot(row=0, col=1), "Generation (S_TG)")
         # The legend gets its own row so it never covers a curve.

@@ -47,6 +47,7 @@ from moe_studio.core.engine.launch import (
     resolve_program,
     signal_group,
 )
+from moe_studio.core.engine.preflight import preflight
 from moe_studio.core.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,9 @@ class BenchProcess(QObject):
         if self.running:
             raise EngineError("A benchmark is already running; cancel it first.")
         program = resolve_program(spec.full_argv[0])
+        checked = preflight(spec.full_argv)
+        if not checked.ok:
+            raise EngineError(checked.sentence())
         self.spec = spec
         self.history = LogHistory(self.history.max_lines)
         self._stdout = LogHistory(self._stdout.max_lines)

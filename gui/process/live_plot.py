@@ -1,4 +1,8 @@
-"""Scrolling live graphs: VRAM used per GPU, the server's RSS and CPU %, and tokens/s.
+"""Scrolling live graphs: VRAM used per GPU, the server's RSS, its CPU use, and tokens/s.
+
+Four plots in a 2×2 grid, each with its own unit on its own axis (GiB, GiB, cores, tokens/s) and
+one shared time axis in seconds since the launch: it starts at 0 and spans at least
+``MIN_SPAN_S``, so a single point does not stretch a 10 ms range over the whole width.
 
 One :class:`moe_studio.core.hardware.sampler.Sampler` tick per second (``SAMPLE_MS``); items are
 created once and updated with ``setData`` (pyqtgraph ``scrollingPlots`` style); at most
@@ -7,6 +11,7 @@ created once and updated with ``setData`` (pyqtgraph ``scrollingPlots`` style); 
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import pyqtgraph as pg
@@ -19,6 +24,7 @@ from moe_studio.gui import theme
 
 SAMPLE_MS = 1000
 HISTORY = 600
+MIN_SPAN_S = 30.0
 
 
 class LivePlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
@@ -27,18 +33,29 @@ class LivePlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         self.sampler = sampler
         self.pid: int | None = None
         self._t0: float | None = None
-        self.memory = self.addPlot(row=0, col=0, title="GPU memory used (GiB)")
-        self.host = self.addPlot(row=0, col=1, title="Server RSS (GiB) and CPU (cores)")
-        self.speed = self.addPlot(row=0, col=2, title="Tokens/s")
+        self.memory = self.addPlot(row=0, col=0, title="GPU memory used")
+        self.rss = self.addPlot(row=0, col=1, title="Server memory (RSS)")
+        self.cpu = self.addPlot(row=1, col=0, title="Server CPU use")
+        self.speed = self.addPlot(row=1, col=1, title="Tokens/s")
         dark = theme.is_dark()
         self.setBackground("#1f2124" if dark else "#ffffff")
-        for plot in (self.memory, self.host, self.speed):
+        units = {self.memory: "GiB", self.rss: "GiB", self.cpu: "cores", self.speed: "tokens/s"}
+        for plot, unit in units.items():
             plot.showGrid(x=True, y=True, alpha=0.25)
             plot.setMenuEnabled(False)
-            plot.setLabel("bottom", "seconds since launch")
+            if plot in (self.cpu, self.speed):  # the bottom row names the shared time axis
+                plot.setLabel("bottom", "seconds since launch")
+            plot.setLabel("left", unit)
             plot.getAxis("bottom").enableAutoSIPrefix(False)
             plot.getAxis("left").enableAutoSIPrefix(False)
+            plot.setTitle(plot.titleLabel.text, size="9pt")
+            plot.enableAutoRange(axis="x", enable=False)
+            plot.setXRange(0, MIN_SPAN_S, padding=0)
+            if plot is not self.memory:
+                plot.setXLink(self.memory)
+        for plot in (self.memory, self.speed):
             plot.addLegend(offset=(6, 4), labelTextSize="8pt")
+        self._latest = 0.0
 
         self._gpu: dict[str, tuple[deque[float], deque[float], pg.PlotDataItem]] = {}
         self._rss: tuple[deque[float], deque[float]] = (
@@ -49,12 +66,8 @@ class LivePlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
             deque(maxlen=HISTORY),
             deque(maxlen=HISTORY),
         )
-        self._rss_item = self.host.plot(
-            [], [], name="RSS", pen=pg.mkPen(theme.GPU_COLORS[0], width=2)
-        )
-        self._cpu_item = self.host.plot(
-            [], [], name="CPU", pen=pg.mkPen(theme.GPU_COLORS[1], width=2)
-        )
+        self._rss_item = self.rss.plot([], [], pen=pg.mkPen(theme.GPU_COLORS[0], width=2))
+        self._cpu_item = self.cpu.plot([], [], pen=pg.mkPen(theme.GPU_COLORS[1], width=2))
         self._tps: dict[str, tuple[deque[float], deque[float], pg.PlotDataItem]] = {}
         self.gpu_reason = ""
         self.timer = QTimer(self)
@@ -64,7 +77,10 @@ class LivePlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
     def start(self, pid: int | None) -> None:
         """Follow a new server process (clears the traces)."""
         self.pid = pid
-        self._t0 = None
+        # The launch is time 0 (the sampler and the speeds use the monotonic clock).
+        self._t0 = time.monotonic()
+        self._latest = 0.0
+        self.memory.setXRange(0, MIN_SPAN_S, padding=0)
         for xs, ys, item in self._gpu.values():
             xs.clear()
             ys.clear()
@@ -95,7 +111,17 @@ class LivePlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
     def _elapsed(self, t: float) -> float:
         if self._t0 is None:
             self._t0 = t
-        return t - self._t0
+        elapsed = max(0.0, t - self._t0)
+        if elapsed > self._latest:
+            self._latest = elapsed
+            # Follow the newest point; the x axes are linked, so one call moves all four.
+            self.memory.setXRange(0, max(MIN_SPAN_S, elapsed * 1.05), padding=0)
+        return elapsed
+
+    def x_range(self) -> tuple[float, float]:
+        """The time axis shown (seconds since the launch), for tests."""
+        low, high = self.memory.viewRange()[0]
+        return float(low), float(high)
 
     def sample_now(self) -> Sample | None:
         if self.sampler is None:
@@ -129,10 +155,13 @@ class LivePlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
                 self._rss[0].append(t)
                 self._rss[1].append(process.rss / GiB)
                 self._rss_item.setData(list(self._rss[0]), list(self._rss[1]))
+                # From 0, so that a flat line reads as a size and not as noise around it.
+                self.rss.setYRange(0, max(self._rss[1]) * 1.2 or 1.0, padding=0)
             if process.cpu_percent is not None:
                 self._cpu[0].append(t)
                 self._cpu[1].append(process.cpu_percent / 100)
                 self._cpu_item.setData(list(self._cpu[0]), list(self._cpu[1]))
+                self.cpu.setYRange(0, max(1.0, max(self._cpu[1]) * 1.2), padding=0)
 
     def add_speed(self, when: float, kind: str, tokens_per_second: float) -> None:
         """A measured speed (``kind``: "prompt" or "generation") at monotonic time ``when``."""

@@ -5,7 +5,7 @@ The executable is resolved first for a precise error; a taken port is refused na
 merged) goes into a bounded :class:`moe_studio.core.engine.launch.LogHistory` that a log view can
 replay when attached later, and through :class:`moe_studio.core.engine.log_parser.EngineLogParser`
 into a :class:`moe_studio.core.engine.health.HealthTracker`; ``/health`` is polled off the GUI
-thread.
+thread until the server is ready, and no longer after (ik logs every poll).
 
 Stop is SIGTERM to the server's process group, then SIGKILL after ``STOP_TIMEOUT_MS``. No orphan
 servers: the server runs in its own session and, on Linux, under ``setpriv --pdeathsig TERM`` so
@@ -41,6 +41,7 @@ from moe_studio.core.engine.launch import (
 )
 from moe_studio.core.engine.log_events import Event, LoadReport
 from moe_studio.core.engine.log_parser import EngineLogParser
+from moe_studio.core.engine.preflight import preflight
 from moe_studio.core.errors import EngineError
 from moe_studio.gui.tasks import Background
 
@@ -111,6 +112,10 @@ class ServerProcess(QObject):
             raise EngineError("A server is already running; stop it first.")
         resolved = resolve_program(spec.full_argv[0])
         check_port(connect_host(spec.host), spec.port)
+        # On the GUI thread, but short: the RPC connects run at once with a 0.5 s timeout.
+        checked = preflight(spec.full_argv)
+        if not checked.ok:
+            raise EngineError(checked.sentence())
         self.spec = spec
         self.history = LogHistory(self.history.max_lines)
         self.parser = EngineLogParser(None if spec.dialect == "unknown" else spec.dialect)
@@ -118,7 +123,7 @@ class ServerProcess(QObject):
         self._stop_requested = False
         self._killed = False
         self._poll_timer.setInterval(POLL_MS)
-        self.notes = []
+        self.notes = list(checked.warnings)
         prefix = pdeathsig_prefix()
         if not prefix and sys.platform.startswith("linux"):
             self.notes.append(
@@ -244,11 +249,17 @@ class ServerProcess(QObject):
 
     # --- health --------------------------------------------------------------------------------
 
+    @property
+    def polling(self) -> bool:
+        """Whether ``/health`` is still being asked (only until the server is ready)."""
+        return self._poll_timer.isActive()
+
     def _on_poll_timer_timeout(self) -> None:
         if self._polling or self.spec is None or self.tracker.status.phase.final:
             return
         if self.tracker.status.phase is Phase.READY:
-            self._poll_timer.setInterval(2000)
+            self._poll_timer.stop()
+            return
         self._polling = True
         host, port = connect_host(self.spec.host), self.spec.port
         self.background.call(
@@ -265,4 +276,8 @@ class ServerProcess(QObject):
         log.debug("health poll failed: %s", error)
 
     def _set_status_changed(self) -> None:
+        if self.tracker.status.phase in (Phase.READY, Phase.STOPPING):
+            # Once ready, polls would only make ik log three lines every time ("slot data",
+            # "all slots are idle", the request); the process's exit says when it ends.
+            self._poll_timer.stop()
         self.status_changed.emit(self.tracker.status)

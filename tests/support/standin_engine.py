@@ -8,8 +8,10 @@ It parses the usual llama-server arguments (an argument the chosen engine does n
 engine's own error and exit status 1), prints the engine's real log lines (formats copied from
 real ik_llama.cpp and llama.cpp runs, tests/data/logs/), with buffer sizes computed from the model
 file's GGUF header and the ``-ngl``/``-ot``/``--rpc``/``-ts`` it was given, and serves HTTP on
-``--host``/``--port`` the way the engine does: ``/health``, ``/completion``, ``/metrics`` (with
-``--metrics``), ``/props`` and ``/slots``. It loads no weights: a header-only sparse GGUF works.
+``--host``/``--port`` the way the engine does: ``/health``, ``/completion`` and
+``/v1/chat/completions`` (``"stream": true``: Server-Sent Events laid out like ik's),
+``/metrics`` (with ``--metrics``), ``/props`` and ``/slots``. It loads no weights: a header-only
+sparse GGUF works.
 ``--version`` prints the real builds' version lines; ``--help`` lists the option names only.
 
 Behaviour knobs (environment variables):
@@ -1055,10 +1057,14 @@ class Engine:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    def complete(self, body: dict[str, Any], on_token: Any = None) -> dict[str, Any]:
+        """One completion; ``on_token(text)`` (streaming) gets each token as it is generated."""
         prompt = body.get("prompt", "")
         if isinstance(prompt, list):
             prompt = " ".join(str(x) for x in prompt)
+        messages = body.get("messages")
+        if isinstance(messages, list):  # chat: the template wraps the messages' text
+            prompt = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
         n_prompt = max(1, len(re.findall(r"\w+|[^\w\s]", str(prompt))))
         n_predict = int(body.get("n_predict", body.get("max_tokens", 16)))
         if n_predict < 0:
@@ -1073,11 +1079,17 @@ class Engine:
             tg_tps = float(os.environ.get("STANDIN_GEN_TPS", "200"))
             t_pp = n_prompt / pp_tps
             t_tg = n_predict / tg_tps
-            time.sleep(t_pp + t_tg)
+            if on_token is None:
+                time.sleep(t_pp + t_tg)
+            else:
+                time.sleep(t_pp)
+                for i in range(n_predict):
+                    time.sleep(1 / tg_tps)
+                    on_token(" " + self.WORDS[(task + i) % len(self.WORDS)])
         finally:
             with self.lock:
                 self.busy -= 1
-        words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog"]
+        words = self.WORDS
         content = " " + " ".join(words[(task + i) % len(words)] for i in range(n_predict))
         pp_ms, tg_ms = t_pp * 1e3, t_tg * 1e3
         self.print_timings(slot, task, (n_prompt, pp_ms), (n_predict, tg_ms))
@@ -1140,6 +1152,19 @@ class Engine:
             "stopping_word": "",
             "tokens_cached": n_prompt + n_predict - 1,
             "timings": {"cache_n": 0, **timings},
+        }
+
+    WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog")
+
+    def chat_chunk(self, delta: dict[str, Any], finish: str | None, **extra: Any) -> dict[str, Any]:
+        """One ``chat.completion.chunk`` event, laid out as ik_llama.cpp sends it."""
+        return {
+            "choices": [{"finish_reason": finish, "index": 0, "delta": delta}],
+            "created": int(time.time()),
+            "id": "chatcmpl-standin",
+            "model": Path(self.o.alias or self.o.model).name,
+            "object": "chat.completion.chunk",
+            **extra,
         }
 
     def print_timings(self, slot: int, task: int, prompt: Phase, gen: Phase) -> None:
@@ -1263,6 +1288,53 @@ def make_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
                 params={},
             )
 
+        def _log_request(self, status: int) -> None:
+            engine.log.server(
+                "log_server_request",
+                "request",
+                remote_addr=self.client_address[0],
+                remote_port=self.client_address[1],
+                status=status,
+                method=self.command,
+                path=self.path.split("?", 1)[0],
+                params={},
+            )
+
+        def _stream(self, body: dict[str, Any], chat: bool) -> None:
+            """Server-Sent Events as the engines send them: chunked, ``data: {…}`` + blank line
+            per token, the timings in the last event, ``data: [DONE]`` after a chat stream."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+
+            def event(payload: Any) -> None:
+                text = payload if isinstance(payload, str) else json.dumps(payload)
+                data = f"data: {text}\n\n".encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            if chat:
+                event(engine.chat_chunk({"role": "assistant", "content": None}, None))
+
+            def token(text: str) -> None:
+                if chat:
+                    event(engine.chat_chunk({"content": text}, None))
+                else:
+                    event({"content": text, "stop": False, "id_slot": 0, "multimodal": False})
+
+            if chat and "max_tokens" not in body and "n_predict" not in body:
+                body = {**body, "n_predict": 16}
+            done = engine.complete(body, on_token=token)
+            if chat:
+                event(engine.chat_chunk({}, "length", timings=done["timings"]))
+                event("[DONE]")
+            else:
+                event({**done, "content": ""})
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            self._log_request(200)
+
         def _error(self, status: int, message: str, kind: str) -> None:
             self._send(status, {"error": {"code": status, "message": message, "type": kind}})
 
@@ -1284,6 +1356,16 @@ def make_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
             if path in ("/health", "/v1/health"):
                 if engine.ik:
                     idle = engine.n_slots - engine.busy
+                    # ik asks its slots for every /health: two more log lines per request.
+                    engine.log.server(
+                        "process_single_task",
+                        "slot data",
+                        id_task=engine.task,
+                        n_idle_slots=idle,
+                        n_processing_slots=engine.busy,
+                    )
+                    if not engine.busy:
+                        engine.log.server("slots_idle", "all slots are idle")
                     self._send(
                         200,
                         {
@@ -1332,7 +1414,29 @@ def make_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
                 if not isinstance(body, dict):
                     self._error(400, "Invalid request", "invalid_request_error")
                     return
-                self._send(200, engine.complete(body))
+                if body.get("stream"):
+                    self._stream(body, chat=False)
+                else:
+                    self._send(200, engine.complete(body))
+            elif path in ("/v1/chat/completions", "/chat/completions") and self.command == "POST":
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except ValueError:
+                    self._error(400, "Invalid JSON", "invalid_request_error")
+                    return
+                if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+                    self._error(400, "'messages' is required", "invalid_request_error")
+                    return
+                if body.get("stream"):
+                    self._stream(body, chat=True)
+                else:
+                    done = engine.complete(body)
+                    message = {"role": "assistant", "content": done["content"]}
+                    reply = engine.chat_chunk({}, "length", timings=done["timings"])
+                    reply["choices"] = [{"finish_reason": "length", "index": 0, "message": message}]
+                    reply["object"] = "chat.completion"
+                    self._send(200, reply)
             else:
                 self._error(404, "File Not Found", "not_found_error")
 
