@@ -13,7 +13,6 @@ import sys
 from typing import TextIO
 
 from moe_studio.core.errors import CommandError, MoeStudioError
-from moe_studio.core.gguf import catalog
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan.placement import Plan, as_mapping, initial_plan
 from moe_studio.core.plan.planning import Planner, PlanResult, apply_pin
@@ -23,7 +22,17 @@ from moe_studio.core.units import format_bytes, parse_memory
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``plan`` (``launch`` shares them)."""
-    p.add_argument("model", help="path to a .gguf (any shard) or catalog:NAME[@RECIPE]")
+    p.add_argument(
+        "model",
+        help="path to a .gguf (any shard), catalog:NAME[@RECIPE], or a remote model: "
+        "hf://OWNER/REPO[@REV]/PATH.gguf or an https URL (headers only are read)",
+    )
+    add_rig_arguments(p)
+    _add_run_arguments(p)
+
+
+def add_rig_arguments(p: argparse.ArgumentParser) -> None:
+    """``--gpu``, ``--rpc``, ``--ram``, ``--rig`` (``plan``, ``launch`` and ``compare``)."""
     hw = p.add_argument_group("hardware (default: this machine)")
     hw.add_argument(
         "--gpu",
@@ -37,6 +46,9 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     )
     hw.add_argument("--ram", metavar="SIZE", help="host RAM, e.g. 256GiB")
     hw.add_argument("--rig", metavar="FILE|PRESET", help="a rig file or preset (see moe-studio hw)")
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("run settings")
     # Options without a value here take the imported command's, else the Settings default.
     run.add_argument("--ctx", "-c", type=int, help="context size (default 32768)")
@@ -164,7 +176,9 @@ def _settings(args: argparse.Namespace, base: Settings) -> Settings:
 
 def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
     """Everything ``plan`` and ``launch`` share: layout, rig, settings, pins, auto-placement."""
-    layout = catalog.load(args.model)
+    from moe_studio.core.remote.model import load
+
+    layout = load(args.model)
     rig = _rig(args)
     notes: list[str] = []
     base = Settings(dialect=args.dialect or "ik")
@@ -261,7 +275,15 @@ def print_result(planner: Planner, result: PlanResult, notes: list[str], out: Te
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     planner, plan, notes = make_plan(args)
-    result = planner.result(plan, executable=args.engine or "llama-server")
+    from moe_studio.core.remote.urls import is_remote
+
+    local = None
+    if is_remote(args.model):
+        from moe_studio.core.remote.quants import download_hint
+
+        download, local = download_hint(args.model)
+        notes.append(f"The model is remote and the command names its download: {download}")
+    result = planner.result(plan, executable=args.engine or "llama-server", model_path=local)
     if args.save:
         from moe_studio.core.profiles.plans import save_profile_from_plan
 
