@@ -41,9 +41,7 @@ def test_grouping_by_folder_and_by_file_name() -> None:
     by_label = {q.label: q for q in quants}
     assert set(by_label) == {"Q4_K_M", "IQ2_KS", "UD-IQ1_S", "Q8_0", "BF16"}
     q4 = by_label["Q4_K_M"]
-    assert [f.path[-19:] for f in q4.files] == [
-        f"-0000{i}-of-00003.gguf"[-19:] for i in (1, 2, 3)
-    ]
+    assert [f.path[-19:] for f in q4.files] == [f"-0000{i}-of-00003.gguf"[-19:] for i in (1, 2, 3)]
     assert q4.complete and q4.size == 30
     assert not by_label["BF16"].complete  # one of its two shards is missing
     assert q4.include_pattern(quants) == "Q4_K_M/*"
@@ -144,7 +142,8 @@ def test_compare_on_mainline_names_the_ik_only_types(
 
 
 def test_compare_prints_a_table(hub: HubServer, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compare", REPO, "--gpu", "24GiB", "--ram", "256GiB", "--dialect", "mainline"]) == 0
+    argv = ["compare", REPO, "--gpu", "24GiB", "--ram", "256GiB", "--dialect", "mainline"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[2].split()[:5] == ["quant", "size", "GPU", "RAM", "fits"]
