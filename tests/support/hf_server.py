@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,6 +44,7 @@ class Behaviour:
     commit_changes: str = ""  # path substring: resolve answers with another commit
     hang: str = ""  # path substring: wait for `release` before answering
     api_status: int = 0  # status of the listing API
+    latency: float = 0.0  # seconds added to every answer (benchmarks only: tests never wait)
 
 
 @dataclass
@@ -156,6 +158,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.hub._lock:
             self.hub.log.append(request)
         b = self.hub.behaviour
+        if b.latency:
+            time.sleep(b.latency)
         if b.hang and b.hang in path:
             self.hub.release.wait()
         for key, status in b.status.items():
