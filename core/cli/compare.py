@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
 
 from moe_studio.core.cli.parsing import SubParsers
-from moe_studio.core.errors import RemoteError
 from moe_studio.core.units import format_bytes
 
+if TYPE_CHECKING:
+    from moe_studio.core.plan.compare import RepoComparison
 
-def _progress(out: TextIO) -> object:
+
+def _progress(out: TextIO) -> Callable[[float, str], None]:
     last = [-1]
 
     def report(fraction: float, name: str) -> None:
@@ -32,68 +35,22 @@ def _progress(out: TextIO) -> object:
     return report
 
 
-def rows_json(rows: list[dict[str, object]]) -> str:
-    return json.dumps(rows, indent=1)
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from moe_studio.core.cli.plan import _rig, _settings
-    from moe_studio.core.plan.compare import ENGINE_NAMES, place_on_rig
-    from moe_studio.core.plan.settings import Settings
-    from moe_studio.core.remote.cache import HeaderCache
-    from moe_studio.core.remote.hub import hub_client, list_repo
-    from moe_studio.core.remote.quants import (
-        download_command,
-        group_quants,
-        local_path,
-        quant_url,
-        read_quants,
-    )
-    from moe_studio.core.remote.urls import check_repo, hub_endpoint
-
-    repo, _, revision = args.repo.removeprefix("hf://").strip("/").partition("@")
-    if repo.startswith(("https://", "http://")):
-        parts = repo.split("/")
-        repo = "/".join(parts[3:5])
-    check_repo(repo, args.repo)
-    rig = _rig(args)
-    settings = _settings(args, Settings(dialect=args.dialect or "ik"))
-    listing = list_repo(repo, revision or "main")
-    quants = group_quants(listing.gguf_files())
-    if not quants:
-        raise RemoteError(
-            f"{hub_endpoint()}/{repo}", f"{repo} has no GGUF files; nothing to compare."
-        )
-    stderr = sys.stderr
-    results = read_quants(
-        listing,
-        quants,
-        client=hub_client(),
-        cache=HeaderCache(),
-        progress=_progress(stderr),  # type: ignore[arg-type]
-    )
-    if stderr.isatty():
-        stderr.write("\r" + " " * 70 + "\r")
-    if all(r.layout is None for r in results):
-        raise RemoteError(
-            f"{hub_endpoint()}/{repo}",
-            f"No quant of {repo} could be read; the first: {results[0].error}",
-        )
+def comparison_json(comparison: RepoComparison) -> dict[str, object]:
+    """The ``compare --json`` object."""
     rows: list[dict[str, object]] = []
-    for r in results:
-        q = r.quant
+    for r in comparison.rows:
         row: dict[str, object] = {
-            "quant": q.label,
-            "files": [f.path for f in q.files],
-            "url": quant_url(listing, q),
-            "size": q.size,
-            "download": download_command(repo, q, quants, listing.revision),
-            "local_path": local_path(repo, q),
+            "quant": r.quant.label,
+            "files": [f.path for f in r.quant.files],
+            "url": r.url,
+            "size": r.quant.size,
+            "download": r.download,
+            "local_path": r.local_path,
         }
-        if r.layout is None:
+        if r.placement is None or r.layout is None:
             row["error"] = r.error
         else:
-            p = place_on_rig(r.layout, rig, settings)
+            p = r.placement
             row.update(
                 identity=r.layout.identity,
                 gpu_bytes=p.gpu_bytes,
@@ -106,49 +63,74 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                 engine_problem=p.load_problem or None,
             )
         rows.append(row)
-    best = next((row for row in rows if row.get("fits") and row.get("engine_loads")), None)
-    if args.json:
-        doc = {
-            "repo": repo,
-            "revision": listing.revision,
-            "commit": listing.commit,
-            "dialect": settings.dialect,
-            "rig": rig.name,
-            "quants": rows,
-            "best": best["quant"] if best else None,
-        }
-        json.dump(doc, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-        return 0
-    out = sys.stdout
+    best = comparison.best
+    return {
+        "repo": comparison.listing.repo,
+        "revision": comparison.listing.revision,
+        "commit": comparison.listing.commit,
+        "dialect": comparison.settings.dialect,
+        "rig": comparison.rig.name,
+        "quants": rows,
+        "best": best.quant.label if best else None,
+    }
+
+
+def print_comparison(comparison: RepoComparison, out: TextIO) -> None:
+    from moe_studio.core.plan.compare import ENGINE_NAMES
+
+    settings = comparison.settings
     engine = ENGINE_NAMES.get(settings.dialect, settings.dialect)
     out.write(
-        f"{repo} @ {listing.commit[:12]} on {rig.name}, {engine}, ctx {settings.ctx}\n\n"
+        f"{comparison.listing.repo} @ {comparison.listing.commit[:12]} on {comparison.rig.name}, "
+        f"{engine}, ctx {settings.ctx}\n\n"
         f"{'quant':<18}{'size':>11}{'GPU':>11}{'RAM':>11}  {'fits':<5}{'experts on GPU':>15}"
         f"  loads on {engine}\n"
     )
-    for row in rows:
-        label = str(row["quant"])[:17]
-        size = format_bytes(int(row["size"]))  # type: ignore[call-overload]
-        if "error" in row:
-            out.write(f"{label:<18}{size:>11}  (not read: {row['error']})\n")
+    for r in comparison.rows:
+        label = r.quant.label[:17]
+        size = format_bytes(r.quant.size)
+        p = r.placement
+        if p is None:
+            out.write(f"{label:<18}{size:>11}  (not read: {r.error})\n")
             continue
-        share = float(row["expert_gpu_share"])  # type: ignore[arg-type]
         out.write(
-            f"{label:<18}{size:>11}"
-            f"{format_bytes(int(row['gpu_bytes'])):>11}"  # type: ignore[call-overload]
-            f"{format_bytes(int(row['ram_bytes'])):>11}  "  # type: ignore[call-overload]
-            f"{'yes' if row['fits'] else 'no':<5}{share:>14.0%} "
-            f"  {'yes' if row['engine_loads'] else 'no: ' + str(row['engine_problem'])}\n"
+            f"{label:<18}{size:>11}{format_bytes(p.gpu_bytes):>11}{format_bytes(p.ram_bytes):>11}"
+            f"  {'yes' if p.fits else 'no':<5}{p.expert_gpu_share:>14.0%}   {p.engine_text}\n"
         )
+    best = comparison.best
     if best:
         out.write(
-            f"\nThe largest quant that fits and loads is {best['quant']}. Download it with:\n"
-            f"  {best['download']}\n"
-            f"then plan it with: moe-studio plan {best['local_path']}\n"
+            f"\nThe largest quant that fits and loads is {best.quant.label}. Download it with:\n"
+            f"  {best.download}\n"
+            f"then plan it with: moe-studio plan {best.local_path}\n"
         )
     else:
         out.write("\nNo quant both fits this rig and loads on this engine.\n")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from moe_studio.core.cli.plan import _rig, _settings
+    from moe_studio.core.plan.compare import compare_repo
+    from moe_studio.core.plan.settings import Settings
+    from moe_studio.core.remote.urls import check_repo
+
+    repo, _, revision = args.repo.removeprefix("hf://").strip("/").partition("@")
+    if repo.startswith(("https://", "http://")):
+        repo = "/".join(repo.split("/")[3:5])
+    check_repo(repo, args.repo)
+    rig = _rig(args)
+    settings = _settings(args, Settings(dialect=args.dialect or "ik"))
+    stderr = sys.stderr
+    comparison = compare_repo(
+        repo, rig, settings, revision=revision or "main", progress=_progress(stderr)
+    )
+    if stderr.isatty():
+        stderr.write("\r" + " " * 70 + "\r")
+    if args.json:
+        json.dump(comparison_json(comparison), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print_comparison(comparison, sys.stdout)
     return 0
 
 

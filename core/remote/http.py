@@ -51,6 +51,13 @@ class Traffic:
     by_url: dict[str, int] = field(default_factory=dict)
 
 
+def _drain(response: httpx2.Response) -> None:
+    """Read a short error page, so that the connection can be reused; a long one is left."""
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) <= _ERROR_BODY:
+        response.read()
+
+
 def host_of(url: str) -> str:
     return urlsplit(url).netloc or url
 
@@ -212,6 +219,7 @@ class RangeClient:
                     )
                 if response.status_code != 206:
                     self._count(url, 0)
+                    _drain(response)
                     raise status_error(url, response.status_code, response.headers, hf)
                 match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
                 if not match or match.group(3) == "*" or int(match.group(1)) != start:

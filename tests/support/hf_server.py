@@ -68,7 +68,7 @@ class HubServer:
         class Handler(_Handler):
             hub = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Quiet(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -109,6 +109,16 @@ class HubServer:
                 self._etag_counter += 1
                 return f'"changed-{self._etag_counter}"'
         return f'"{version_of(path)}"'
+
+
+class _Quiet(ThreadingHTTPServer):
+    """A client that hangs up early (a refused 200, an error page left unread) is no error."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 def version_of(path: Path) -> str:
