@@ -121,3 +121,8 @@ def test_main_window_opens_the_chosen_quant(
     qtbot.waitUntil(lambda: window.document.layout.source == url, timeout=60000)  # type: ignore[attr-defined]
     assert window.document.layout.architecture == "deepseek2"
     assert window.tensor_model.rowCount() > 60
+    # The command names the file the download writes; launching says the files are needed.
+    argv = window.document.result().command.argv  # type: ignore[union-attr]
+    assert argv[argv.index("-m") + 1].startswith("DeepSeek-V3-GGUF/IQ2_KT/DeepSeek-V3-IQ2_KT-0000")
+    assert window.process_panel.launch() is False
+    assert "needs the model on disk" in window.process_panel.last_error.text()
