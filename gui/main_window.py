@@ -282,7 +282,9 @@ class MainWindow(QMainWindow):
 
     def open_path(self, path: str) -> None:
         """Open a model file off the GUI thread; errors leave the current model open."""
-        if not self.profiles.confirm_discard():
+        # The download of a remote model being planned keeps the plan: ask once it is read.
+        ask_later = is_remote(self.document.layout.source)
+        if not ask_later and not self.profiles.confirm_discard():
             return
         rig = self.document.rig
         settings = self.document.settings
@@ -300,7 +302,9 @@ class MainWindow(QMainWindow):
             return layout, tuned, placed
 
         self.run_task(
-            work, f"Opening {Path(path).name}", lambda result: self._on_model_opened(result, path)
+            work,
+            f"Opening {Path(path).name}",
+            lambda result: self._on_model_opened(result, path, ask=ask_later),
         )
 
     def open_hub_dialog(self) -> None:
@@ -339,8 +343,14 @@ class MainWindow(QMainWindow):
         self._task_error_title = error_title
         self.tasks.start(work, done)
 
-    def _on_model_opened(self, result: Opened, path: str | None) -> None:
+    def _on_model_opened(self, result: Opened, path: str | None, *, ask: bool = False) -> None:
         layout, settings, placed = result
+        if path and self.profiles.binds_to(layout):
+            self.statusBar().showMessage(self.profiles.bind(layout), 15000)
+            self._add_recent(path)
+            return
+        if ask and not self.profiles.confirm_discard():
+            return
         self.document.set_model(layout, placed.plan, settings)
         self.document.set_profile(None, None)
         self.command_view.extra_notes = list(placed.notes) + [

@@ -126,3 +126,57 @@ def test_main_window_opens_the_chosen_quant(
     assert argv[argv.index("-m") + 1].startswith("DeepSeek-V3-GGUF/IQ2_KT/DeepSeek-V3-IQ2_KT-0000")
     assert window.process_panel.launch() is False
     assert "needs the model on disk" in window.process_panel.last_error.text()
+
+
+def _open_remote(qtbot: object, window: MainWindow, url: str) -> None:
+    window.open_path(url)
+    qtbot.waitUntil(lambda: window.document.layout.source == url, timeout=60000)  # type: ignore[attr-defined]
+
+
+def test_the_download_takes_the_remote_models_place_and_keeps_the_plan(
+    qtbot: object, hub: HubServer, window: MainWindow, quant_files: dict[str, Path]
+) -> None:
+    first = next(p for p in sorted(quant_files) if p.startswith("IQ2_KT/"))
+    url = f"hf://{REPO}/{first}"
+    _open_remote(qtbot, window, url)
+    doc = window.document
+    doc.assign_cells([(3, doc.layout.columns[0])], "CUDA0")
+    doc.pin_cells([(3, doc.layout.columns[0])], True)
+    plan, settings = doc.plan, doc.settings
+    local = str(quant_files[first])
+    window.open_path(local)
+    qtbot.waitUntil(lambda: doc.layout.source == local, timeout=60000)  # type: ignore[attr-defined]
+    assert doc.plan == plan and doc.settings == settings
+    assert (3, doc.layout.columns[0]) in doc.plan.pinned
+    assert doc.is_dirty  # a saved profile would still name the URL
+    profile = doc.to_profile()
+    assert profile.model.source == local and profile.model.url == url
+    assert "is the download of" in window.statusBar().currentMessage()
+
+
+def test_another_local_model_replaces_the_plan(
+    qtbot: object, hub: HubServer, window: MainWindow, quant_files: dict[str, Path]
+) -> None:
+    first = next(p for p in sorted(quant_files) if p.startswith("IQ2_KT/"))
+    _open_remote(qtbot, window, f"hf://{REPO}/{first}")
+    other = str(
+        next(v for k, v in sorted(quant_files.items()) if k.startswith("DeepSeek-V3-IQ2_KS"))
+    )
+    window.open_path(other)
+    qtbot.waitUntil(lambda: window.document.layout.source == other, timeout=60000)  # type: ignore[attr-defined]
+    assert window.document.profile is None  # a new plan, not a binding
+
+
+def test_a_profile_planned_remotely_reopens_from_the_cached_headers(
+    qtbot: object, hub: HubServer, window: MainWindow, quant_files: dict[str, Path], tmp_path: Path
+) -> None:
+    first = next(p for p in sorted(quant_files) if p.startswith("IQ2_KT/"))
+    url = f"hf://{REPO}/{first}"
+    _open_remote(qtbot, window, url)
+    path = str(tmp_path / "remote.json")
+    assert window.profiles._save_to(path)
+    window.document.set_model(window.document.layout)  # something else in between
+    window.profiles.open_profile(path)
+    qtbot.waitUntil(lambda: window.document.profile_path == path, timeout=60000)  # type: ignore[attr-defined]
+    assert window.document.layout.source == url
+    assert window.document.profile.model.url == url  # type: ignore[union-attr]
