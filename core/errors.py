@@ -16,7 +16,9 @@ it in its error dialog with ``details`` folded away. Nothing else should escape 
     ├── HardwareError           a rig file or device description that cannot be used
     ├── ProfileError            a profile that cannot be read or written
     ├── ExportError             an export target that cannot be written
-    └── EngineError             llama-server missing, unusable or failed
+    ├── EngineError             llama-server missing, unusable or failed
+    └── RemoteError             a remote model (URL, Hugging Face repo) that cannot be read
+        └── UnreachableError    the network is down: offline, DNS, refused, timed out
 """
 
 from __future__ import annotations
@@ -97,6 +99,19 @@ class ExportError(MoeStudioError):
 
 class EngineError(MoeStudioError):
     """llama-server is missing, unusable, or failed."""
+
+
+class RemoteError(MoeStudioError):
+    """A remote model that cannot be listed or read: network, HTTP status, a server without
+    Range support, a file that changed while being read. Names the URL."""
+
+    def __init__(self, url: str, message: str, *, details: str = "") -> None:
+        self.url = url
+        super().__init__(message, details=details)
+
+
+class UnreachableError(RemoteError):
+    """The server could not be reached at all (cached headers may stand in)."""
 
 
 class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error a user reads

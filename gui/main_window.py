@@ -40,6 +40,7 @@ from moe_studio.core.plan.placement import initial_plan
 from moe_studio.core.plan.planning import Planner
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.profiles.library import ProfileLibrary
+from moe_studio.core.remote.urls import is_remote
 from moe_studio.core.units import format_bytes, format_params
 from moe_studio.gui import theme
 from moe_studio.gui.budget.budget_plot import BudgetPlot
@@ -209,6 +210,7 @@ class MainWindow(QMainWindow):
         file = bar.addMenu("&File")
         open_action = file.addAction("&Open model…", self.open_model_dialog)
         open_action.setShortcut(QKeySequence.StandardKey.Open)
+        file.addAction("Open from &Hugging Face…", self.open_hub_dialog)
         builtin = file.addMenu("Open &built-in model")
         for key, entry in catalog.CATALOG.items():
             sub = builtin.addMenu(entry.title)
@@ -294,7 +296,9 @@ class MainWindow(QMainWindow):
 
     def open_path(self, path: str) -> None:
         """Open a model file off the GUI thread; errors leave the current model open."""
-        if not self.profiles.confirm_discard():
+        # The download of a remote model being planned keeps the plan: ask once it is read.
+        ask_later = is_remote(self.document.layout.source)
+        if not ask_later and not self.profiles.confirm_discard():
             return
         rig = self.document.rig
         settings = self.document.settings
@@ -302,13 +306,28 @@ class MainWindow(QMainWindow):
         def work(
             progress: Progress, cancelled: IsCancelled
         ) -> tuple[ModelLayout, object, AutoPlacement]:
-            layout = open_model(path, progress=progress, cancelled=cancelled)
+            if is_remote(path):  # headers only, over HTTP (cached after the first time)
+                from moe_studio.core.remote.model import open_remote_model
+
+                layout = open_remote_model(path, progress=progress, cancelled=cancelled)
+            else:
+                layout = open_model(path, progress=progress, cancelled=cancelled)
             tuned, placed = prepare_plan(layout, rig, settings)
             return layout, tuned, placed
 
         self.run_task(
-            work, f"Opening {Path(path).name}", lambda result: self._on_model_opened(result, path)
+            work,
+            f"Opening {Path(path).name}",
+            lambda result: self._on_model_opened(result, path, ask=ask_later),
         )
+
+    def open_hub_dialog(self) -> None:
+        """Compare a Hugging Face repository's quants; the chosen one opens here."""
+        from moe_studio.gui.hub_dialog import HubDialog
+
+        self.hub_dialog = HubDialog(self.document.rig, self.document.settings, self)
+        self.hub_dialog.open_requested.connect(self.open_path)
+        self.hub_dialog.open()
 
     def open_catalog(self, spec: str) -> None:
         if not self.profiles.confirm_discard():
@@ -338,8 +357,14 @@ class MainWindow(QMainWindow):
         self._task_error_title = error_title
         self.tasks.start(work, done)
 
-    def _on_model_opened(self, result: Opened, path: str | None) -> None:
+    def _on_model_opened(self, result: Opened, path: str | None, *, ask: bool = False) -> None:
         layout, settings, placed = result
+        if path and self.profiles.binds_to(layout):
+            self.statusBar().showMessage(self.profiles.bind(layout), 15000)
+            self._add_recent(path)
+            return
+        if ask and not self.profiles.confirm_discard():
+            return
         self.document.set_model(layout, placed.plan, settings)
         self.document.set_profile(None, None)
         self.command_view.extra_notes = list(placed.notes) + [

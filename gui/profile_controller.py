@@ -28,8 +28,9 @@ from moe_studio.core.profiles.library import (
     discard_autosave,
     pending_recovery,
 )
-from moe_studio.core.profiles.plans import planner_from_profile, require_model
+from moe_studio.core.profiles.plans import bind_model, planner_from_profile, require_model
 from moe_studio.core.profiles.schema import PROFILE_SUFFIX, Profile, load_profile, save_profile
+from moe_studio.core.remote.urls import is_remote
 from moe_studio.gui.profile_browser import ProfileBrowser
 from moe_studio.gui.tasks import Work
 
@@ -210,6 +211,10 @@ class ProfileController(QObject):
         def work(progress: Progress, cancelled: IsCancelled) -> ModelLayout:
             if source.startswith(catalog.PREFIX):
                 layout = catalog.load_catalog(source)
+            elif is_remote(source):  # planned before the download: its cached headers
+                from moe_studio.core.remote.model import open_remote_model
+
+                layout = open_remote_model(source, progress=progress, cancelled=cancelled)
             else:
                 layout = open_model(source, progress=progress, cancelled=cancelled)
             require_model(profile, layout)
@@ -241,6 +246,30 @@ class ProfileController(QObject):
             done,
             "Cannot open the profile",
         )
+
+    # --- a download arrives --------------------------------------------------------------------
+
+    def binds_to(self, layout: ModelLayout) -> bool:
+        """Whether ``layout``, a local file, is the download of the remote model being planned
+        (same identity): then it takes the model's place and the plan stays."""
+        current = self.document.layout
+        return (
+            is_remote(current.source)
+            and not is_remote(layout.source)
+            and layout.identity == current.identity
+        )
+
+    def bind(self, layout: ModelLayout) -> str:
+        """Put ``layout`` in place of the remote model it was downloaded from, keeping placement,
+        pins, settings and the profile (which remembers the URL); returns a sentence for the
+        status bar. The work becomes unsaved: a saved profile still names the URL."""
+        doc = self.document
+        url = doc.layout.source
+        profile = bind_model(doc.to_profile(), layout)
+        doc.set_model(layout, doc.plan, doc.settings)
+        doc.set_profile(profile, doc.profile_path)
+        doc.undo_stack.resetClean()
+        return f"{layout.source} is the download of {url}: the plan is kept and now uses it."
 
     # --- save ----------------------------------------------------------------------------------
 

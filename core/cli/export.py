@@ -74,6 +74,9 @@ def open_profile_model(profile: Profile, *, where: str = "the profile") -> Model
     Raises:
         ProfileError: the model cannot be opened, or it changed since the profile was saved.
     """
+    from moe_studio.core.profiles.plans import require_local
+
+    require_local(profile, where)
     try:
         layout = catalog.load(profile.model.source)
     except MoeStudioError as exc:

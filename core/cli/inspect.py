@@ -148,7 +148,14 @@ def print_inspect(layout: ModelLayout, out: TextIO) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    layout = catalog.load(args.model)
+    from moe_studio.core.remote.urls import is_remote
+
+    if is_remote(args.model):
+        from moe_studio.core.remote.model import open_remote_model
+
+        layout = open_remote_model(args.model)
+    else:
+        layout = catalog.load(args.model)
     if args.json:
         json.dump(layout_json(layout), sys.stdout, indent=None if args.compact else 1)
         sys.stdout.write("\n")
@@ -163,7 +170,11 @@ def add_parser(sub: SubParsers) -> None:
         help="show a model's tensor map, sizes, hyperparameters and types",
         description="Read a GGUF header (any shard of a split model) or a catalog layout.",
     )
-    p.add_argument("model", help="path to a .gguf (any shard) or catalog:NAME[@RECIPE]")
+    p.add_argument(
+        "model",
+        help="path to a .gguf (any shard), catalog:NAME[@RECIPE], hf://OWNER/REPO[@REV]/PATH.gguf "
+        "or an https URL of a .gguf (only its headers are read)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--compact", action="store_true", help="with --json: no indentation")
     p.set_defaults(func=_cmd_inspect)

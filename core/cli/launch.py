@@ -56,6 +56,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="print the command and what would run; start nothing (with --probe: only the check)",
     )
+    p.add_argument(
+        "--gguf",
+        metavar="PATH",
+        help="with a profile: the local model file to bind it to (the download of the remote "
+        "model it was planned from, or the file moved); the plan is kept and the profile saved",
+    )
     p.add_argument("--test-prompt", metavar="TEXT", help="once ready, send TEXT and show tokens/s")
     p.add_argument(
         "--check",
@@ -115,10 +121,27 @@ def _from_profile(
     from moe_studio.core.profiles.schema import load_profile
 
     profile = load_profile(args.model)
-    layout = catalog.load(profile.model.source)
+    notes = list(profile.warnings)
+    if getattr(args, "gguf", None):
+        from moe_studio.core.profiles.plans import bind_model
+        from moe_studio.core.profiles.schema import save_profile
+
+        layout = catalog.load(args.gguf)
+        before = profile.model.source
+        profile = bind_model(profile, layout)
+        if profile.model.source != before:
+            save_profile(args.model, profile)
+            notes.append(
+                f"Bound {args.model} to {profile.model.source} (planned from {before}); "
+                "its placement and settings are kept."
+            )
+    else:
+        from moe_studio.core.profiles.plans import require_local
+
+        require_local(profile, args.model)
+        layout = catalog.load(profile.model.source)
     require_model(profile, layout)
     planner, plan = planner_from_profile(profile, layout)
-    notes = list(profile.warnings)
     exposed = exposure_warning(profile.settings.host)
     if exposed:
         notes.append(exposed)
@@ -156,6 +179,23 @@ def _from_profile(
     return planner, plan, notes, engine
 
 
+def _require_local_model(args: argparse.Namespace) -> None:
+    """Refuse a remote model (launch needs the file) and ``--gguf`` without a profile."""
+    from moe_studio.core.remote.urls import is_remote
+
+    if getattr(args, "gguf", None):
+        raise EngineError("--gguf goes with a profile: moe-studio launch PROFILE.json --gguf PATH.")
+    if is_remote(args.model):
+        from moe_studio.core.remote.quants import download_hint
+
+        command, path = download_hint(args.model)
+        raise EngineError(
+            f"launch needs the model on disk, and {args.model} is remote. Download it "
+            f"({command}) and launch {path}; or save the plan now (moe-studio plan {args.model} "
+            "--save PROFILE.json) and bind it to the download later with --gguf."
+        )
+
+
 def prepare(
     args: argparse.Namespace,
     *,
@@ -170,6 +210,8 @@ def prepare(
     defaults = defaults or {}
     profile_engine = ""
     planner: Planner | None = None
+    if not _is_profile(args.model):
+        _require_local_model(args)
     if _is_profile(args.model):
         planner, plan, notes, profile_engine = _from_profile(args, defaults)
         flavour: Flavour | None = args.dialect or planner.settings.dialect
@@ -364,11 +406,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             return EXIT_FAILED
     if args.dry_run:
         return 0
-    checked = preflight(spec.full_argv)
-    for warning in checked.warnings:
+    ready = preflight(spec.full_argv)
+    for warning in ready.warnings:
         out.write(f"warning: {warning}\n")
-    if not checked.ok:
-        raise EngineError(f"Not launched: {checked.sentence()}")
+    if not ready.ok:
+        raise EngineError(f"Not launched: {ready.sentence()}")
     out.flush()
     with _sigterm_as_interrupt():
         run = ServerRun(spec)

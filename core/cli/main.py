@@ -25,6 +25,7 @@ from moe_studio.core.errors import MoeStudioError
 # Command → module in this package; the order is the order of `moe-studio --help`.
 COMMANDS: dict[str, str] = {
     "inspect": "inspect",
+    "compare": "compare",
     "catalog": "catalog",
     "hw": "hw",
     "plan": "plan",

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from moe_studio.core.errors import CommandError, MoeStudioError
-from moe_studio.core.gguf import catalog
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan.memory import COMPUTE_MARGIN, ComputeSource, DeviceBudget
 from moe_studio.core.plan.placement import Plan, as_mapping, initial_plan
@@ -29,7 +28,17 @@ if TYPE_CHECKING:
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``plan`` (``launch`` shares them)."""
-    p.add_argument("model", help="path to a .gguf (any shard) or catalog:NAME[@RECIPE]")
+    p.add_argument(
+        "model",
+        help="path to a .gguf (any shard), catalog:NAME[@RECIPE], or a remote model: "
+        "hf://OWNER/REPO[@REV]/PATH.gguf or an https URL (headers only are read)",
+    )
+    add_rig_arguments(p)
+    _add_run_arguments(p)
+
+
+def add_rig_arguments(p: argparse.ArgumentParser) -> None:
+    """``--gpu``, ``--rpc``, ``--ram``, ``--rig`` (``plan``, ``launch`` and ``compare``)."""
     hw = p.add_argument_group("hardware (default: this machine)")
     hw.add_argument(
         "--gpu",
@@ -43,6 +52,9 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     )
     hw.add_argument("--ram", metavar="SIZE", help="host RAM, e.g. 256GiB")
     hw.add_argument("--rig", metavar="FILE|PRESET", help="a rig file or preset (see moe-studio hw)")
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("run settings")
     # Options without a value here take the imported command's, else the Settings default.
     run.add_argument("--ctx", "-c", type=int, help="context size (default 32768)")
@@ -184,7 +196,9 @@ def _settings(args: argparse.Namespace, base: Settings) -> Settings:
 
 def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
     """Everything ``plan`` and ``launch`` share: layout, rig, settings, pins, auto-placement."""
-    layout = catalog.load(args.model)
+    from moe_studio.core.remote.model import load
+
+    layout = load(args.model)
     rig = _rig(args)
     notes: list[str] = []
     base = Settings(dialect=args.dialect or "ik")
@@ -326,6 +340,19 @@ def learn(planner: Planner, engine: EngineInfo | None) -> None:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     planner, plan, notes = make_plan(args)
+    from moe_studio.core.remote.urls import is_remote
+
+    local = None
+    if is_remote(args.model):
+        from moe_studio.core.remote.quants import download_hint
+
+        download, local = download_hint(args.model)
+        notes.append(f"The model is remote and the command names its download: {download}")
+        if args.probe:
+            raise CommandError(
+                "--probe runs the engine on the model's files, and this model is remote; "
+                f"download it first ({download}) and plan the local file."
+            )
     engine: EngineInfo | None = None
     if args.probe:
         engine = _probe_engine(args, planner)
@@ -341,7 +368,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         if note:
             notes.append(note)
     learn(planner, engine)
-    result = planner.result(plan, executable=args.engine or "llama-server")
+    executable = args.engine or "llama-server"
+    result = planner.result(plan, executable=executable, model_path=local)
     measured: ProbeResult | None = None
     if args.probe and engine is not None and result.command is not None:
         from moe_studio.core.cli.report import print_probe, probe
@@ -349,7 +377,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         measured = probe(planner, plan, result, engine, timeout=args.probe_timeout)
         if measured.measured:  # the table shows the engine's figures, marked measured
             learn(planner, engine)
-            result = planner.result(plan, executable=args.engine or "llama-server")
+            result = planner.result(plan, executable=executable, model_path=local)
     if args.save:
         from moe_studio.core.profiles.plans import save_profile_from_plan
 

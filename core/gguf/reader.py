@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -707,6 +707,33 @@ def read_model(
     _check_shards(shards, count)
     warnings = tuple(w for s in shards for w in s.warnings)
     return GGUFModel(tuple(shards), warnings)
+
+
+def assemble_model(shards: Sequence[GGUFHeader]) -> GGUFModel:
+    """A model from headers read elsewhere (a remote reader), checked like :func:`read_model`'s.
+
+    Raises:
+        ShardError: the shards disagree, or one is missing or foreign.
+        GGUFFormatError: an absurd split.count.
+    """
+    first = shards[0]
+    count = _split_key(first, "split.count") or 1
+    if count > MAX_SHARDS:
+        raise GGUFFormatError(
+            first.path,
+            f"field split.count says the model is split into {count} files; a split model has "
+            f"at most {MAX_SHARDS} shards, so the header is corrupt",
+            offset=first.offset_of("split.count"),
+        )
+    if count != len(shards):
+        raise ShardError(
+            first.path,
+            f"says the model is split into {count} files, but {len(shards)} were found by name; "
+            "the shards were renamed, or the file names do not follow gguf-split's pattern",
+        )
+    if count > 1:
+        _check_shards(list(shards), count)
+    return GGUFModel(tuple(shards), tuple(w for s in shards for w in s.warnings))
 
 
 def _check_shards(shards: list[GGUFHeader], count: int) -> None:

@@ -31,6 +31,7 @@ from moe_studio.core.plan.layers import (
 from moe_studio.core.plan.overrides import Overrides, Rule, generate, resolve
 from moe_studio.core.plan.placement import Plan, plan_from_mapping
 from moe_studio.core.plan.settings import Dialect, Settings
+from moe_studio.core.remote.urls import is_remote
 
 DEFAULT_EXECUTABLE = "llama-server"
 
@@ -56,7 +57,12 @@ def shell_join(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
 
 
 def model_argument(layout: ModelLayout) -> str:
-    """``-m`` value: the first shard, or the published file name for a catalog layout."""
+    """``-m`` value: the first shard, the published file name for a catalog layout, or where the
+    download command puts a remote model's first shard."""
+    if layout.shard_paths and is_remote(layout.source):
+        from moe_studio.core.remote.quants import download_hint
+
+        return download_hint(layout.source)[1]
     if layout.shard_paths:
         return layout.shard_paths[0]
     count = max((t.shard for t in layout.tensors), default=0) + 1

@@ -75,9 +75,13 @@ def update_profile(
     fresh = profile_from_plan(
         planner, plan, executable=executable or profile.engine, now=profile.modified
     )
+    model = fresh.model
+    if not model.url and profile.model.url and model.identity == profile.model.identity:
+        # Bound to a download of the remote model it was planned from: remember where from.
+        model = replace(model, url=profile.model.url)
     return replace(
         profile,
-        model=fresh.model,
+        model=model,
         placement=fresh.placement,
         settings=fresh.settings,
         rig=fresh.rig,
@@ -184,3 +188,35 @@ def save_profile_from_plan(
     """
     name = Path(path).name.removesuffix(PROFILE_SUFFIX)
     return save_profile(path, profile_from_plan(planner, plan, executable=executable, name=name))
+
+
+def bind_model(profile: Profile, layout: ModelLayout) -> Profile:
+    """The profile pointed at ``layout``, a local copy of the model it was planned for (a
+    download of the remote model it was made from, or the file moved); placement, pins and
+    settings are kept, and so is the URL it was planned from.
+
+    Raises:
+        ProfileError: ``layout`` is another model (:func:`check_model`'s sentence).
+    """
+    require_model(profile, layout)
+    url = profile.model.url or (profile.model.source if profile.model.is_remote else "")
+    model = replace(ModelRef.of(layout), url=url, name=profile.model.name or layout.name)
+    return replace(profile, model=model)
+
+
+def require_local(profile: Profile, where: str = "the profile") -> None:
+    """Refuse a profile that still names a remote model, saying how to get the file.
+
+    Raises:
+        ProfileError: the profile's model is remote.
+    """
+    if not profile.model.is_remote:
+        return
+    from moe_studio.core.remote.quants import download_hint
+
+    command, path = download_hint(profile.model.source)
+    raise ProfileError(
+        f"{where} was planned from the remote model {profile.model.source}; running it needs the "
+        f"files on disk. Download them ({command}), then name the local file: "
+        f"moe-studio launch {where} --gguf {path} (the profile is bound to it, keeping its plan)."
+    )

@@ -28,6 +28,10 @@ On disk it is versioned JSON (schema 1, see ``migrations``)::
       "placement": {"token_embd.weight": "CUDA0", "blk.0.attn_q_a.weight": "CUDA0", …}
     }
 
+A profile planned from a remote model (``moe-studio plan hf://…``) has that URL as ``model.path``
+and also under ``model.url``, which stays when the profile is bound to the downloaded file
+(``launch PROFILE --gguf FILE``, same identity); profiles of local models have no ``url``.
+
 ``pinned`` holds ``[layer, group]`` pairs (layer -1 is the global row, group a
 :class:`~moe_studio.core.gguf.tensors.TensorGroup` value); ``placement`` maps every loaded tensor
 to its device. ``fits`` is the memory estimate's verdict when the profile was saved, so that a list
@@ -98,6 +102,11 @@ KeyPath = tuple[str | int, ...]
 _MAX_PROFILE_FILE = 16 * 1024 * 1024
 
 
+def is_remote_source(source: str) -> bool:
+    """Whether a model source is remote (``hf://…``, ``https://…``), not a path or catalog."""
+    return source.startswith(("hf://", "https://", "http://"))
+
+
 def now_utc() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -116,6 +125,8 @@ class ModelRef:
         tensor_count: Tensors in the file (all shards), loaded or not.
         total_bytes: Bytes of the tensors the engine loads.
         identity: :attr:`ModelLayout.identity`, a hash of tensor names, types and shapes.
+        url: Where the model was planned from when that was a remote model (``hf://…`` or an
+            https URL); kept when the profile is bound to the downloaded file.
     """
 
     source: str
@@ -124,6 +135,7 @@ class ModelRef:
     total_bytes: int
     identity: str
     name: str = ""
+    url: str = ""
 
     @classmethod
     def of(cls, layout: ModelLayout) -> ModelRef:
@@ -134,7 +146,13 @@ class ModelRef:
             total_bytes=layout.total_bytes,
             identity=layout.identity,
             name=layout.name,
+            url=layout.source if is_remote_source(layout.source) else "",
         )
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the profile still names a remote model (no local file bound yet)."""
+        return is_remote_source(self.source)
 
     @property
     def is_catalog(self) -> bool:
@@ -511,7 +529,10 @@ _MODEL_KEYS = {
     "tensor_count": "tensor_count",
     "total_bytes": "total_bytes",
     "identity": "identity",
+    "url": "url",
 }
+# Written only when set: a profile of a local model looks as it always did.
+_OPTIONAL_MODEL_KEYS = ("name", "url")
 _GROUPS = {g.value: g for g in TensorGroup}
 
 
@@ -536,7 +557,7 @@ def _read_document(doc: dict[str, Json], source: str) -> Profile:
     hints = _hints(ModelRef)
     model_values: dict[str, Any] = {}
     for key, attr in _MODEL_KEYS.items():
-        if key == "name" and key not in model_raw:
+        if key in _OPTIONAL_MODEL_KEYS and key not in model_raw:
             continue
         value = r.value(r.require(model_raw, key, ("model",)), hints[attr], ("model", key))
         model_values[attr] = value
@@ -661,7 +682,11 @@ def to_document(profile: Profile) -> dict[str, Json]:
         "name": profile.name,
         "created": timestamp_text(profile.created),
         "modified": timestamp_text(profile.modified),
-        "model": {key: getattr(profile.model, attr) for key, attr in _MODEL_KEYS.items()},
+        "model": {
+            key: getattr(profile.model, attr)
+            for key, attr in _MODEL_KEYS.items()
+            if key != "url" or profile.model.url
+        },
         "engine": {"path": profile.engine, "dialect": profile.settings.dialect},
         "settings": settings,
         "rig": _json_value(profile.rig),

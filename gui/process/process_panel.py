@@ -37,7 +37,7 @@ from moe_studio.core.engine.discovery import EngineInfo, EngineStore, probe_engi
 from moe_studio.core.engine.health import HealthStatus, Phase, PromptResult
 from moe_studio.core.engine.launch import ExitInfo, LaunchSpec, build_launch_spec, connect_host
 from moe_studio.core.engine.log_events import BufferSize, Event, RequestTiming
-from moe_studio.core.errors import Cancelled, MoeStudioError
+from moe_studio.core.errors import Cancelled, EngineError, MoeStudioError
 from moe_studio.core.hardware.sampler import Sampler
 from moe_studio.core.units import format_bytes
 from moe_studio.gui.bench import BenchPanel
@@ -333,6 +333,12 @@ class ProcessPanel(QWidget):
                 "serves one client at a time and would make the second one wait forever.",
                 error=True,
             )
+            return False
+        try:
+            _require_local_model(self.document.layout.source)
+        except MoeStudioError as exc:
+            self._set_status_text(str(exc), error=True)
+            self.last_error = show_error(self, "Cannot launch the server", exc)
             return False
         info = self.engine_info
         if info is None:
@@ -714,3 +720,19 @@ class ProcessPanel(QWidget):
         self.bench.shutdown()
         self.live.close_sampler()
         self.server.background.wait(3000)
+
+
+def _require_local_model(source: str) -> None:
+    """Refuse to launch a model opened from a URL: the engine needs the files on disk."""
+    from moe_studio.core.remote.urls import is_remote
+
+    if not is_remote(source):
+        return
+    from moe_studio.core.remote.quants import download_hint
+
+    command, path = download_hint(source)
+    raise EngineError(
+        f"The server needs the model on disk, and {source} was opened from the network (its "
+        f"headers only). Download it ({command}), then open {path} and launch; the plan can be "
+        "saved as a profile now and bound to the download later."
+    )

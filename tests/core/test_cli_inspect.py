@@ -75,5 +75,10 @@ def test_inspect_imports_only_the_reader_side_of_core() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     ).stdout.split()
     rooms = {m.split(".")[2] for m in out}
-    assert rooms <= {"cli", "gguf", "errors", "units"}, out
+    assert rooms <= {"cli", "gguf", "errors", "units", "remote"}, out
+    # Of the remote room, only what tells a URL from a path (no HTTP client, no Hub library).
+    assert {m for m in out if ".remote" in m} == {
+        "moe_studio.core.remote",
+        "moe_studio.core.remote.urls",
+    }, out
     assert "moe_studio.core.cli.launch" not in out

@@ -1,0 +1,1 @@
+"""Reading GGUF headers over HTTP Range requests and listing Hugging Face repositories."""
