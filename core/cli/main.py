@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "plan": "plan",
     "export": "export",
     "launch": "launch",
+    "tune": "tune",
 }
 
 

@@ -212,22 +212,30 @@ def _with_option(argv: Sequence[str], flag: str, value: str) -> list[str]:
 
 
 class _Budget:
-    def __init__(self, options: TuneOptions, clock: Callable[[], float]) -> None:
+    """Time and trials spent, counting those of the journal: the budget is the whole job's, so
+    a resumed run only gets what the interrupted one left."""
+
+    def __init__(
+        self, options: TuneOptions, clock: Callable[[], float], earlier: Sequence[Trial] = ()
+    ) -> None:
         self.options = options
         self.clock = clock
         self.start = clock()
-        self.trials = 0
+        self.trials = len(earlier)
+        self.before = sum(t.seconds for t in earlier)
         self.seconds: dict[int, list[float]] = {0: [], 1: []}
+        for t in earlier:
+            self.seconds[1 if t.rung else 0].append(t.seconds)
 
     def elapsed(self) -> float:
-        return self.clock() - self.start
+        return self.clock() - self.start + self.before
 
     def allows(self, rung: int, count: int = 1) -> bool:
         """Whether ``count`` more trials of ``rung`` may start."""
         o = self.options
         share = SCREEN_SHARE if rung == 0 else 1.0
         if o.max_trials is not None and self.trials + count > max(1, int(o.max_trials * share)):
-            return rung == 1 and self.trials < o.max_trials and count == 1
+            return False
         if o.budget_seconds is None:
             return True
         past = self.seconds[rung] or self.seconds[0]
@@ -302,7 +310,7 @@ def tune(
         options,
         runner,
         journal,
-        _Budget(options, clock),
+        _Budget(options, clock, tuple(journal.trials.values())),
         cancelled,
         on_trial,
         progress,
