@@ -720,6 +720,22 @@ def _result(ctx: _Context, space: SearchSpace, stop: str) -> TuneResult:
     )
 
 
+def pareto_front(trials: Sequence[Trial]) -> list[Trial]:
+    """The trials no other beats in both PP and TG, by rising PP (the PP-vs-TG trade-off)."""
+    measured = [t for t in trials if t.pp is not None and t.tg is not None and t.status == "ok"]
+    front = [
+        t
+        for t in measured
+        if not any(
+            (o.pp or 0) >= (t.pp or 0)
+            and (o.tg or 0) >= (t.tg or 0)
+            and ((o.pp or 0) > (t.pp or 0) or (o.tg or 0) > (t.tg or 0))
+            for o in measured
+        )
+    ]
+    return sorted(front, key=lambda t: (t.pp or 0.0, -(t.tg or 0.0)))
+
+
 __all__ = [
     "OBJECTIVES",
     "Journal",
@@ -730,6 +746,7 @@ __all__ = [
     "default_runner",
     "fingerprint",
     "journal_path_for",
+    "pareto_front",
     "trial_key",
     "tune",
 ]

@@ -206,6 +206,13 @@ class Journal:
             "fingerprint": self.fingerprint,
             "trials": [t.to_json() for t in self.trials.values()],
         }
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EngineError(
+                f"Cannot create the folder of the tuning journal {self.path}: "
+                f"{exc.strerror or exc}."
+            ) from exc
         atomic_write_text(
             self.path, json.dumps(data, indent=1) + "\n", backup=False, error=EngineError
         )

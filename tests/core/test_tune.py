@@ -21,6 +21,8 @@ from moe_studio.core.engine.tune import (
     TuneOptions,
     default_runner,
     fingerprint,
+    pareto_front,
+    trial_key,
     tune,
 )
 from moe_studio.core.engine.tune_space import Knobs, build_space
@@ -242,3 +244,24 @@ def test_interrupted_run_resumes_without_redoing_trials(
     # A journal of another setup is not reused.
     other = Journal(path, "another-fingerprint", True)
     assert not other.trials and "another model" in other.note
+
+
+def test_pareto_front_keeps_the_trade_offs() -> None:
+    def trial(ub: int, pp: float, tg: float, status: str = "ok") -> Trial:
+        return Trial(Knobs(ub, ub, 1), 0, (0,), status, pp, tg)  # type: ignore[arg-type]
+
+    a, b, c = trial(256, 100, 50), trial(512, 200, 40), trial(1024, 150, 30)
+    d, e = trial(2048, 300, 10), trial(4096, 999, 999, "oom")
+    assert pareto_front([a, b, c, d, e]) == [a, b, d]
+
+
+def test_journal_creates_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "tune" / "model.tune.json"
+    journal = Journal(path, "stamp", resume=True)
+    journal.add(Trial(Knobs(512, 2048, 2), 0, (0,), "ok", 10.0, 2.0))
+    again = Journal(path, "stamp", resume=True)
+    assert list(again.trials) == list(journal.trials) and again.trials[journal_key(512)].reused
+
+
+def journal_key(ub: int) -> str:
+    return trial_key(Knobs(ub, 2048, 2), 0, (0,))
