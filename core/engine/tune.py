@@ -98,6 +98,8 @@ class TuneOptions:
         finalists: Screened candidates going on to the finals at most (besides the baseline).
         screen_tool: Force the screening tool (default: llama-bench when present, else
             llama-sweep-bench).
+        stop_ratio: A finalist whose speed at a depth falls below this share of the best
+            finished finalist's is stopped early (with ``early_stop``).
     """
 
     objective: Objective = "balanced"
@@ -108,6 +110,7 @@ class TuneOptions:
     finalists: int = FINALISTS
     screen_tool: BenchTool | None = None
     early_stop: bool = True
+    stop_ratio: float = STOP_RATIO
 
 
 @dataclass(frozen=True, slots=True)
@@ -672,7 +675,7 @@ class _EarlyStop:
         for row in rows:
             value = _objective_point(CurvePoint(row.n_kv, row.s_pp, row.s_tg), objective)
             best = self.best.get(row.n_kv)
-            if value is not None and best and value < STOP_RATIO * best:
+            if value is not None and best and value < self.ctx.options.stop_ratio * best:
                 self.triggered = True
                 self.reason = (
                     f"Stopped early: at N_KV {row.n_kv} it reached {value:.1f} against the best "

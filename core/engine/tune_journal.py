@@ -64,8 +64,9 @@ class Trial:
         return trial_key(self.knobs, self.rung, self.depths)
 
     def score(self, objective: Objective) -> float | None:
-        """Higher is better; None for a trial without the figures the objective needs."""
-        if self.status not in ("ok", "stopped"):
+        """Higher is better; None for a trial without the figures the objective needs (a
+        trial stopped early has only its first depths: it does not compete)."""
+        if self.status != "ok":
             return None
         if objective == "pp":
             return self.pp

@@ -265,3 +265,41 @@ def test_journal_creates_its_folder(tmp_path: Path) -> None:
 
 def journal_key(ub: int) -> str:
     return trial_key(Knobs(ub, 2048, 2), 0, (0,))
+
+
+def test_a_clearly_worse_finalist_is_stopped_early(
+    engines: dict[str, EngineInfo],
+    tiny_qwen3moe: Path,
+    bench_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STANDIN_BENCH_STEP_SECONDS", "0.2")
+    planner = planner_for(tiny_qwen3moe)
+    space = build_space(planner, planner.initial(), ubatches=[512, 1024], threads=[4, 2])
+    # Any finalist below the best finished one at a depth stops (a strict ratio, for the test).
+    options = TuneOptions(objective="pp", depths=(0, 1024, 2048, 3072), stop_ratio=0.999)
+    result = tune(space, planner, engines["sweep"], options)
+    finals = [t for t in result.trials if t.rung == 1]
+    stopped = [t for t in finals if t.status == "stopped"]
+    assert stopped and all(t.error.startswith("Stopped early: at N_KV") for t in stopped)
+    assert finals[0].status == "ok"  # the baseline always runs to its end
+    assert result.best is not None and result.best.status == "ok"
+    assert all(t.score("pp") is None for t in stopped)
+
+
+def test_cancel_ends_the_run_and_keeps_what_was_measured(
+    engines: dict[str, EngineInfo], tiny_qwen3moe: Path, bench_env: Path
+) -> None:
+    planner = planner_for(tiny_qwen3moe)
+    space = build_space(planner, planner.initial(), ubatches=[512, 1024], threads=[4, 2])
+    seen: list[Trial] = []
+    result = tune(
+        space,
+        planner,
+        engines["sweep"],
+        TuneOptions(),
+        on_trial=seen.append,
+        cancelled=lambda: len(seen) >= 3,
+    )
+    assert result.stop == "cancelled" and len(result.trials) == 3 and result.best is None
+    assert result.notes and "--resume" in result.notes[-1]
