@@ -421,7 +421,7 @@ def _groups(candidates: Sequence[Candidate], tool: BenchTool) -> list[list[Candi
     by_load: dict[tuple[object, ...], list[Candidate]] = {}
     for c in candidates:
         k = c.knobs
-        by_load.setdefault((k.load_key, k.amb, k.cache), []).append(c)
+        by_load.setdefault((k.load_key, k.amb, k.cache, k.offload_batch), []).append(c)
     out: list[list[Candidate]] = []
     for group in by_load.values():
         ubs = sorted({c.knobs.ubatch for c in group})

@@ -9,6 +9,8 @@ The knobs (issue 15):
 - routed-expert layers per GPU-like device: from what auto-place puts there at that ``-ub`` (the
   compute buffer grows with it) downwards, one device at a time, others at their maximum;
 - ``-amb`` for MLA models (ik), ``-sm graph`` vs layer when several CUDA GPUs hold layers (ik);
+- the op-offload threshold (ik ``-cuda offload-batch-size=N``) where the advisor says copying
+  RAM-resident experts to the GPU does not pay for short prompts: with and without it;
 - a ``q8_0`` KV cache only when the caller allows it (it changes the output, a little).
 
 Candidates come baseline first (auto-place + the advisor's ``-b``/``-ub`` and threads, or a given
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import product
+from itertools import pairwise, product
 
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.gguf.tensors import ROUTED_EXPERT_GROUPS
@@ -50,6 +52,7 @@ class Knobs:
         expert_layers: Whole routed-expert layers per GPU-like device, in rig order.
         amb: ik ``-amb`` MiB (None: the engine's default).
         cache: K and V cache type (None: as planned).
+        offload_batch: ik ``-cuda offload-batch-size`` (None: the engine's threshold).
     """
 
     ubatch: int
@@ -59,6 +62,7 @@ class Knobs:
     amb: int | None = None
     split_graph: bool = False
     cache: str | None = None
+    offload_batch: int | None = None
 
     @property
     def key(self) -> str:
@@ -67,7 +71,7 @@ class Knobs:
         return (
             f"ub={self.ubatch} b={self.batch} t={self.threads or '-'} L={layers} "
             f"amb={self.amb or '-'} sm={'graph' if self.split_graph else 'layer'} "
-            f"ctk={self.cache or '-'}"
+            f"ctk={self.cache or '-'}" + (f" ob={self.offload_batch}" if self.offload_batch else "")
         )
 
     @property
@@ -89,6 +93,8 @@ class Knobs:
             parts.append("-sm graph")
         if self.cache:
             parts.append(f"cache {self.cache}")
+        if self.offload_batch:
+            parts.append(f"offload ≥{self.offload_batch}")
         layers = " ".join(f"{n}@{_short(d)}" for d, n in self.expert_layers)
         return ", ".join([" ".join(parts), f"experts {layers}"] if layers else [" ".join(parts)])
 
@@ -101,6 +107,7 @@ class Knobs:
             (self.amb, other.amb),
             (self.split_graph, other.split_graph),
             (self.cache, other.cache),
+            (self.offload_batch, other.offload_batch),
         )
         return sum(a != b for a, b in pairs)
 
@@ -113,6 +120,7 @@ class Knobs:
             "amb": self.amb,
             "split_graph": self.split_graph,
             "cache": self.cache,
+            "offload_batch": self.offload_batch,
         }
 
     @classmethod
@@ -125,6 +133,7 @@ class Knobs:
             threads = obj.get("threads")
             amb = obj.get("amb")
             cache = obj.get("cache")
+            offload = obj.get("offload_batch")
             return cls(
                 ubatch=int(obj["ubatch"]),
                 batch=int(obj["batch"]),
@@ -133,6 +142,7 @@ class Knobs:
                 amb=int(amb) if isinstance(amb, int) else None,
                 split_graph=bool(obj.get("split_graph")),
                 cache=cache if isinstance(cache, str) else None,
+                offload_batch=int(offload) if isinstance(offload, int) else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -233,20 +243,33 @@ def margin_bytes(compute: int, usable: int) -> int:
 
 
 def fits_with_margin(estimate: Estimate) -> str:
-    """ "" when every device fits with the margin, else why not (one sentence)."""
+    """ "" when every device fits with the margin, else why not (one sentence).
+
+    The margin grows with the compute buffer, the estimate's least certain term; the reserve
+    the settings keep free on every GPU-like device counts towards it.
+    """
     for d in estimate.devices:
         if d.kind is DeviceKind.CPU:
             if not d.fits:
                 return f"host RAM would be {format_bytes(d.overflow)} over."
             continue
+        if not d.fits:
+            return f"{_short(d.name)} would be {format_bytes(d.overflow)} over its usable memory."
+        # The reserve auto-place keeps free counts towards the margin.
         margin = margin_bytes(d.compute, d.usable)
-        if d.free < margin:
-            short = margin - d.free
+        if d.free + d.reserve < margin:
+            short = margin - d.free - d.reserve
             return (
-                f"{_short(d.name)} would have {format_bytes(max(0, d.free))} free, "
+                f"{_short(d.name)} would have {format_bytes(max(0, d.free + d.reserve))} free, "
                 f"{format_bytes(short)} less than the {format_bytes(margin)} margin."
             )
     return ""
+
+
+def no_larger(estimate: Estimate, reference: Estimate) -> bool:
+    """Whether ``estimate`` needs no more memory than ``reference`` on any device."""
+    totals = {d.name: d.total for d in reference.devices}
+    return all(d.total <= totals.get(d.name, -1) for d in estimate.devices)
 
 
 def baseline_settings(planner: Planner, plan: Plan) -> Settings:
@@ -257,6 +280,16 @@ def baseline_settings(planner: Planner, plan: Plan) -> Settings:
         if advice is not None and advice.threads:
             settings = settings.with_(threads=advice.threads)
     return settings
+
+
+def _advised_offload_batch(planner: Planner, plan: Plan) -> int | None:
+    """The ik op-offload threshold the advisor suggests for ``plan`` (None: none)."""
+    advice = planner.result(plan).advice
+    args = list(advice.extra_args) if advice is not None else []
+    for flag, value in pairwise(args):
+        if flag == "-cuda" and value.startswith("offload-batch-size="):
+            return int(value.split("=", 1)[1])
+    return None
 
 
 def _ubatch_choices(planner: Planner, plan: Plan, settings: Settings) -> list[int]:
@@ -318,6 +351,10 @@ def build_space(
     cuda_layers = {d for d in planner.estimate(base_plan)[0].layer_devices if d.startswith("CUDA")}
     if base_settings.is_ik and len(cuda_layers) >= 2:
         sm_list.append(not base_settings.split_mode_graph)
+    offload_list: list[int | None] = [None]
+    advised = _advised_offload_batch(Planner(layout, rig, base_settings), base_plan)
+    if advised and not any(a.startswith("offload-batch-size") for a in base_settings.extra_args):
+        offload_list.append(advised)
     cache_list: list[str | None] = [None]
     if allow_cache and base_settings.flash_attn and base_settings.cache_type_k != "q8_0":
         cache_list.append("q8_0")
@@ -328,12 +365,16 @@ def build_space(
     found: list[Candidate] = []
     skipped: list[tuple[Knobs, str]] = []
 
+    base_estimate = Planner(layout, rig, base_settings).estimate(base_plan)[1]
+
     def consider(knobs: Knobs, candidate_plan: Plan, settings: Settings) -> None:
         if knobs.key in seen:
             return
         seen.add(knobs.key)
         est = Planner(layout, rig, settings).estimate(candidate_plan)[1]
         why = fits_with_margin(est)
+        if why and base_estimate.fits and no_larger(est, base_estimate):
+            why = ""  # the baseline runs anyway: what needs no more memory is as safe
         if why:
             skipped.append((knobs, why))
         else:
@@ -353,12 +394,18 @@ def build_space(
                 vec = list(vectors[0])
                 vec[i] = (device, n)
                 vectors.append(tuple(vec))
-        for layers, t, amb, sm in product(vectors, t_list, amb_list, sm_list):
+        for layers, t, amb, sm, ob in product(vectors, t_list, amb_list, sm_list, offload_list):
             candidate_plan = top_plan
             for device, n in layers:
                 candidate_plan = with_expert_layers(layout, candidate_plan, device, n)
-            knobs = Knobs(ub, settings.batch, t, layers, amb, sm, cache)
-            consider(knobs, candidate_plan, settings.with_(threads=t, amb=amb, split_mode_graph=sm))
+            # Pinned layers stay: the knobs say what the plan really holds.
+            got = expert_layer_counts(layout, candidate_plan)
+            real = tuple((device, got[device]) for device, _ in layers)
+            knobs = Knobs(ub, settings.batch, t, real, amb, sm, cache, ob)
+            run = settings.with_(threads=t, amb=amb, split_mode_graph=sm)
+            if ob:
+                run = run.with_(extra_args=(*run.extra_args, "-cuda", f"offload-batch-size={ob}"))
+            consider(knobs, candidate_plan, run)
     baseline_candidate = next((c for c in found if c.knobs == base_knobs), None)
     if baseline_candidate is None:
         why = dict((k.key, w) for k, w in skipped).get(base_knobs.key, "")

@@ -25,10 +25,10 @@ from moe_studio.core.engine.tune import (
     trial_key,
     tune,
 )
-from moe_studio.core.engine.tune_space import Knobs, build_space
+from moe_studio.core.engine.tune_space import Knobs, build_space, fits_with_margin, no_larger
 from moe_studio.core.gguf import catalog
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
-from moe_studio.core.plan.planning import Planner
+from moe_studio.core.plan.planning import Planner, apply_pin
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB, MiB
 from tests.support.standin_bench import cpu_expert_layers
@@ -193,8 +193,13 @@ def test_oom_trial_is_a_result_and_the_run_goes_on(
 def test_never_tries_what_the_estimate_says_does_not_fit(
     engines: dict[str, EngineInfo], tiny_qwen3moe: Path, bench_env: Path
 ) -> None:
+    # Every layer pinned to a small GPU: auto-place cannot make room for a larger -ub there.
     planner = planner_for(tiny_qwen3moe, gpu=760 * MiB)
-    space = build_space(planner, planner.initial(), threads=[2], layer_steps=1)
+    planner.update(settings=planner.settings.with_(ubatch=512))
+    pinned = apply_pin(planner.layout, planner.initial(), "L:0-3=CUDA0").after
+    space = build_space(
+        planner, pinned, ubatches=[512, 1024, 2048, 4096], threads=[2], layer_steps=1
+    )
     assert space.skipped, "the small GPU must rule some configurations out"
     assert any(k.ubatch == 4096 for k, _ in space.skipped)
     assert all(c.knobs.ubatch != 4096 for c in space.candidates[1:])
@@ -303,3 +308,29 @@ def test_cancel_ends_the_run_and_keeps_what_was_measured(
     )
     assert result.stop == "cancelled" and len(result.trials) == 3 and result.best is None
     assert result.notes and "--resume" in result.notes[-1]
+
+
+def test_space_tries_the_advised_offload_threshold_and_keeps_what_fits() -> None:
+    layout = catalog.load_catalog("qwen3-235b-a22b")
+    gpu = Device("CUDA0", DeviceKind.CUDA, 24 * GiB, pcie_gen=4, pcie_width=16)
+    rig = Rig("big", HostInfo(512 * GiB, cores_physical=128), (gpu,))
+    planner = Planner(layout, rig, Settings(ctx=8192))
+    space = build_space(planner, planner.initial())
+    base = space.baseline
+    offload = [c for c in space.candidates if c.knobs.offload_batch]
+    assert offload and base.knobs.offload_batch is None
+    twin = next(c for c in offload if c.knobs.differences(base.knobs) == 1)
+    command = Planner(layout, rig, twin.settings).result(twin.plan).command
+    assert command is not None
+    value = f"offload-batch-size={twin.knobs.offload_batch}"
+    assert command.argv[command.argv.index("-cuda") + 1] == value
+    assert Knobs.from_json(twin.knobs.to_json()) == twin.knobs
+    # Everything tried fits with the margin; what does not is left out with a reason.
+    # Everything tried fits with the margin, or needs no more memory than the baseline (which
+    # runs anyway); what does not is left out with a reason.
+    assert base.estimate.fits
+    assert all(
+        not fits_with_margin(c.estimate) or no_larger(c.estimate, base.estimate)
+        for c in space.candidates
+    )
+    assert all(why for _, why in space.skipped)
