@@ -42,12 +42,13 @@ OPTIMUM = (1024, 2, (("CUDA0", 3),))
 def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, EngineInfo]:
     base = tmp_path_factory.mktemp("tune-engines")
     both = probe_engine(install_standin(base / "both", "ik"), environ=clean_env())
+    mainline = probe_engine(install_standin(base / "mainline", "mainline"), environ=clean_env())
     sweep_server = install_standin(base / "sweep", "ik")
     (base / "sweep" / "llama-bench").unlink()
     sweep = probe_engine(sweep_server, environ=clean_env())
     assert both.helper("bench") and both.helper("sweep-bench")
     assert sweep.helper("bench") is None and sweep.helper("sweep-bench")
-    return {"both": both, "sweep": sweep}
+    return {"both": both, "sweep": sweep, "mainline": mainline}
 
 
 @pytest.fixture
@@ -334,3 +335,18 @@ def test_space_tries_the_advised_offload_threshold_and_keeps_what_fits() -> None
         for c in space.candidates
     )
     assert all(why for _, why in space.skipped)
+
+
+def test_mainline_uses_llama_bench_with_depths(
+    engines: dict[str, EngineInfo], tiny_qwen3moe: Path, bench_env: Path
+) -> None:
+    layout = catalog.load(str(tiny_qwen3moe))
+    planner = Planner(layout, planner_for(tiny_qwen3moe).rig, Settings("mainline", ctx=4096))
+    space = build_space(planner, planner.initial(), ubatches=[512, 1024, 2048], threads=[4, 2])
+    options = TuneOptions(objective="balanced", depths=(0, 2048), max_trials=40)
+    result = tune(space, planner, engines["mainline"], options)
+    assert result.best is not None and optimum(result.best.knobs) == OPTIMUM
+    assert [p.n_kv for p in result.best.points] == [0, 2048]
+    runs = logged_runs(bench_env)
+    assert all(r[0] == "bench" for r in runs) and result.loads == len(runs)
+    assert result.loads < len(result.measured)
