@@ -336,38 +336,37 @@ def tune(
             "finals measure depth 0."
         )
     stop = _screen(ctx, space, screen_tool)
-    if stop == "done":
-        stop = _finals(ctx, space, final_tool)
+    if stop != "cancelled" and _screened(ctx) >= 2:
+        # The finals compare the baseline with the best screened: worth it with two or more.
+        finals = _finals(ctx, space, final_tool)
+        stop = finals if finals != "done" else stop
     return _result(ctx, space, stop)
 
 
 def _screen(ctx: _Context, space: SearchSpace, tool: BenchTool) -> str:
-    pending = list(space.candidates)
-    groups = _groups(pending, tool)
-    for group in groups:
-        todo = [c for c in group if trial_key(c.knobs, 0, (0,)) not in ctx.journal.trials]
+    """Measure the candidates at depth 0; ``done``, ``budget`` (ran out) or ``cancelled``."""
+    for group in _groups(space.candidates, tool):
+        todo = []
         for c in group:
             reused = ctx.journal.trials.get(trial_key(c.knobs, 0, (0,)))
-            if reused is not None and c not in todo:
+            if reused is None:
+                todo.append(c)
+            else:
                 ctx.trials.append(reused)
                 ctx.on_trial(reused)
         if not todo:
             continue
         if ctx.cancelled():
             return "cancelled"
-        if not ctx.budget.allows(0, len(todo)):
-            # A smaller group may still fit the budget: measure what it allows, one by one.
-            if len(todo) > 1 and ctx.budget.allows(0, 1):
-                for c in todo:
-                    if not ctx.budget.allows(0, 1):
-                        return "budget" if _screened(ctx) < 2 else "done"
-                    if ctx.cancelled():
-                        return "cancelled"
-                    _measure(ctx, [c], 0, (0,), tool)
-                continue
-            return "done" if _screened(ctx) >= 2 else "budget"
-        _measure(ctx, todo, 0, (0,), tool)
-        _check_broken(ctx)
+        # A group the budget cannot afford whole is measured one by one while it can.
+        batches = [todo] if ctx.budget.allows(0, len(todo)) else [[c] for c in todo]
+        for batch in batches:
+            if not ctx.budget.allows(0, len(batch)):
+                return "budget"
+            if ctx.cancelled():
+                return "cancelled"
+            _measure(ctx, batch, 0, (0,), tool)
+            _check_broken(ctx)
     return "done"
 
 
