@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence
@@ -59,6 +59,9 @@ from moe_studio.gui.tasks import Background, TaskRunner, Work
 from moe_studio.gui.tensor_map.model import TensorMapModel
 from moe_studio.gui.tensor_map.view import TensorMapView
 
+if TYPE_CHECKING:
+    from moe_studio.gui.tune import TuneDialog
+
 log = logging.getLogger(__name__)
 MAX_RECENT = 10
 # Ctrl+Y is the other redo key users know (KDE and GNOME bind only Ctrl+Shift+Z to Redo).
@@ -107,6 +110,7 @@ class MainWindow(QMainWindow):
         self.tasks = TaskRunner(self)
         self.last_error_dialog: QMessageBox | None = None
         self.legend_dialog: LegendDialog | None = None
+        self.tune_dialog: TuneDialog | None = None
         self._task_error_title = "Cannot open the model"
         # Short jobs that must not cancel an opening model (hardware detection).
         self.background = Background(self)
@@ -260,6 +264,11 @@ class MainWindow(QMainWindow):
         hardware.addAction("Open rig &file…", self.open_rig_file)
         hardware.addAction("Plan for &another machine…", self.plan_for_another_machine)
         hardware.addAction("Add &RPC device…", self.add_rpc_device)
+
+        tools = bar.addMenu("&Tools")
+        tools.addAction("&Tune…", self.show_tune).setToolTip(
+            "Measure -ub/-b, threads and expert layers per GPU and apply the fastest"
+        )
 
         help_menu = bar.addMenu("&Help")
         help_menu.addAction("&Legend", self.show_legend)
@@ -538,6 +547,17 @@ class MainWindow(QMainWindow):
         self.legend_dialog.show()
         self.legend_dialog.activateWindow()
 
+    def show_tune(self) -> None:
+        """The Tune dialog (non-modal; its run goes on while the window is used)."""
+        if self.tune_dialog is None:
+            from moe_studio.gui.tune import TuneDialog
+
+            self.tune_dialog = TuneDialog(
+                self.document, lambda: self.process_panel.engine_info, self
+            )
+        self.tune_dialog.show()
+        self.tune_dialog.activateWindow()
+
     def _about(self) -> None:
         from moe_studio.core import __version__
 
@@ -557,6 +577,8 @@ class MainWindow(QMainWindow):
             return
         self.profiles.discard_own_autosave()
         self.process_panel.shutdown()
+        if self.tune_dialog is not None:
+            self.tune_dialog.shutdown()
         self.tasks.cancel()
         self.background.wait(3000)
         self.qsettings.setValue("window/geometry", self.saveGeometry())

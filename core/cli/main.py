@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "plan": "plan",
     "export": "export",
     "launch": "launch",
+    "tune": "tune",
 }
 
 

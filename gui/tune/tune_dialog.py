@@ -1,0 +1,438 @@
+"""The Tune dialog: measure configurations of the current plan and apply the fastest.
+
+The run is :func:`moe_studio.core.engine.tune.tune` in the dialog's own
+:class:`~moe_studio.gui.tasks.TaskRunner` (one background task; Stop cancels it, which also stops
+the benchmark process). The baseline is the document's current configuration, so the plot's star
+is "what you have now". Trials arrive through the worker's progress reports: the worker appends
+them to a list under a lock and the GUI thread drains it, updating the table model and the plot
+in place. "Apply best" replaces plan and settings as one undo step
+(:meth:`moe_studio.gui.document.Document.replace_plan_and_settings`); a finished run is kept with
+the profile beside the benchmark runs (:meth:`~moe_studio.gui.document.Document.add_benchmark`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QCloseEvent
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from moe_studio.core.engine.calibration import default_path
+from moe_studio.core.engine.discovery import EngineInfo
+from moe_studio.core.engine.tune import (
+    OBJECTIVES,
+    Journal,
+    Objective,
+    Trial,
+    TuneOptions,
+    TuneResult,
+    fingerprint,
+    journal_path_for,
+    tune,
+)
+from moe_studio.core.engine.tune_space import build_space
+from moe_studio.core.plan.planning import Planner
+from moe_studio.gui.document import Document
+from moe_studio.gui.tasks import TaskRunner
+from moe_studio.gui.tune.trials_model import TrialsModel
+from moe_studio.gui.tune.tune_plot import TunePlot
+
+log = logging.getLogger(__name__)
+
+EngineProvider = Callable[[], EngineInfo | None]
+APPLY_TEXT = "Apply tuned configuration"
+_OBJECTIVE_LABELS = {
+    "balanced": "Balanced (PP × TG)",
+    "pp": "Prompt processing (PP)",
+    "tg": "Generation (TG)",
+}
+
+
+def parse_depths(text: str) -> tuple[int, ...] | None:
+    """``0, 8192`` → ``(0, 8192)``; None when it is not a list of whole numbers ≥ 0."""
+    try:
+        values = tuple(sorted({int(v) for v in text.replace(" ", "").split(",") if v}))
+    except ValueError:
+        return None
+    return values if values and all(v >= 0 for v in values) else None
+
+
+def tune_entry(
+    result: TuneResult,
+    objective: Objective,
+    *,
+    seconds: float,
+    engine: str = "",
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """What the profile keeps of a finished run, shaped like a benchmark run (the best's curve)
+    plus a ``tune`` object with every trial (without their command lines)."""
+    best = result.best
+    assert best is not None
+    gain = result.gain(objective)
+    times = f" ({gain:.2f}× the current {objective})" if gain else ""
+    moment = (now or datetime.now(UTC)).replace(microsecond=0)
+    trials = []
+    for t in result.trials:
+        item = t.to_json()
+        item.pop("argv", None)
+        trials.append(item)
+    return {
+        "label": f"tune — best: {best.knobs.label()}{times}",
+        "timestamp": moment.isoformat().replace("+00:00", "Z"),
+        "tool": "sweep-bench" if "sweep" in (best.argv[0] if best.argv else "") else "bench",
+        "argv": list(best.argv),
+        "env": {},
+        "points": [[p.n_kv, p.s_pp, p.s_tg] for p in best.points],
+        "seconds": round(seconds, 1),
+        "tg_tokens_per_second": best.tg,
+        "pp_tokens_per_second": best.pp,
+        "n_kv": best.points[0].n_kv if best.points else 0,
+        "ubatch": best.knobs.ubatch,
+        "engine": engine,
+        "complete": True,
+        "tune": {
+            "objective": objective,
+            "depths": list(best.depths),
+            "loads": result.loads,
+            "gain": gain,
+            "baseline": result.baseline.knobs.to_json() if result.baseline else None,
+            "best": best.knobs.to_json(),
+            "trials": trials,
+        },
+    }
+
+
+class TuneDialog(QDialog):
+    """Tune the document's configuration with the engine's benchmark tools.
+
+    Signals:
+        run_finished(TuneResult): a run ended with a result (not when stopped).
+        run_failed(str): a run could not start or ended in an error (the sentence).
+    """
+
+    run_finished = Signal(object)
+    run_failed = Signal(str)
+
+    def __init__(
+        self,
+        document: Document,
+        engine_provider: EngineProvider,
+        parent: QWidget | None = None,
+        *,
+        calibration: Path | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Tune")
+        self._document = document
+        self._engine_provider = engine_provider
+        self._calibration = calibration
+        self._lock = threading.Lock()
+        self._arrived: list[Trial] = []
+        self._current_key = ""
+        self._objective: Objective = "balanced"
+        self._started = 0.0
+        self.tune_result: TuneResult | None = None
+        self.tasks = TaskRunner(self)
+        self.model = TrialsModel()
+        self._build()
+        self.tasks.progressed.connect(self._on_tasks_progressed)
+        self.tasks.failed.connect(self._on_tasks_failed)
+        self.tasks.running_changed.connect(self._on_tasks_running_changed)
+        self.start_button.clicked.connect(self._on_start_button_clicked)
+        self.stop_button.clicked.connect(self._on_stop_button_clicked)
+        self.apply_button.clicked.connect(self._on_apply_button_clicked)
+        self.objective.currentIndexChanged.connect(self._on_objective_changed)
+        self.resize(1100, 680)
+
+    # --- construction ----------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.budget = QSpinBox()
+        self.budget.setRange(1, 24 * 60)
+        self.budget.setValue(20)
+        self.budget.setSuffix(" min")
+        self.budget.setToolTip("Wall time for the whole run, model loads included.")
+        self.max_trials = QSpinBox()
+        self.max_trials.setRange(0, 10_000)
+        self.max_trials.setSpecialValueText("no limit")
+        self.max_trials.setToolTip("Stop after this many trials (0: only the time counts).")
+        self.objective = QComboBox()
+        for key in OBJECTIVES[::-1]:
+            self.objective.addItem(_OBJECTIVE_LABELS[key], key)
+        self.depths = QLineEdit("0")
+        self.depths.setPlaceholderText("0, 8192")
+        self.depths.setToolTip(
+            "KV depths (tokens already in the cache) at which the finalists are measured."
+        )
+        self.allow_cache = QCheckBox("Also try a q8_0 KV cache (changes the output slightly)")
+        self.resume = QCheckBox("Resume: reuse the trials of the last run")
+        form = QFormLayout()
+        form.addRow("Budget", self.budget)
+        form.addRow("Trials at most", self.max_trials)
+        form.addRow("Objective", self.objective)
+        form.addRow("Depths", self.depths)
+        form.addRow(self.allow_cache)
+        form.addRow(self.resume)
+
+        self.start_button = QPushButton("Start")
+        self.start_button.setDefault(True)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setTextVisible(False)
+        self.status = QLabel(
+            "Measures -ub/-b, threads and expert layers per GPU with the "
+            "engine's benchmark; only configurations that fit are tried."
+        )
+        self.status.setWordWrap(True)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.progress, 1)
+
+        self.plot = TunePlot()
+        self.table = QTableView()
+        self.table.setModel(self.model)
+        self.table.setAlternatingRowColors(True)
+        self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        header.setStretchLastSection(False)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.plot)
+        split.addWidget(self.table)
+        split.setSizes([480, 620])
+
+        self.best_label = QLabel("")
+        self.best_label.setWordWrap(True)
+        self.best_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.apply_button = QPushButton("Apply best")
+        self.apply_button.setEnabled(False)
+        self.apply_button.setToolTip("Replace the plan and settings with the best (one undo step).")
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.best_label, 1)
+        bottom.addWidget(self.apply_button)
+
+        top = QHBoxLayout()
+        top.addLayout(form)
+        top.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(split, 1)
+        layout.addLayout(bottom)
+
+    # --- running ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.tasks.running
+
+    def start(self) -> bool:
+        """Start a run with the dialog's options; False (and a sentence) when it cannot."""
+        engine = self._engine_provider()
+        if engine is None:
+            self._fail(
+                'Choose an engine first: "Choose engine…" in the Server tab picks the '
+                "llama-server binary; its folder must hold llama-sweep-bench or llama-bench."
+            )
+            return False
+        depths = parse_depths(self.depths.text())
+        if depths is None:
+            self._fail("Depths: give whole numbers separated by commas, e.g. 0, 8192.")
+            return False
+        doc = self._document
+        planner = Planner(doc.layout, doc.rig, doc.settings)
+        plan, settings = doc.plan, doc.settings
+        objective: Objective = self.objective.currentData()
+        self._objective = objective
+        options = TuneOptions(
+            objective=objective,
+            depths=depths,
+            budget_seconds=self.budget.value() * 60.0,
+            max_trials=self.max_trials.value() or None,
+        )
+        path = journal_path_for(doc.profile_path or doc.layout.source)
+        journal = Journal(
+            path, fingerprint(planner, engine, options.n_gen), resume=self.resume.isChecked()
+        )
+        calibration = self._calibration or default_path()
+        allow_cache = self.allow_cache.isChecked()
+        self.model.clear()
+        self.model.set_objective(objective)
+        self.tune_result = None
+        self.apply_button.setEnabled(False)
+        self.best_label.setText("")
+        with self._lock:
+            self._arrived = []
+        self._current_key = ""
+        self._started = time.monotonic()
+        budget = options.budget_seconds or 1.0
+
+        def work(
+            progress: Callable[[float, str], None], cancelled: Callable[[], bool]
+        ) -> TuneResult:
+            space = build_space(planner, plan, baseline=(plan, settings), allow_cache=allow_cache)
+            self._current_key = space.baseline.knobs.key
+            started = time.monotonic()
+            progress(0.0, f"{len(space.candidates)} configurations fit; measuring the current one")
+
+            measured = [0]
+
+            def on_trial(trial: Trial) -> None:
+                with self._lock:
+                    self._arrived.append(trial)
+                measured[0] += 1
+                done = (time.monotonic() - started) / budget
+                if options.max_trials:
+                    done = max(done, measured[0] / options.max_trials)
+                progress(min(1.0, done), f"{trial.knobs.label()}: {trial.status}")
+
+            return tune(
+                space,
+                planner,
+                engine,
+                options,
+                journal=journal,
+                cancelled=cancelled,
+                on_trial=on_trial,
+                progress=lambda text: progress(-1.0, text),
+                calibration=calibration,
+            )
+
+        self.status.setText("Building the search space…")
+        self.tasks.start(work, self._on_run_done)
+        return True
+
+    def stop(self) -> None:
+        """Stop the run (the benchmark process too); measured trials stay in the journal."""
+        if self.tasks.running:
+            self.tasks.cancel()
+            self.status.setText(
+                "Stopped. The finished trials are kept: tick Resume and Start to go on."
+            )
+
+    def _fail(self, sentence: str) -> None:
+        self.status.setText(sentence)
+        self.run_failed.emit(sentence)
+
+    def _drain(self) -> None:
+        with self._lock:
+            arrived, self._arrived = self._arrived, []
+        if arrived:
+            self.model.append(arrived)
+        best = self.tune_result.best if self.tune_result is not None else None
+        self.plot.set_trials(self.model.trials, self._current_key, best)
+
+    # --- slots -----------------------------------------------------------------------------------
+
+    def _on_start_button_clicked(self) -> None:
+        self.start()
+
+    def _on_stop_button_clicked(self) -> None:
+        self.stop()
+
+    def _on_objective_changed(self, _index: int) -> None:
+        if not self.tasks.running:
+            self.model.set_objective(self.objective.currentData())
+
+    def _on_tasks_running_changed(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        for widget in (self.budget, self.max_trials, self.objective, self.depths):
+            widget.setEnabled(not running)
+
+    def _on_tasks_progressed(self, fraction: float, text: str) -> None:
+        if fraction >= 0:
+            self.progress.setValue(int(fraction * 1000))
+        self.status.setText(text)
+        self._drain()
+
+    def _on_tasks_failed(self, error: object) -> None:
+        self._drain()
+        self._fail(str(error))
+
+    def _on_run_done(self, result: object) -> None:
+        assert isinstance(result, TuneResult)
+        self.tune_result = result
+        self._drain()
+        self.progress.setValue(1000)
+        objective = self._objective
+        best, base = result.best, result.baseline
+        measured = len(result.measured)
+        summary = (
+            f"{measured} trials measured with {result.loads} model loads "
+            f"({len(result.trials) - measured} from the journal); stopped: {result.stop}."
+        )
+        if best is None:
+            self.status.setText(summary + " " + " ".join(result.notes))
+            self.run_finished.emit(result)
+            return
+        gain = result.gain(objective)
+        lines = [f"Best: {best.knobs.label()} — PP {best.pp or 0:,.1f}, TG {best.tg or 0:,.1f} t/s"]
+        if base is not None:
+            lines.append(
+                f"current: PP {base.pp or 0:,.1f}, TG {base.tg or 0:,.1f} t/s"
+                + (f" ({gain:.2f}× on {objective})" if gain else "")
+            )
+        self.best_label.setText("\n".join(lines))
+        self.status.setText(summary)
+        self.apply_button.setEnabled(result.best_candidate is not None and best != base)
+        engine = self._engine_provider()
+        self._document.add_benchmark(
+            tune_entry(
+                result,
+                objective,
+                seconds=time.monotonic() - self._started,
+                engine=engine.label if engine is not None else "",
+            )
+        )
+        self.run_finished.emit(result)
+
+    def _on_apply_button_clicked(self) -> None:
+        result = self.tune_result
+        if result is None or result.best_candidate is None:
+            return
+        candidate = result.best_candidate
+        self._document.replace_plan_and_settings(candidate.plan, candidate.settings, APPLY_TEXT)
+        self.apply_button.setEnabled(False)
+        self.status.setText("Applied the best configuration (Edit → Undo takes it back).")
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop a run and wait for its thread (closing the dialog, tests)."""
+        self.tasks.cancel()
+        self.tasks.wait()
+
+    def benchmarks(self) -> tuple[Mapping[str, Any], ...]:
+        return self._document.benchmarks

@@ -1,0 +1,164 @@
+"""The Tune dialog with the stand-in benchmark tools as real subprocesses: a run finds the planted
+optimum, the table and the plot follow it live, "Apply best" is one undo step, the run is kept
+with the profile, Stop ends a run, and a missing engine is a sentence."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytestqt.qtbot import QtBot
+
+from moe_studio.core.engine.discovery import EngineInfo, probe_engine
+from moe_studio.core.engine.tune import TuneResult
+from moe_studio.core.gguf import catalog
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.plan.settings import Settings
+from moe_studio.core.profiles.schema import load_profile, save_profile
+from moe_studio.core.units import GiB
+from moe_studio.gui.document import Document
+from moe_studio.gui.main_window import prepare_plan
+from moe_studio.gui.tune import TuneDialog
+from moe_studio.gui.tune.tune_dialog import APPLY_TEXT
+from tests.support.standin_tools import clean_env, install_standin
+
+from .conftest import save_screenshot
+
+PLANT = {"ub": 1024, "threads": 2, "cpu_layers": 1, "noise": 0.02, "seed": 11}
+RUN_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> EngineInfo:
+    folder = tmp_path_factory.mktemp("tune-dialog-engine")
+    return probe_engine(install_standin(folder, "ik"), environ=clean_env())
+
+
+@pytest.fixture(autouse=True)
+def _planted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("STANDIN_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("STANDIN_BENCH_PLANT", json.dumps(PLANT))
+
+
+@pytest.fixture
+def tiny_document(tiny_qwen3moe: Path) -> Document:
+    layout = catalog.load(str(tiny_qwen3moe))
+    rig = Rig(
+        "test", HostInfo(16 * GiB, cores_physical=4), (Device("CUDA0", DeviceKind.CUDA, 1 * GiB),)
+    )
+    settings, placed = prepare_plan(layout, rig, Settings(ctx=4096, threads=4))
+    assert isinstance(settings, Settings)
+    return Document(layout, rig, settings, placed.plan)
+
+
+@pytest.fixture
+def make_dialog(qtbot: QtBot, tmp_path: Path) -> Iterator[object]:
+    dialogs: list[TuneDialog] = []
+
+    def make(document: Document, engine: EngineInfo | None) -> TuneDialog:
+        dialog = TuneDialog(document, lambda: engine, calibration=tmp_path / "calibration.jsonl")
+        qtbot.addWidget(dialog)
+        dialogs.append(dialog)
+        return dialog
+
+    yield make
+    for dialog in dialogs:
+        dialog.shutdown()
+
+
+def test_tune_run_apply_best_and_undo(
+    qtbot: QtBot,
+    qtmodeltester: object,
+    make_dialog: object,
+    tiny_document: Document,
+    engine: EngineInfo,
+    tmp_path: Path,
+) -> None:
+    doc = tiny_document
+    dialog: TuneDialog = make_dialog(doc, engine)  # type: ignore[operator]
+    dialog.max_trials.setValue(40)
+    dialog.depths.setText("0, 1024")
+    before_plan, before_settings = doc.plan, doc.settings
+    with qtbot.waitSignal(dialog.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        dialog.start_button.click()
+    result = blocker.args[0]
+    assert isinstance(result, TuneResult) and result.best is not None
+    best = result.best.knobs
+    assert (best.ubatch, best.threads, best.expert_layers) == (1024, 2, (("CUDA0", 3),))
+    # The table and the plot hold every trial; the current configuration is marked.
+    assert dialog.model.rowCount() == len(result.trials)
+    qtmodeltester.check(dialog.model)  # type: ignore[attr-defined]
+    counts = dialog.plot.counts()
+    assert counts["screening"] == sum(1 for t in result.trials if t.rung == 0)
+    assert counts["finals"] == sum(1 for t in result.trials if t.rung == 1)
+    assert counts["front"] >= 1 and counts["best"] == 1 and counts["current"] >= 1
+    assert "Best: -ub 1024" in dialog.best_label.text()
+    # Kept with the profile beside the benchmark runs.
+    entry = doc.benchmarks[-1]
+    assert entry["label"].startswith("tune — best: -ub 1024")
+    assert entry["tune"]["trials"] and entry["points"]
+    saved = tmp_path / "tiny.json"
+    save_profile(saved, doc.to_profile("tiny"))
+    assert load_profile(saved).benchmarks[-1]["tune"]["best"]["ubatch"] == 1024
+    # Apply best: one undo step, undone exactly.
+    assert dialog.apply_button.isEnabled()
+    steps = doc.undo_stack.count()
+    dialog.apply_button.click()
+    assert doc.undo_stack.count() == steps + 1
+    assert doc.undo_stack.undoText() == APPLY_TEXT
+    assert doc.settings.ubatch == 1024 and doc.settings.threads == 2
+    command = doc.result().command
+    assert command is not None and "--n-cpu-moe" in command.argv
+    doc.undo_stack.undo()
+    assert doc.plan == before_plan and doc.settings == before_settings
+
+
+def test_screenshot_during_a_run_and_stop(
+    qtbot: QtBot,
+    make_dialog: object,
+    tiny_document: Document,
+    engine: EngineInfo,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("STANDIN_BENCH_STEP_SECONDS", "0.05")
+    dialog: TuneDialog = make_dialog(tiny_document, engine)  # type: ignore[operator]
+    dialog.depths.setText("0, 1024")
+    dialog.show()
+    assert dialog.start()
+    assert dialog.running and not dialog.start_button.isEnabled()
+    qtbot.waitUntil(lambda: dialog.model.rowCount() >= 14, timeout=RUN_TIMEOUT_MS)
+    assert dialog.plot.counts()["screening"] >= 10
+    save_screenshot(dialog, "tune.png", tmp_path)
+    with qtbot.waitSignal(dialog.tasks.running_changed, timeout=RUN_TIMEOUT_MS):
+        dialog.stop_button.click()
+    assert not dialog.running and dialog.start_button.isEnabled()
+    assert "Stopped" in dialog.status.text()
+    assert not tiny_document.benchmarks  # a stopped run is not a result
+
+
+def test_without_an_engine_says_what_to_do(
+    qtbot: QtBot, make_dialog: object, tiny_document: Document
+) -> None:
+    dialog: TuneDialog = make_dialog(tiny_document, None)  # type: ignore[operator]
+    with qtbot.waitSignal(dialog.run_failed) as blocker:
+        dialog.start_button.click()
+    assert "Choose an engine" in blocker.args[0]
+    assert not dialog.running
+    dialog.depths.setText("zero")
+    assert not TuneDialog(tiny_document, lambda: None).start()
+
+
+def test_tools_menu_opens_the_tune_dialog(window: object) -> None:
+    from moe_studio.gui.main_window import MainWindow
+
+    assert isinstance(window, MainWindow)
+    tools = next(a.menu() for a in window.menuBar().actions() if a.text() == "&Tools")
+    tune_action = next(a for a in tools.actions() if a.text() == "&Tune…")
+    tune_action.trigger()
+    assert window.tune_dialog is not None and window.tune_dialog.isVisible()
+    window.tune_dialog.close()
