@@ -1,0 +1,113 @@
+"""Issue 11 items 8 (rubber-band selection) and 10 (polish). Each test drives the real window the
+way a user does: mouse presses and drags on the grid's viewport, menu actions, key sequences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QRubberBand, QWidget
+
+from moe_studio.gui.main_window import MainWindow
+from moe_studio.gui.tensor_map.view import TensorMapView
+
+from .conftest import save_screenshot
+
+NO = Qt.KeyboardModifier.NoModifier
+CTRL = Qt.KeyboardModifier.ControlModifier
+SHIFT = Qt.KeyboardModifier.ShiftModifier
+LEFT = Qt.MouseButton.LeftButton
+
+
+def _menu_action(window: MainWindow, *path: str) -> object:
+    """The action at ``path`` in the menu bar ("View", "Rows", "2 layers per row")."""
+    actions = window.menuBar().actions()
+    for i, name in enumerate(path):
+        found = next(a for a in actions if a.text().replace("&", "") == name.replace("&", ""))
+        if i == len(path) - 1:
+            return found
+        actions = found.menu().actions()
+    raise AssertionError(path)
+
+
+def _selected(view: TensorMapView) -> set[tuple[int, int]]:
+    return {(i.row(), i.column()) for i in view.selectionModel().selectedIndexes()}
+
+
+def _drag(
+    view: TensorMapView,
+    start: tuple[int, int],
+    end: tuple[int, int],
+    modifiers: Qt.KeyboardModifier = NO,
+    before_release: object = None,
+) -> None:
+    """Press on ``start``, move through every cell to ``end``, release there."""
+    viewport = view.viewport()
+    QTest.mousePress(viewport, LEFT, modifiers, view.cell_center(*start))
+    (r0, c0), (r1, c1) = start, end
+    steps = max(abs(r1 - r0), abs(c1 - c0))
+    for k in range(1, steps + 1):
+        row = r0 + round((r1 - r0) * k / steps)
+        column = c0 + round((c1 - c0) * k / steps)
+        _move(viewport, view.cell_center(row, column), modifiers)
+    if callable(before_release):
+        before_release()
+    QTest.mouseRelease(viewport, LEFT, modifiers, view.cell_center(*end))
+
+
+def _move(viewport: QWidget, pos: QPoint, modifiers: Qt.KeyboardModifier) -> None:
+    """A move with the left button and ``modifiers`` held (QTest.mouseMove sends no modifiers,
+    a user holding Ctrl or Shift does)."""
+    local = QPointF(pos)
+    event = QMouseEvent(
+        QEvent.Type.MouseMove,
+        local,
+        QPointF(viewport.mapToGlobal(pos)),
+        Qt.MouseButton.NoButton,
+        LEFT,
+        modifiers,
+    )
+    QApplication.sendEvent(viewport, event)
+
+
+def _rect(r0: int, c0: int, r1: int, c1: int) -> set[tuple[int, int]]:
+    return {(r, c) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)}
+
+
+def test_press_and_drag_on_unselected_cells_draws_a_rubber_band_selection(
+    window: MainWindow, qtbot: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    view = window.tensor_view
+    assert view.brush is None  # Select mode
+    drags: list[object] = []
+    monkeypatch.setattr(TensorMapView, "startDrag", lambda self, actions: drags.append(actions))
+    doc = window.document
+    plan, steps = doc.plan, doc.undo_stack.count()
+    seen: list[bool] = []
+
+    def during() -> None:
+        band = view.viewport().findChild(QRubberBand)
+        seen.append(band is not None and band.isVisible() and band.width() > 0)
+        save_screenshot(window, "11-rubber-band.png", tmp_path)
+
+    _drag(view, (8, 2), (11, 4), before_release=during)
+    assert drags == []  # nothing was dragged away, nothing moved or pinned
+    assert doc.plan == plan and doc.undo_stack.count() == steps
+    assert seen == [True] and not view.rubber_band.isVisible()
+    assert _selected(view) == _rect(8, 2, 11, 4)
+
+    # Ctrl toggles a rectangle out of the selection; Shift extends from the anchor.
+    _drag(view, (9, 3), (10, 3), CTRL)
+    assert _selected(view) == _rect(8, 2, 11, 4) - _rect(9, 3, 10, 3)
+    QTest.mouseClick(view.viewport(), LEFT, NO, view.cell_center(14, 2))
+    _drag(view, (16, 3), (17, 3), SHIFT)
+    assert _selected(view) == _rect(14, 2, 17, 3)
+    assert drags == []
+
+    # Dragging an already selected cell still moves the selection.
+    _drag(view, (15, 2), (25, 2))
+    assert len(drags) == 1
+    assert doc.plan == plan
