@@ -3,14 +3,16 @@ way a user does: mouse presses and drags on the grid's viewport, menu actions, k
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
-from PySide6.QtGui import QMouseEvent
+from PySide6.QtCore import QEvent, QPoint, QPointF, QSettings, Qt
+from PySide6.QtGui import QKeySequence, QMouseEvent
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QRubberBand, QWidget
 
+from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow
 from moe_studio.gui.tensor_map.view import TensorMapView
 
@@ -111,3 +113,40 @@ def test_press_and_drag_on_unselected_cells_draws_a_rubber_band_selection(
     _drag(view, (15, 2), (25, 2))
     assert len(drags) == 1
     assert doc.plan == plan
+
+
+def _advice_items(window: MainWindow) -> list[str]:
+    QApplication.processEvents()  # the preview refreshes on a zero timer
+    html = window.command_view.advice.text()
+    return [re.sub(r"<[^>]+>", "", item) for item in html.split("<li>")[1:]]
+
+
+def test_advice_has_no_absurd_rates_and_no_repeated_lines(
+    qtbot: object, document: Document, qsettings: QSettings, tmp_path: Path
+) -> None:
+    window = MainWindow(
+        document, qsettings, autosave_folder=tmp_path / "a", auto_detect_engine=False
+    )
+    qtbot.addWidget(window)  # type: ignore[attr-defined]
+    window.show()
+    view = window.tensor_view
+    view.setFocus()
+    # Everything onto the GPU, then one expert cell back to the CPU: ~100 MiB cross PCIe.
+    QTest.keySequence(view, QKeySequence(QKeySequence.StandardKey.SelectAll))
+    QTest.keyClick(view, Qt.Key.Key_0)
+    QTest.mouseClick(view.viewport(), LEFT, NO, view.cell_center(10, 2))
+    QTest.keyClick(view, Qt.Key.Key_C)
+    assert window.document.plan.devices.count("CPU") >= 1
+    items = _advice_items(window)
+    assert any("cross PCIe" in i for i in items), items
+    rates = [
+        float(r.replace(",", "")) for i in items for r in re.findall(r"~([\d,.]+) tokens/s", i)
+    ]
+    assert all(r <= 20_000 for r in rates), items
+    assert not any(re.search(r"\b0\.0 s\b", i) for i in items), items
+
+    # A rig without a GPU: auto-place and the command each explain it; the advice says it once.
+    _menu_action(window, "Hardware", "Presets", "cpu-128g").trigger()  # type: ignore[attr-defined]
+    items = _advice_items(window)
+    assert sum("no GPU" in i for i in items) == 1, items
+    assert len(items) == len(set(items)), items
