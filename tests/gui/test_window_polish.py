@@ -150,3 +150,18 @@ def test_advice_has_no_absurd_rates_and_no_repeated_lines(
     items = _advice_items(window)
     assert sum("no GPU" in i for i in items) == 1, items
     assert len(items) == len(set(items)), items
+
+
+def test_opening_a_file_that_is_not_a_gguf_says_what_it_found(
+    window: MainWindow, qtbot: object, tmp_path: Path
+) -> None:
+    path = tmp_path / "notes.gguf"
+    path.write_bytes(b"hello world, this is not a model\n")
+    window.open_path(str(path))
+    qtbot.waitUntil(lambda: window.last_error_dialog is not None)  # type: ignore[attr-defined]
+    dialog = window.last_error_dialog
+    assert dialog is not None
+    text = dialog.text() + dialog.informativeText() + dialog.detailedText()
+    assert "does not start with GGUF (found 'hell')" in text
+    assert "b'" not in text
+    dialog.close()
