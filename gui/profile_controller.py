@@ -356,7 +356,9 @@ class ProfileController(QObject):
             profile = doc.to_profile(self.title())
             spec = launch_spec(profile, doc.layout)
             text, notes = render(fmt, profile, spec, existing=existing)
-            atomic_write_bytes(path, encode_export(fmt, text), error=ProfileError)
+            atomic_write_bytes(
+                path, encode_export(fmt, text), error=ProfileError, executable=fmt.executable
+            )
         except (MoeStudioError, OSError, UnicodeDecodeError) as exc:
             self.failed.emit("Cannot export", exc)
             return []

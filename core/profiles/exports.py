@@ -94,6 +94,11 @@ class ExportFormat(StrEnum):
         return f".{self.value}"
 
     @property
+    def executable(self) -> bool:
+        """Whether a file of this format is run directly (``./launch.sh``)."""
+        return self is ExportFormat.BASH
+
+    @property
     def encoding(self) -> str:
         """Text encoding for the file (PowerShell scripts need a BOM to be read as UTF-8)."""
         return "utf-8-sig" if self is ExportFormat.POWERSHELL else "utf-8"

@@ -3,7 +3,9 @@ way a user does: mouse presses and drags on the grid's viewport, menu actions, k
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,18 @@ def test_opening_a_file_that_is_not_a_gguf_says_what_it_found(
     assert "does not start with GGUF (found 'hell')" in text
     assert "b'" not in text
     dialog.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows has no executable bit")
+def test_an_exported_shell_script_is_executable(
+    window: MainWindow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import moe_studio.gui.profile_controller as controller
+
+    target = tmp_path / "launch.sh"
+    monkeypatch.setattr(
+        controller.QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), "*.sh")
+    )
+    _menu_action(window, "File", "Export", "Shell script (.sh)…").trigger()  # type: ignore[attr-defined]
+    assert target.read_bytes().startswith(b"#!/usr/bin/env bash\n")
+    assert os.access(target, os.X_OK)
