@@ -182,3 +182,27 @@ def test_an_exported_shell_script_is_executable(
     _menu_action(window, "File", "Export", "Shell script (.sh)…").trigger()  # type: ignore[attr-defined]
     assert target.read_bytes().startswith(b"#!/usr/bin/env bash\n")
     assert os.access(target, os.X_OK)
+
+
+def test_llama_swap_export_merges_and_keeps_the_users_comments(
+    window: MainWindow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import moe_studio.gui.profile_controller as controller
+
+    target = tmp_path / "config.yaml"
+    mine = (
+        "# my llama-swap setup: do not lose this\n"
+        "healthCheckTimeout: 5000  # slow NAS\n"
+        "models:\n"
+        "  small:  # the everyday model\n"
+        "    cmd: /opt/llama-server -m /m/small.gguf --port ${PORT}\n"
+    )
+    target.write_text(mine, encoding="utf-8")
+    monkeypatch.setattr(
+        controller.QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), "*.yaml")
+    )
+    label = "llama-swap config (.yaml, merges into an existing one)…"
+    _menu_action(window, "File", "Export", label).trigger()  # type: ignore[attr-defined]
+    merged = target.read_text(encoding="utf-8")
+    assert merged.startswith(mine)  # every line of the user's, comments included, untouched
+    assert "cmd:" in merged[len(mine) :]
