@@ -190,8 +190,27 @@ class ProfileController(QObject):
         except MoeStudioError as exc:
             self.failed.emit("Cannot list the profiles", exc)
             return
+        browser.renamed.connect(self._on_browser_renamed)
+        browser.deleted.connect(self._on_browser_deleted)
         if browser.exec() and browser.chosen_path:
             self.open_profile(browser.chosen_path)
+
+    def _same_file(self, a: str | None, b: str) -> bool:
+        return a is not None and Path(a).absolute() == Path(b).absolute()
+
+    def _on_browser_renamed(self, old: str, new: str) -> None:
+        """The open profile was renamed: it is now edited under its new file."""
+        if self._same_file(self.document.profile_path, old):
+            profile = self.document.profile
+            self.document.set_profile(profile, new)
+        self._replace_recent(old, new)
+
+    def _on_browser_deleted(self, path: str) -> None:
+        """The open profile's file was deleted: the work stays open, as unsaved."""
+        if self._same_file(self.document.profile_path, path):
+            self.document.set_profile(self.document.profile, None)
+            self.document.undo_stack.resetClean()  # Ctrl+S now asks where to save it
+        self._replace_recent(path, None)
 
     def open_profile(self, path: str) -> None:
         """Open a profile and its model off the GUI thread; on error nothing changes."""
@@ -377,6 +396,11 @@ class ProfileController(QObject):
     def _add_recent(self, path: str) -> None:
         items = [p for p in self.recent() if p != path]
         self.qsettings.setValue("recent/profiles", [path, *items][:MAX_RECENT])
+        self._fill_recent()
+
+    def _replace_recent(self, old: str, new: str | None) -> None:
+        items = [new if p == old else p for p in self.recent()]
+        self.qsettings.setValue("recent/profiles", [p for p in items if p])
         self._fill_recent()
 
     def _fill_recent(self) -> None:

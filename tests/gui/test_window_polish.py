@@ -6,16 +6,27 @@ from __future__ import annotations
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QEvent, QPoint, QPointF, QSettings, Qt
+from PySide6.QtCore import QEvent, QPoint, QPointF, QSettings, Qt, QTimer
 from PySide6.QtGui import QKeySequence, QMouseEvent
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QApplication, QRubberBand, QWidget
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QInputDialog,
+    QMessageBox,
+    QRubberBand,
+    QWidget,
+)
 
+from moe_studio.core.profiles.library import ProfileLibrary
+from moe_studio.core.profiles.schema import load_profile
 from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow
+from moe_studio.gui.profile_browser import ProfileBrowser
 from moe_studio.gui.tensor_map.view import TensorMapView
 
 from .conftest import save_screenshot
@@ -206,3 +217,86 @@ def test_llama_swap_export_merges_and_keeps_the_users_comments(
     merged = target.read_text(encoding="utf-8")
     assert merged.startswith(mine)  # every line of the user's, comments included, untouched
     assert "cmd:" in merged[len(mine) :]
+
+
+def _answer_modal(kind: type, answer: object) -> None:
+    """When the next modal ``kind`` dialog is up, let ``answer(dialog)`` close it."""
+
+    def check() -> None:
+        dialog = QApplication.activeModalWidget()
+        if isinstance(dialog, kind):
+            answer(dialog)  # type: ignore[operator]
+        else:
+            QTimer.singleShot(10, check)
+
+    QTimer.singleShot(0, check)
+
+
+def test_profile_library_renames_and_deletes(
+    window: MainWindow, library: ProfileLibrary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library.folder.mkdir(parents=True, exist_ok=True)
+    mine = library.path_for("demo one")
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(mine), ""))
+    assert window.profiles.save_as()
+    other = library.save(replace(window.document.to_profile(), name="other"))
+    other_bytes = other.read_bytes()
+    seen: dict[str, object] = {}
+
+    def rename_to(name: str) -> object:
+        def answer(dialog: QInputDialog) -> None:
+            dialog.setTextValue(name)
+            dialog.accept()
+
+        return answer
+
+    def in_the_library() -> None:
+        browser = QApplication.activeModalWidget()
+        assert isinstance(browser, ProfileBrowser)
+        try:
+            use(browser)
+        finally:
+            browser.reject()
+
+    def use(browser: ProfileBrowser) -> None:
+        titles = [browser.model.summary(r).title for r in range(browser.model.rowCount())]
+        browser.activateWindow()
+        for _ in range(200):
+            if QApplication.activeWindow() is browser:
+                break
+            QApplication.processEvents()
+        browser.view.selectRow(titles.index("demo-one"))
+        browser.view.setFocus()
+        # F2 with a taken name: refused, nothing overwritten.
+        _answer_modal(QInputDialog, rename_to("other"))
+        QTest.keyClick(browser.view, Qt.Key.Key_F2)
+        seen["refused"] = browser.last_error_dialog.text() if browser.last_error_dialog else ""
+        if browser.last_error_dialog:
+            browser.last_error_dialog.close()
+        # The Rename… button with a free name.
+        _answer_modal(QInputDialog, rename_to("Fast demo"))
+        QTest.mouseClick(browser.rename_button, LEFT)
+        # Delete asks first: Cancel keeps the file, Yes deletes it.
+        titles = [browser.model.summary(r).title for r in range(browser.model.rowCount())]
+        browser.view.selectRow(titles.index("other"))
+        _answer_modal(QMessageBox, lambda box: box.reject())
+        QTest.keyClick(browser.view, Qt.Key.Key_Delete)
+        seen["kept"] = other.exists()
+        _answer_modal(
+            QMessageBox,
+            lambda box: box.button(QMessageBox.StandardButton.Yes).click(),
+        )
+        QTest.mouseClick(browser.delete_button, LEFT)
+        seen["titles"] = [browser.model.summary(r).title for r in range(browser.model.rowCount())]
+
+    QTimer.singleShot(0, in_the_library)
+    _menu_action(window, "File", "Profile library…").trigger()  # type: ignore[attr-defined]
+    assert "already saved as other.json" in str(seen["refused"])
+    assert seen["kept"] is True
+    assert seen["titles"] == ["Fast demo"]
+    assert not other.exists() and not mine.exists() and other_bytes
+    renamed = library.path_for("Fast demo")
+    assert load_profile(renamed).name == "Fast demo"
+    # The open profile follows its file: the title and the next Ctrl+S use the new name.
+    assert window.document.profile_path == str(renamed)
+    assert window.windowTitle().startswith("Fast-demo")
