@@ -22,8 +22,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from moe_studio.core.gguf.tensors import TensorGroup
 from moe_studio.core.profiles.library import ProfileLibrary
 from moe_studio.core.profiles.schema import load_profile
+from moe_studio.gui.app import demo_document
 from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow
 from moe_studio.gui.profile_browser import ProfileBrowser
@@ -300,3 +302,54 @@ def test_profile_library_renames_and_deletes(
     # The open profile follows its file: the title and the next Ctrl+S use the new name.
     assert window.document.profile_path == str(renamed)
     assert window.windowTitle().startswith("Fast-demo")
+
+
+def test_only_the_first_running_instance_offers_the_autosave(
+    window: MainWindow, qtbot: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import moe_studio.gui.profile_controller as controller
+
+    offered: list[str] = []
+    monkeypatch.setattr(controller, "_ask_recovery", lambda w, text: offered.append(text) or False)
+    first = window
+    first.profiles.ask_recovery = lambda text: offered.append(text) or False  # type: ignore[func-returns-value]
+    assert not first.profiles.offer_recovery()  # nothing to offer yet; it holds the folder now
+    doc = first.document
+    doc.assign_cells([(10, TensorGroup.ATTENTION)], "CPU")
+    mine = first.profiles.autosave_now()
+    assert mine is not None and mine.exists()
+
+    # A second instance starts while the first runs: it does not offer the first one's work.
+    second = MainWindow(
+        demo_document(),
+        QSettings(str(tmp_path / "second.ini"), QSettings.Format.IniFormat),
+        autosave_folder=tmp_path / "autosave",
+        auto_detect_engine=False,
+    )
+    qtbot.addWidget(second)  # type: ignore[attr-defined]
+    second.show()
+    assert not second.profiles.offer_recovery()
+    assert offered == []
+    assert "Another MoE Studio is running" in second.statusBar().currentMessage()
+    assert mine.exists()
+    # Its own unsaved work never overwrites the first one's autosave.
+    second.document.assign_cells([(11, TensorGroup.ATTENTION)], "CPU")
+    theirs = second.profiles.autosave_now()
+    assert theirs is not None and theirs != mine and theirs.exists()
+
+    # Both end (the second one crashes): the next start also finds the second one's work.
+    for ended in (first, second):
+        lock = ended.profiles._instance_lock
+        assert lock is not None
+        lock.unlock()
+    third = MainWindow(
+        demo_document(),
+        QSettings(str(tmp_path / "third.ini"), QSettings.Format.IniFormat),
+        autosave_folder=tmp_path / "autosave",
+        auto_detect_engine=False,
+    )
+    qtbot.addWidget(third)  # type: ignore[attr-defined]
+    third.profiles.ask_recovery = lambda text: offered.append(text) or False  # type: ignore[func-returns-value]
+    assert not third.profiles.offer_recovery()  # declined
+    assert len(offered) == 1 and not theirs.parent.exists()
+    assert len(list((tmp_path / "autosave").glob("autosave-*.json"))) == 1  # the other one
