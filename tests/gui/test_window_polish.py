@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from moe_studio.core.gguf.tensors import TensorGroup
 from moe_studio.core.profiles.library import ProfileLibrary
-from moe_studio.core.profiles.schema import load_profile
+from moe_studio.core.profiles.schema import load_profile, save_profile
 from moe_studio.gui.app import demo_document
 from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow
@@ -353,3 +353,23 @@ def test_only_the_first_running_instance_offers_the_autosave(
     assert not third.profiles.offer_recovery()  # declined
     assert len(offered) == 1 and not theirs.parent.exists()
     assert len(list((tmp_path / "autosave").glob("autosave-*.json"))) == 1  # the other one
+
+
+def test_a_restored_profile_with_a_benchmark_does_not_say_no_run_yet(
+    window: MainWindow, qtbot: object, library: ProfileLibrary, tmp_path: Path
+) -> None:
+    bench = window.process_panel.bench
+    assert bench.status.text() == "No benchmark run yet."
+    run = {
+        "tool": "sweep-bench",
+        "label": "run 1",
+        "points": [[0, 900.0, 20.0], [512, 850.0, 19.0]],
+    }
+    path = tmp_path / "with-bench.json"
+    save_profile(path, replace(window.document.to_profile("bench"), benchmarks=(run,)))
+    window.profiles.open_profile(str(path))
+    qtbot.waitUntil(lambda: window.document.benchmarks != ())  # type: ignore[attr-defined]
+    window.tabs.setCurrentIndex(2)  # the Server tab, where the plot is
+    assert bench.plot.run_count == 1
+    assert "No benchmark run yet" not in bench.status.text() or not bench.status.isVisible()
+    assert bench.status.isHidden()
