@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence
+from PySide6.QtGui import QActionGroup, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -229,12 +229,22 @@ class MainWindow(QMainWindow):
 
         view = bar.addMenu("&View")
         rows = view.addMenu("Rows")
+        # Exclusive, checkable groups: the menu shows which choice is in force (radio marks).
+        row_group = QActionGroup(self)
         for size in (1, 2, 4, 8):
             label = "One row per layer" if size == 1 else f"{size} layers per row"
-            rows.addAction(label, partial(self.tensor_model.set_group_size, size))
+            action = rows.addAction(label, partial(self.tensor_model.set_group_size, size))
+            action.setCheckable(True)
+            action.setChecked(size == 1)
+            row_group.addAction(action)
         look = view.addMenu("Palette")
+        look_group = QActionGroup(self)
+        current = str(self.qsettings.value("view/palette", "system"))
         for mode in ("system", "light", "dark"):
-            look.addAction(mode.capitalize(), partial(self.set_palette_mode, mode))
+            action = look.addAction(mode.capitalize(), partial(self.set_palette_mode, mode))
+            action.setCheckable(True)
+            action.setChecked(mode == current)
+            look_group.addAction(action)
 
         hardware = bar.addMenu("&Hardware")
         hardware.addAction("&Detected hardware", self.detect_hardware)

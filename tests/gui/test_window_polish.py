@@ -373,3 +373,15 @@ def test_a_restored_profile_with_a_benchmark_does_not_say_no_run_yet(
     assert bench.plot.run_count == 1
     assert "No benchmark run yet" not in bench.status.text() or not bench.status.isVisible()
     assert bench.status.isHidden()
+
+
+def test_view_menu_choices_show_which_one_is_in_force(window: MainWindow) -> None:
+    for menu, default in (("Rows", "One row per layer"), ("Palette", "System")):
+        actions = _menu_action(window, "View", menu).menu().actions()  # type: ignore[attr-defined]
+        assert all(a.isCheckable() for a in actions), menu
+        assert [a.text() for a in actions if a.isChecked()] == [default]
+        assert actions[0].actionGroup() is not None and actions[0].actionGroup().isExclusive()
+    _menu_action(window, "View", "Rows", "4 layers per row").trigger()  # type: ignore[attr-defined]
+    rows = _menu_action(window, "View", "Rows").menu().actions()  # type: ignore[attr-defined]
+    assert [a.text() for a in rows if a.isChecked()] == ["4 layers per row"]
+    assert window.tensor_model.rowCount() < 40
