@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QEvent, QPoint, QPointF, QSettings, Qt, QTimer
-from PySide6.QtGui import QKeySequence, QMouseEvent
+from PySide6.QtGui import QHelpEvent, QKeySequence, QMouseEvent
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import (
     QApplication,
@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QInputDialog,
     QMessageBox,
     QRubberBand,
+    QToolTip,
     QWidget,
 )
 
@@ -385,3 +386,20 @@ def test_view_menu_choices_show_which_one_is_in_force(window: MainWindow) -> Non
     rows = _menu_action(window, "View", "Rows").menu().actions()  # type: ignore[attr-defined]
     assert [a.text() for a in rows if a.isChecked()] == ["4 layers per row"]
     assert window.tensor_model.rowCount() < 40
+
+
+@pytest.mark.qt_log_ignore("This plugin does not support raise")  # offscreen shows the tooltip
+def test_tooltips_never_split_a_number_from_its_unit(window: MainWindow, qtbot: object) -> None:
+    view = window.tensor_view
+    pos = view.cell_center(12, 4)  # an expert cell: several tensors, each with its size
+    event = QHelpEvent(QEvent.Type.ToolTip, pos, view.viewport().mapToGlobal(pos))
+    QApplication.sendEvent(view.viewport(), event)
+    qtbot.waitUntil(QToolTip.isVisible)  # type: ignore[attr-defined]
+    text = QToolTip.text()
+    assert "MiB" in text or "GiB" in text
+    assert not re.search(r"\d (KiB|MiB|GiB|B)\b", text), text
+    assert re.search(r"\d\u00a0(MiB|GiB)", text)
+    assert text.count("<nobr>") == text.count("<br>") + 1  # no line wraps inside
+    QToolTip.hideText()
+    for button in window.device_palette.buttons.values():
+        assert not re.search(r"\d (KiB|MiB|GiB)\b", button.toolTip()), button.toolTip()
