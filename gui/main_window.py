@@ -61,6 +61,10 @@ MAX_RECENT = 10
 # Ctrl+Y is the other redo key users know (KDE and GNOME bind only Ctrl+Shift+Z to Redo).
 EXTRA_REDO_KEYS = ("Ctrl+Y",)
 Opened = tuple[ModelLayout, Settings, AutoPlacement]
+SPLITTER_STYLE = (
+    "QSplitter::handle { background: palette(mid); margin: 1px; border-radius: 2px; }"
+    "QSplitter::handle:hover { background: palette(highlight); }"
+)
 
 
 def key_bindings(key: QKeySequence.StandardKey) -> list[QKeySequence]:
@@ -187,7 +191,12 @@ class MainWindow(QMainWindow):
         split.setStretchFactor(0, 11)
         split.setStretchFactor(1, 9)
         split.setSizes([700, 580])
+        # Handles a user can see and grab (the default style draws them invisible).
+        for splitter in (split, right):
+            splitter.setHandleWidth(6)
+            splitter.setStyleSheet(SPLITTER_STYLE)
         self.splitter = split
+        self.right_splitter = right
         self.setCentralWidget(split)
 
     def _build_menus(self) -> None:

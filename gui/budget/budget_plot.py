@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
-from PySide6.QtGui import QBrush, QDragEnterEvent, QDragMoveEvent, QDropEvent
-from PySide6.QtWidgets import QWidget
+from PySide6.QtGui import QBrush, QDragEnterEvent, QDragMoveEvent, QDropEvent, QFontMetrics
+from PySide6.QtWidgets import QApplication, QWidget
 
 from moe_studio.core.hardware.devices import DeviceKind
 from moe_studio.core.plan.memory import DeviceBudget, Estimate
@@ -28,6 +28,8 @@ SEGMENT_LABELS = {
     "overhead": "overhead",
 }
 BAR_WIDTH = 0.6
+# Below the tick labels of the bottom axis: the tick marks and the gap to the text (pixels).
+AXIS_PADDING = 14
 
 
 class _Panel:
@@ -101,7 +103,16 @@ class _Panel:
             res_x, res_y, connect="pairs", pen=pg.mkPen(line, width=1, style=Qt.PenStyle.DashLine)
         )
         axis = self.plot.getAxis("bottom")
-        axis.setTicks([[(i, _tick(b)) for i, b in enumerate(budgets)]])
+        ticks = [(i, _tick(b)) for i, b in enumerate(budgets)]
+        axis.setTicks([ticks])
+        # An RPC device's tick has two lines (name, endpoint); the axis keeps room for all of
+        # them, or the endpoint is clipped under its bar.
+        lines = max((text.count("\n") + 1 for _, text in ticks), default=1)
+        height = (
+            QFontMetrics(axis.style.get("tickFont") or QApplication.font()).lineSpacing() * lines
+        )
+        if axis.height() != height + AXIS_PADDING:
+            axis.setHeight(height + AXIS_PADDING)
         while len(self.labels) < len(budgets):
             label = pg.TextItem(anchor=(0.5, 1.0))
             self.plot.addItem(label)

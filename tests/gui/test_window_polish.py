@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QEvent, QPoint, QPointF, QSettings, Qt, QTimer
-from PySide6.QtGui import QHelpEvent, QKeySequence, QMouseEvent
+from PySide6.QtGui import QFontMetrics, QHelpEvent, QKeySequence, QMouseEvent
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import (
     QApplication,
@@ -24,8 +24,10 @@ from PySide6.QtWidgets import (
 )
 
 from moe_studio.core.gguf.tensors import TensorGroup
+from moe_studio.core.hardware.devices import Device, DeviceKind, rpc_name
 from moe_studio.core.profiles.library import ProfileLibrary
 from moe_studio.core.profiles.schema import load_profile, save_profile
+from moe_studio.core.units import GiB
 from moe_studio.gui.app import demo_document
 from moe_studio.gui.document import Document
 from moe_studio.gui.main_window import MainWindow
@@ -403,3 +405,27 @@ def test_tooltips_never_split_a_number_from_its_unit(window: MainWindow, qtbot: 
     QToolTip.hideText()
     for button in window.device_palette.buttons.values():
         assert not re.search(r"\d (KiB|MiB|GiB)\b", button.toolTip()), button.toolTip()
+
+
+def test_rpc_label_settings_and_splitters_fit_at_1280x800(
+    window: MainWindow, qtbot: object, tmp_path: Path
+) -> None:
+    rig = window.document.rig
+    endpoint = "192.168.100.200:50052"
+    rpc = Device(rpc_name(endpoint), DeviceKind.RPC, 24 * GiB, label="RPC", endpoint=endpoint)
+    window.change_rig(replace(rig, devices=(*rig.devices, rpc)), "Add an RPC device")
+    window.resize(1280, 800)
+    QApplication.processEvents()
+    # The RPC bar's two-line label (name, endpoint) has room under its bar.
+    axis = window.budget._gpus.plot.getAxis("bottom")
+    line = QFontMetrics(QApplication.font()).lineSpacing()
+    assert axis.height() >= 2 * line
+    # The Settings tab needs no horizontal scrolling.
+    window.tabs.setCurrentIndex(1)
+    QApplication.processEvents()
+    scroll = window.tabs.currentWidget()
+    assert scroll.horizontalScrollBar().maximum() == 0  # type: ignore[attr-defined]
+    save_screenshot(window, "11-polish-settings-1280.png", tmp_path)
+    # Splitter handles are wide enough to see and grab.
+    for splitter in (window.splitter, window.right_splitter):
+        assert splitter.handleWidth() >= 5
