@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -80,6 +81,17 @@ def shortcuts(key: QKeySequence.StandardKey, *extra: str) -> list[QKeySequence]:
         if not sequence.isEmpty() and sequence not in result:
             result.append(sequence)
     return result
+
+
+def _label_recipes(menu: QMenu, key: str) -> None:
+    """Name each quantization recipe with its size: "IQ2_KS — 2.66 bits/weight, 208.4 GiB"."""
+    for action in menu.actions():
+        recipe = action.text().split(" — ", 1)[0]
+        if " — " in action.text():
+            continue
+        layout = catalog.load_catalog(f"{key}@{recipe}")
+        bits = layout.total_bytes * 8 / max(1, layout.total_params)
+        action.setText(f"{recipe} — {bits:.2f} bits/weight, {format_bytes(layout.total_bytes)}")
 
 
 def prepare_plan(
@@ -209,6 +221,8 @@ class MainWindow(QMainWindow):
             sub = builtin.addMenu(entry.title)
             for recipe in entry.recipes:
                 sub.addAction(recipe, partial(self.open_catalog, f"{key}@{recipe}"))
+            # Sizes are worked out when the menu first opens (not at start-up).
+            sub.aboutToShow.connect(partial(_label_recipes, sub, key))
         self.recent_menu = file.addMenu("Open &recent")
         self._fill_recent()
         file.addSeparator()

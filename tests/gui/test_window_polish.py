@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.tensors import TensorGroup
 from moe_studio.core.hardware.devices import Device, DeviceKind, rpc_name
 from moe_studio.core.profiles.library import ProfileLibrary
@@ -429,3 +430,23 @@ def test_rpc_label_settings_and_splitters_fit_at_1280x800(
     # Splitter handles are wide enough to see and grab.
     for splitter in (window.splitter, window.right_splitter):
         assert splitter.handleWidth() >= 5
+
+
+@pytest.mark.qt_log_ignore("This plugin does not support (raise|grabbing)")  # offscreen popup
+def test_quant_menus_show_sizes(window: MainWindow, qtbot: object) -> None:
+    title = next(iter(catalog.CATALOG.values())).title
+    sub = _menu_action(window, "File", "Open built-in model", title).menu()  # type: ignore[attr-defined]
+    sub.popup(window.mapToGlobal(QPoint(20, 20)))
+    qtbot.waitExposed(sub)  # type: ignore[attr-defined]
+    texts = [a.text() for a in sub.actions()]
+    sub.hide()
+    assert texts and all(
+        re.fullmatch(r"\S+ — \d+\.\d\d bits/weight, [\d.]+\u00a0?\s?[GT]iB", t) for t in texts
+    ), texts
+    # Choosing one still opens that recipe.
+    key = next(iter(catalog.CATALOG))
+    recipe = next(iter(catalog.CATALOG.values())).recipes[-1]
+    sub.actions()[-1].trigger()
+    qtbot.waitUntil(
+        lambda: window.document.layout.source == f"catalog:{key}@{recipe}", timeout=10000
+    )  # type: ignore[attr-defined]
