@@ -117,6 +117,7 @@ def atomic_write_bytes(
     *,
     backup: bool = True,
     error: type[MoeStudioError] = MoeStudioError,
+    executable: bool = False,
 ) -> None:
     """Replace the file at ``path`` with ``data``, atomically; see the module docstring.
 
@@ -125,6 +126,8 @@ def atomic_write_bytes(
         data: The complete new content.
         backup: Keep the previous version as ``<name>.bak``.
         error: The :class:`MoeStudioError` subclass to raise.
+        executable: Make the file executable (a shell script): whoever may read it may run it,
+            as ``chmod +x`` does (a new file gets 0o777 minus the umask, usually 0o755).
 
     Raises:
         MoeStudioError: (or ``error``) the file cannot be written; it is left as it was.
@@ -143,7 +146,9 @@ def atomic_write_bytes(
     tmp = _temporary_name(target)
     try:
         mode = _existing_mode(target)
-        _write_synced(tmp, data, mode)
+        if executable and mode is not None:
+            mode |= (mode & 0o444) >> 2
+        _write_synced(tmp, data, mode, executable=executable)
         if backup and target.exists():
             _refresh_backup(target)
         os.replace(tmp, target)
@@ -165,11 +170,12 @@ def _existing_mode(target: Path) -> int | None:
         return None
 
 
-def _write_synced(path: Path, data: bytes, mode: int | None) -> None:
+def _write_synced(path: Path, data: bytes, mode: int | None, *, executable: bool = False) -> None:
     """Create ``path`` (exclusively), write ``data``, fsync, close."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    # 0o666 minus the umask, like a plain open(); an existing file's mode is copied below.
-    fd = os.open(path, flags, 0o666)
+    # 0o666 (0o777 for a script) minus the umask, like a plain open(); an existing file's mode is
+    # copied below.
+    fd = os.open(path, flags, 0o777 if executable else 0o666)
     try:
         view = memoryview(data)
         while view:

@@ -122,7 +122,10 @@ class CommandView(QWidget):
             + list(result.command.notes if result.command else ())
             + self.extra_notes
         )
-        parts += [f"<li><i>{html.escape(n)}</i></li>" for n in dict.fromkeys(notes)]
+        said = {*(advice.warnings if advice else ()), *(advice.lines if advice else ())}
+        parts += [
+            f"<li><i>{html.escape(n)}</i></li>" for n in dict.fromkeys(notes) if n not in said
+        ]
         return "<b>Advice</b><ul style='margin-left:-20px'>" + "".join(parts) + "</ul>"
 
     def _on_copy_button_clicked(self) -> None:

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence
+from PySide6.QtGui import QActionGroup, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -67,6 +68,10 @@ MAX_RECENT = 10
 # Ctrl+Y is the other redo key users know (KDE and GNOME bind only Ctrl+Shift+Z to Redo).
 EXTRA_REDO_KEYS = ("Ctrl+Y",)
 Opened = tuple[ModelLayout, Settings, AutoPlacement]
+SPLITTER_STYLE = (
+    "QSplitter::handle { background: palette(mid); margin: 1px; border-radius: 2px; }"
+    "QSplitter::handle:hover { background: palette(highlight); }"
+)
 
 
 def key_bindings(key: QKeySequence.StandardKey) -> list[QKeySequence]:
@@ -82,6 +87,17 @@ def shortcuts(key: QKeySequence.StandardKey, *extra: str) -> list[QKeySequence]:
         if not sequence.isEmpty() and sequence not in result:
             result.append(sequence)
     return result
+
+
+def _label_recipes(menu: QMenu, key: str) -> None:
+    """Name each quantization recipe with its size: "IQ2_KS — 2.66 bits/weight, 208.4 GiB"."""
+    for action in menu.actions():
+        recipe = action.text().split(" — ", 1)[0]
+        if " — " in action.text():
+            continue
+        layout = catalog.load_catalog(f"{key}@{recipe}")
+        bits = layout.total_bytes * 8 / max(1, layout.total_params)
+        action.setText(f"{recipe} — {bits:.2f} bits/weight, {format_bytes(layout.total_bytes)}")
 
 
 def prepare_plan(
@@ -206,7 +222,12 @@ class MainWindow(QMainWindow):
         split.setStretchFactor(0, 11)
         split.setStretchFactor(1, 9)
         split.setSizes([700, 580])
+        # Handles a user can see and grab (the default style draws them invisible).
+        for splitter in (split, right):
+            splitter.setHandleWidth(6)
+            splitter.setStyleSheet(SPLITTER_STYLE)
         self.splitter = split
+        self.right_splitter = right
         self.setCentralWidget(split)
 
     def _build_menus(self) -> None:
@@ -220,6 +241,8 @@ class MainWindow(QMainWindow):
             sub = builtin.addMenu(entry.title)
             for recipe in entry.recipes:
                 sub.addAction(recipe, partial(self.open_catalog, f"{key}@{recipe}"))
+            # Sizes are worked out when the menu first opens (not at start-up).
+            sub.aboutToShow.connect(partial(_label_recipes, sub, key))
         self.recent_menu = file.addMenu("Open &recent")
         self._fill_recent()
         file.addSeparator()
@@ -249,12 +272,22 @@ class MainWindow(QMainWindow):
 
         view = bar.addMenu("&View")
         rows = view.addMenu("Rows")
+        # Exclusive, checkable groups: the menu shows which choice is in force (radio marks).
+        row_group = QActionGroup(self)
         for size in (1, 2, 4, 8):
             label = "One row per layer" if size == 1 else f"{size} layers per row"
-            rows.addAction(label, partial(self.tensor_model.set_group_size, size))
+            action = rows.addAction(label, partial(self.tensor_model.set_group_size, size))
+            action.setCheckable(True)
+            action.setChecked(size == 1)
+            row_group.addAction(action)
         look = view.addMenu("Palette")
+        look_group = QActionGroup(self)
+        current = str(self.qsettings.value("view/palette", "system"))
         for mode in ("system", "light", "dark"):
-            look.addAction(mode.capitalize(), partial(self.set_palette_mode, mode))
+            action = look.addAction(mode.capitalize(), partial(self.set_palette_mode, mode))
+            action.setCheckable(True)
+            action.setChecked(mode == current)
+            look_group.addAction(action)
 
         hardware = bar.addMenu("&Hardware")
         hardware.addAction("&Detected hardware", self.detect_hardware)

@@ -14,6 +14,7 @@ from moe_studio.core.units import format_bytes
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document
 from moe_studio.gui.tensor_map.model import CELLS_MIME, cells_from_mime
+from moe_studio.gui.text import keep_units
 
 SELECT = ""
 
@@ -102,7 +103,10 @@ class DevicePalette(QWidget):
             if key:
                 button.setIcon(swatch(theme.device_color(key, order)))
                 button.setToolTip(
-                    f"{tooltip}. Click to paint cells onto it; drop a selection here to move it."
+                    keep_units(
+                        f"{tooltip}. Click to paint cells onto it; drop a selection here to "
+                        "move it."
+                    )
                 )
             else:
                 button.setToolTip("Select cells and drag them onto a device (no painting)")

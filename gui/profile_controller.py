@@ -4,13 +4,17 @@ unsaved work is autosaved every ``AUTOSAVE_MS`` and offered back at the next sta
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject, QSettings, QTimer, Signal
+from PySide6.QtCore import QLockFile, QObject, QSettings, QTimer, Signal
 from PySide6.QtWidgets import QFileDialog, QMainWindow, QMenu, QMessageBox, QWidget
 
 from moe_studio.core.cli.export import FORMATS, launch_spec, render
@@ -22,6 +26,7 @@ from moe_studio.core.gguf.reader import IsCancelled, Progress
 from moe_studio.core.profiles.exports import ExportFormat, encode_export
 from moe_studio.core.profiles.library import (
     ProfileLibrary,
+    Recovery,
     autosave,
     autosave_path,
     default_autosave_folder,
@@ -40,6 +45,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 AUTOSAVE_MS = 30_000
+# In the autosave folder: held by the running instance that offers recovery (QLockFile: a lock
+# whose process died is taken over); a second instance autosaves into instance-<pid>/ instead.
+INSTANCE_LOCK = "instance.lock"
+INSTANCE_FOLDER_PREFIX = "instance-"
 MAX_RECENT = 10
 EXPORT_LABELS = {
     "sh": "Shell script (.sh)…",
@@ -124,6 +133,7 @@ class ProfileController(QObject):
         self.ask_unsaved: UnsavedPrompt = ask_unsaved or partial(_ask_unsaved, window)
         self.ask_recovery: RecoveryPrompt = ask_recovery or partial(_ask_recovery, window)
         self.last_autosave: Path | None = None
+        self._instance_lock: QLockFile | None = None
         self.timer = QTimer(self)
         self.timer.setInterval(AUTOSAVE_MS)
         self.timer.timeout.connect(self.autosave_now)
@@ -191,8 +201,27 @@ class ProfileController(QObject):
         except MoeStudioError as exc:
             self.failed.emit("Cannot list the profiles", exc)
             return
+        browser.renamed.connect(self._on_browser_renamed)
+        browser.deleted.connect(self._on_browser_deleted)
         if browser.exec() and browser.chosen_path:
             self.open_profile(browser.chosen_path)
+
+    def _same_file(self, a: str | None, b: str) -> bool:
+        return a is not None and Path(a).absolute() == Path(b).absolute()
+
+    def _on_browser_renamed(self, old: str, new: str) -> None:
+        """The open profile was renamed: it is now edited under its new file."""
+        if self._same_file(self.document.profile_path, old):
+            profile = self.document.profile
+            self.document.set_profile(profile, new)
+        self._replace_recent(old, new)
+
+    def _on_browser_deleted(self, path: str) -> None:
+        """The open profile's file was deleted: the work stays open, as unsaved."""
+        if self._same_file(self.document.profile_path, path):
+            self.document.set_profile(self.document.profile, None)
+            self.document.undo_stack.resetClean()  # Ctrl+S now asks where to save it
+        self._replace_recent(path, None)
 
     def open_profile(self, path: str) -> None:
         """Open a profile and its model off the GUI thread; on error nothing changes."""
@@ -316,6 +345,7 @@ class ProfileController(QObject):
         doc = self.document
         if not doc.is_dirty:
             return None
+        previous = self.last_autosave
         try:
             self.last_autosave = autosave(
                 doc.to_profile(), self.autosave_folder, saved_path=doc.profile_path
@@ -323,6 +353,8 @@ class ProfileController(QObject):
         except MoeStudioError as exc:
             log.warning("autosave failed: %s", exc)
             return None
+        if previous is not None and previous != self.last_autosave:
+            discard_autosave(previous)  # restored from there, or saved under another name since
         return self.last_autosave
 
     def discard_own_autosave(self) -> None:
@@ -330,10 +362,79 @@ class ProfileController(QObject):
             discard_autosave(self.last_autosave)
             self.last_autosave = None
 
-    def offer_recovery(self) -> bool:
-        """At start-up: offer the newest unsaved work, if any; True when it was restored."""
+    def _claim_autosave_folder(self) -> int | None:
+        """Lock the autosave folder for this instance; the pid of the instance that holds it
+        when another does (this one then autosaves into a folder of its own inside)."""
+        root = self.autosave_folder
         try:
-            found = pending_recovery(self.autosave_folder)
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("cannot create the autosave folder %s: %s", root, exc)
+            return None
+        lock = QLockFile(str(root / INSTANCE_LOCK))
+        lock.setStaleLockTime(0)  # held for as long as the instance runs; a dead pid frees it
+        if lock.tryLock(0):
+            self._instance_lock = lock
+            return None
+        info = lock.getLockInfo()  # (pid, host name, application name) in PySide6
+        pid = info[0] if isinstance(info, tuple) and info and isinstance(info[0], int) else 0
+        own = root / f"{INSTANCE_FOLDER_PREFIX}{os.getpid()}"
+        try:
+            own.mkdir(exist_ok=True)
+        except OSError as exc:
+            log.warning("cannot create %s: %s", own, exc)
+            return int(pid) or -1
+        self.autosave_folder = own
+        self._instance_lock = QLockFile(str(own / INSTANCE_LOCK))
+        self._instance_lock.setStaleLockTime(0)
+        self._instance_lock.tryLock(0)
+        return int(pid) or -1
+
+    def _pending_recovery(self) -> list[Recovery]:
+        """Autosaves in this folder and in the folders of other instances that have ended."""
+        root = self.autosave_folder
+        found = list(pending_recovery(root))
+        for folder in sorted(root.glob(f"{INSTANCE_FOLDER_PREFIX}*")):
+            lock = QLockFile(str(folder / INSTANCE_LOCK))
+            lock.setStaleLockTime(0)
+            if not folder.is_dir() or not lock.tryLock(0):
+                continue  # that instance still runs
+            items = pending_recovery(folder)
+            lock.unlock()
+            for item in items:
+                # Into this instance's folder (beside this folder's own autosave of the same
+                # document, never over it), so it is discarded from here.
+                target = root / f"{item.autosave_path.stem}-{folder.name}{PROFILE_SUFFIX}"
+                try:
+                    os.replace(item.autosave_path, target)
+                except OSError as exc:
+                    log.warning("cannot move %s: %s", item.autosave_path, exc)
+                    continue
+                found.append(replace(item, autosave_path=target))
+            with contextlib.suppress(OSError):
+                for leftover in folder.iterdir():
+                    leftover.unlink()
+                folder.rmdir()
+        oldest = datetime.min.replace(tzinfo=UTC)
+        return sorted(found, key=lambda r: r.autosaved or oldest, reverse=True)
+
+    def offer_recovery(self) -> bool:
+        """At start-up: offer the newest unsaved work, if any; True when it was restored.
+
+        Only the first running instance offers it: a second one would restore the same work
+        twice. It says so in the status bar and autosaves into a folder of its own, which the
+        first instance started after it ends looks into.
+        """
+        other = self._claim_autosave_folder()
+        if other is not None:
+            self.window.statusBar().showMessage(
+                f"Another MoE Studio is running (process {other}): it offers any autosaved "
+                "work, not this window. This window autosaves its own work separately.",
+                30000,
+            )
+            return False
+        try:
+            found = self._pending_recovery()
         except MoeStudioError as exc:
             log.warning("could not look for autosaves: %s", exc)
             return False
@@ -385,7 +486,9 @@ class ProfileController(QObject):
             profile = doc.to_profile(self.title())
             spec = launch_spec(profile, doc.layout)
             text, notes = render(fmt, profile, spec, existing=existing)
-            atomic_write_bytes(path, encode_export(fmt, text), error=ProfileError)
+            atomic_write_bytes(
+                path, encode_export(fmt, text), error=ProfileError, executable=fmt.executable
+            )
         except (MoeStudioError, OSError, UnicodeDecodeError) as exc:
             self.failed.emit("Cannot export", exc)
             return []
@@ -404,6 +507,11 @@ class ProfileController(QObject):
     def _add_recent(self, path: str) -> None:
         items = [p for p in self.recent() if p != path]
         self.qsettings.setValue("recent/profiles", [path, *items][:MAX_RECENT])
+        self._fill_recent()
+
+    def _replace_recent(self, old: str, new: str | None) -> None:
+        items = [new if p == old else p for p in self.recent()]
+        self.qsettings.setValue("recent/profiles", [p for p in items if p])
         self._fill_recent()
 
     def _fill_recent(self) -> None:

@@ -86,7 +86,8 @@ class SettingsPanel(QWidget):
         self.rtr = QCheckBox("Run-time repack (-rtr)")
         self.graph = QCheckBox("Graph split mode (-sm graph)")
         self.merge_qkv = QCheckBox("Merge Q/K/V (--merge-qkv)")
-        self.no_mmap = QCheckBox("Load into RAM instead of mmap (--no-mmap / -lm none)")
+        self.no_mmap = QCheckBox("Load into RAM, not mmap (--no-mmap)")
+        self.no_mmap.setToolTip("--no-mmap (mainline: -lm none): read the model into RAM")
         form.addRow("Dialect", self.dialect)
         form.addRow("MLA mode (-mla)", self.mla)
         form.addRow("Attention max batch (-amb MiB)", self.amb)
@@ -127,6 +128,16 @@ class SettingsPanel(QWidget):
         form.addRow("CUDA overhead per GPU", self.overhead)
         layout.addWidget(budget)
         layout.addStretch(1)
+        # Fit the Settings tab at 1280 px without a horizontal scroll bar: a field that does not
+        # fit beside its label goes below it, and combos do not widen to their longest item.
+        for form_layout in self.findChildren(QFormLayout):
+            form_layout.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+            form_layout.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        for combo in self.findChildren(QComboBox):
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+            )
+            combo.setMinimumContentsLength(8)
 
         for spin in (
             self.ctx,

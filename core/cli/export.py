@@ -241,7 +241,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         sys.stderr.write(f"moe-studio: note: {note}\n")
     data = encode_export(fmt, text)
     if args.output:
-        atomic_write_bytes(args.output, data, error=ExportError)
+        atomic_write_bytes(args.output, data, error=ExportError, executable=fmt.executable)
         sys.stderr.write(f"moe-studio: wrote {args.output}\n")
     else:
         # Bytes, so a .bat keeps its CRLF and a .ps1 its byte order mark on every platform.

@@ -352,7 +352,7 @@ def _stream_size(stream: BinaryIO) -> int | None:
         return None
 
 
-def _describe_magic(head: bytes) -> str:
+def _describe_magic(head: bytes) -> str | None:
     if head[:4] == b"PK\x03\x04":
         return "a ZIP archive"
     if head.lstrip()[:1] == b"<":
@@ -363,7 +363,12 @@ def _describe_magic(head: bytes) -> str:
         return "a big-endian GGUF, which the engines on this machine cannot load"
     if head[:4] in (b"ggml", b"ggjt", b"ggmf", b"lmgg", b"tjgg", b"fmgg"):
         return "a pre-GGUF ggml model; convert it to GGUF"
-    return f"bytes {head[:4]!r}"
+    return None
+
+
+def _printable(data: bytes) -> str:
+    """``data`` as a user reads it: ASCII as is, other bytes as ``\\xNN`` (never ``b'…'``)."""
+    return "".join(chr(b) if 32 <= b < 127 and b != 39 else f"\\x{b:02x}" for b in data)
 
 
 def read_header(
@@ -404,7 +409,13 @@ def _parse(r: _Reader, load_arrays: frozenset[str]) -> GGUFHeader:
             head = r.buf[:16]
         except GGUFFormatError:
             pass
-        raise r.error(f"is not a GGUF file: it starts with {_describe_magic(head)}", offset=0)
+        kind = _describe_magic(head)
+        found = (
+            f"it starts with {kind}"
+            if kind
+            else f"it does not start with GGUF (found '{_printable(head[:4])}')"
+        )
+        raise r.error(f"is not a GGUF file: {found}", offset=0)
     r.pos = 4
     version = r.u32("the GGUF version")
     if version == 1:

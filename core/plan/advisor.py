@@ -36,6 +36,9 @@ PCIE_EFFICIENCY = 0.8
 # Rough CPU prompt-processing throughput per physical core for quantized matmuls (FLOP/s).
 CPU_FLOPS_PER_CORE = 50e9
 UBATCH_CHOICES = (256, 512, 1024, 2048, 4096, 8192)
+# Above this many tokens/s the copy is not what limits prompt processing (GPU compute is): a
+# ceiling of ~900000 tokens/s from a 100 MiB copy says nothing a user can act on.
+MEANINGFUL_PP_CEILING = 20_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,10 +148,16 @@ def advise(
         fitting = [o for o in options if o.fits]
         if good:
             pick = good[-1]
+            ceiling = pick.pp_ceiling or 0.0
+            limit = (
+                f"~{_round_rate(ceiling)} tokens/s ceiling for long prompts"
+                if ceiling <= MEANINGFUL_PP_CEILING
+                else "too little to limit prompt processing"
+            )
             lines.append(
                 f"-ub {pick.ubatch}: {format_bytes(cpu_expert_bytes)} of experts in RAM cross "
-                f"PCIe in {pick.copy_seconds:.1f} s per ubatch (~{pick.pp_ceiling:.0f} tokens/s "
-                f"ceiling for long prompts); the offload starts at -ub {threshold}."
+                f"PCIe in {_format_seconds(pick.copy_seconds)} per ubatch ({limit}); the offload "
+                f"starts at -ub {threshold}."
             )
         elif fitting:
             pick = fitting[-1]
@@ -203,9 +212,18 @@ def advise(
         numactl,
         env,
         tuple(extra),
-        tuple(lines),
-        tuple(warnings),
+        tuple(dict.fromkeys(lines)),
+        tuple(dict.fromkeys(warnings)),
     )
+
+
+def _format_seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
+
+
+def _round_rate(rate: float) -> str:
+    """Two significant digits: an estimate, not a measurement (~490, ~4,900 tokens/s)."""
+    return f"{float(f'{rate:.2g}'):,.0f}"
 
 
 def _numa(

@@ -29,7 +29,7 @@ from moe_studio.core.plan.memory import (
     kv_bytes,
     layer_compute_bytes,
 )
-from moe_studio.core.plan.placement import Plan, assign
+from moe_studio.core.plan.placement import NO_DEVICE_NOTE, Plan, assign
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import format_bytes
 
@@ -88,9 +88,7 @@ def auto_place(
     free_cells = [c for c in layout.cells if c not in plan.pinned]
     if not devices:
         moved = assign(layout, plan, free_cells, CPU_NAME, pin=False).after
-        return AutoPlacement(
-            moved, notes=("This rig has no GPU or RPC device; everything runs on the CPU.",)
-        )
+        return AutoPlacement(moved, notes=(NO_DEVICE_NOTE,))
     budget = _budgets(layout, rig, settings, devices)
     kv = kv_bytes(layout, settings)
     # Pinned cells occupy their device first.

@@ -29,7 +29,7 @@ from moe_studio.core.plan.layers import (
     plan_layer_split,
 )
 from moe_studio.core.plan.overrides import Overrides, Rule, generate, resolve
-from moe_studio.core.plan.placement import Plan, plan_from_mapping
+from moe_studio.core.plan.placement import NO_DEVICE_NOTE, Plan, plan_from_mapping
 from moe_studio.core.plan.settings import Dialect, Settings
 from moe_studio.core.remote.urls import is_remote
 
@@ -195,10 +195,7 @@ def build_command(
             "The plan keeps every tensor on the CPU, so the command offloads nothing (-ngl 0)."
         )
     else:
-        notes.append(
-            "This rig has no GPU or RPC device: the engine keeps every tensor on the CPU and "
-            "ignores tensor overrides, so the command has none."
-        )
+        notes.append(NO_DEVICE_NOTE)
     if overrides.n_cpu_moe:
         if overrides.n_cpu_moe >= 999:
             argv.append("-cmoe")

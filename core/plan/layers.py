@@ -11,7 +11,8 @@ write lands every boundary where the plan wants it, in the middle of a layer's t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from moe_studio.core.gguf.ggml_types import Q8_0, TYPES
@@ -315,7 +316,26 @@ def ik_tensor_split(
     for t in targets:
         values.append(max(0.0, t - before) / total * 1000)
         before = t
-    return tuple(values)
+
+    def assign(ts: Sequence[float]) -> list[int]:
+        acc = sum(ts)
+        cumulative = list(itertools.accumulate(ts))
+        return ik_assign(sizes, mc, [c / acc for c in cumulative], i_gpu_start, n_last)
+
+    return round_tensor_split(tuple(values), assign)
+
+
+def round_tensor_split(
+    values: tuple[float, ...], assign: Callable[[Sequence[float]], Sequence[int]]
+) -> tuple[float, ...]:
+    """``values`` rounded to the fewest decimals (whole numbers first) that ``assign`` maps to
+    the same device per layer: ``-ts 644,331,25`` rather than ``644.262,330.654,25.0842``."""
+    wanted = list(assign(values))
+    for decimals in range(4):
+        rounded = tuple(round(v, decimals) for v in values)
+        if sum(rounded) > 0 and list(assign(rounded)) == wanted:
+            return rounded
+    return values
 
 
 def mainline_tensor_split(layout: ModelLayout, split: LayerSplit) -> tuple[float, ...]:

@@ -18,6 +18,12 @@ from moe_studio.core.hardware.devices import CPU_NAME
 
 NOT_LOADED = ""  # device of tensors the engine skips (GLM nextn blocks)
 
+# Said by auto-place and by the command builder: one sentence, so the advice shows it once.
+NO_DEVICE_NOTE = (
+    "This rig has no GPU or RPC device: the engine keeps every tensor on the CPU and ignores "
+    "tensor overrides, so the command has none."
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Plan:

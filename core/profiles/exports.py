@@ -31,7 +31,8 @@ Formats and the rules they follow:
   with ``github.com/billziss-gh/golib/shlex`` (``Posix`` dialect, or ``Windows`` on Windows), and
   before all that replaces ``${NAME}`` macros in every value of the config. The quoting here keeps
   each line starting and ending with a quote character around newlines inside an argument, and
-  never lets ``$`` touch ``{`` outside the ``${PORT}`` macro it adds on purpose.
+  never lets ``$`` touch ``{`` outside the ``${PORT}`` macro it adds on purpose. Merging into an
+  existing config edits it with ruamel.yaml's round trip, so the user's comments and layout stay.
 - **llama-server router preset** (:func:`router_preset_ini`, mainline llama.cpp
   ``--models-preset``): ``[model-id]`` sections of ``key = value`` lines whose keys are option
   names without dashes (``common/preset.cpp``). The format has no quoting: a value ends at ``;``,
@@ -47,6 +48,7 @@ Formats and the rules they follow:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -57,6 +59,11 @@ from enum import StrEnum
 from typing import Any
 
 import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml import error as ruamel_error
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString, LiteralScalarString
+from ruamel.yaml.tokens import CommentToken
 
 from moe_studio.core.errors import ExportError
 
@@ -92,6 +99,11 @@ class ExportFormat(StrEnum):
     def suffix(self) -> str:
         """File name suffix, with the dot."""
         return f".{self.value}"
+
+    @property
+    def executable(self) -> bool:
+        """Whether a file of this format is run directly (``./launch.sh``)."""
+        return self is ExportFormat.BASH
 
     @property
     def encoding(self) -> str:
@@ -622,8 +634,9 @@ def merge_llama_swap_config(
 ) -> str:
     """Add or replace ``models.<model_id>`` in a llama-swap config text, leaving the rest alone.
 
-    The other models and top-level keys keep their content (YAML comments and formatting do not
-    survive: the document is parsed and written again). ``healthCheckTimeout`` is raised to
+    The existing text is edited in place with a round-trip YAML library, so the user's comments,
+    key order, quoting, flow and block styles and anchors survive; only the model's entry (and
+    ``healthCheckTimeout``) is written anew. ``healthCheckTimeout`` is raised to
     ``health_check_timeout`` when given and larger than the current value (it is global).
 
     Args:
@@ -637,9 +650,12 @@ def merge_llama_swap_config(
             mapping, or the model id cannot be used.
     """
     _check_model_id(model_id)
+    if not existing.strip():
+        return _new_llama_swap_config(model_id, model, health_check_timeout)
+    rt = _round_trip_yaml()
     try:
-        document = yaml.safe_load(existing) if existing.strip() else {}
-    except yaml.MarkedYAMLError as exc:
+        document = rt.load(existing)
+    except ruamel_error.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown line"
         raise ExportError(
@@ -647,30 +663,38 @@ def merge_llama_swap_config(
             "it was left unchanged. Fix it or export to a new file.",
             details=str(exc),
         ) from exc
-    except yaml.YAMLError as exc:
+    except ruamel_error.YAMLError as exc:
         raise ExportError(
             f"The existing llama-swap config is not valid YAML ({exc}); it was left unchanged.",
             details=str(exc),
         ) from exc
     if document is None:
-        document = {}
-    if not isinstance(document, dict):
+        new = _new_llama_swap_config(model_id, model, health_check_timeout)
+        if all(not line.strip() or line.lstrip().startswith("#") for line in existing.split("\n")):
+            return existing.rstrip("\n") + "\n" + new  # keep a header of comments
+        return new
+    if not isinstance(document, CommentedMap):
         raise ExportError(
-            "The existing llama-swap config is not a mapping of settings (it is a "
-            f"{type(document).__name__}); it was left unchanged."
+            "The existing llama-swap config is not a mapping of settings (it is "
+            f"{_yaml_kind(document)}); it was left unchanged."
         )
     models = document.get("models")
     if models is None:
-        models = {}
-    elif not isinstance(models, dict):
+        models = CommentedMap()
+        document["models"] = models
+    elif not isinstance(models, CommentedMap):
         raise ExportError(
             "The 'models' key of the existing llama-swap config is not a mapping; "
             "it was left unchanged."
         )
+    entry = _round_trip_value(model)
     if model_id in models:
-        # Replace in place, keeping the model's position in the file.
-        models = {_QuotedKey(k) if k == model_id else k: v for k, v in models.items()}
-    models[_QuotedKey(model_id)] = dict(model)
+        models[model_id] = entry  # replaced where it is, its key as the user wrote it
+    else:
+        if models:
+            # Comment lines after the last model ("# groups below") stay after the models.
+            _move_trailing_comment(models, entry)
+        models[DoubleQuotedScalarString(model_id)] = entry
     if health_check_timeout is not None:
         current = document.get("healthCheckTimeout")
         if isinstance(current, int) and not isinstance(current, bool):
@@ -678,9 +702,109 @@ def merge_llama_swap_config(
         if "healthCheckTimeout" in document:
             document["healthCheckTimeout"] = health_check_timeout
         else:
-            document = {"healthCheckTimeout": health_check_timeout, **document}
-    document["models"] = models
+            document.insert(0, "healthCheckTimeout", health_check_timeout)
+    out = io.StringIO()
+    rt.dump(document, out)
+    return out.getvalue()
+
+
+def _yaml_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a piece of text"
+    if isinstance(value, bool):
+        return "a true/false value"
+    return "a number" if isinstance(value, (int, float)) else f"a {type(value).__name__}"
+
+
+def _new_llama_swap_config(
+    model_id: str, model: Mapping[str, Any], health_check_timeout: int | None
+) -> str:
+    document: dict[str, Any] = {}
+    if health_check_timeout is not None:
+        document["healthCheckTimeout"] = health_check_timeout
+    document["models"] = {_QuotedKey(model_id): dict(model)}
     return _dump_yaml(document)
+
+
+def _last_slot(node: Any) -> tuple[Any, Any, int] | None:
+    """The deepest last item of ``node``: (container, key, comment slot), ``None`` if empty."""
+    found: tuple[Any, Any, int] | None = None
+    while isinstance(node, (CommentedMap, CommentedSeq)) and len(node):
+        if isinstance(node, CommentedMap):
+            key: Any = next(reversed(node))
+            found = (node, key, 2)  # a mapping keeps a value's trailing comment in slot 2
+        else:
+            key = len(node) - 1
+            found = (node, key, 0)  # a sequence in slot 0
+        node = node[key]
+    return found
+
+
+def _move_trailing_comment(models: CommentedMap, entry: CommentedMap) -> None:
+    """Move the comment lines that follow the current last model to the end of ``entry``.
+
+    ruamel.yaml keeps them with the last value before them (its end-of-line comment first,
+    then the following lines), so appending a model would put them above it.
+    """
+    old, new = _last_slot(models), _last_slot(entry)
+    if old is None or new is None:
+        return
+    container, key, slot = old
+    comments = container.ca.items.get(key)
+    token = comments[slot] if comments and len(comments) > slot else None
+    if token is None or "\n" not in token.value:
+        return
+    end_of_line, below = token.value.split("\n", 1)
+    if not below.strip():
+        return
+    comments[slot] = CommentToken(end_of_line + "\n", token.start_mark) if end_of_line else None
+    target, target_key, target_slot = new
+    holder = target.ca.items.setdefault(target_key, [None, None, None, None])
+    holder[target_slot] = CommentToken("\n" + below, ruamel_error.CommentMark(0))
+
+
+def _round_trip_yaml() -> YAML:
+    rt = YAML(typ="rt")
+    rt.preserve_quotes = True
+    rt.width = 1_000_000  # never fold a long command line
+    rt.allow_unicode = True
+    return rt
+
+
+# Characters a YAML block or plain scalar cannot hold as they are (outside YAML's printable set,
+# or line breaks that some YAML versions read as such): the value is written double-quoted, with
+# escapes.
+_NEEDS_ESCAPES = re.compile(
+    "[^\x09\x0a\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]|[\u2028\u2029]"
+)
+
+
+def _round_trip_value(value: Any) -> Any:
+    """``value`` with strings styled as :func:`_represent_str` styles them for PyYAML."""
+    if isinstance(value, Mapping):
+        out = CommentedMap()
+        for k, v in value.items():
+            out[k] = _round_trip_value(v)
+        return out
+    if isinstance(value, (list, tuple)):
+        return CommentedSeq(_round_trip_value(v) for v in value)
+    if isinstance(value, str):
+        if _NEEDS_ESCAPES.search(value):
+            return DoubleQuotedScalarString(value)
+        if "\n" in value and _literal_block_safe(value):
+            return LiteralScalarString(value)
+    return value
+
+
+def _literal_block_safe(text: str) -> bool:
+    """Whether a ``|`` block holds ``text`` exactly (no tabs or blanks at the edges of lines,
+    which block scalars keep but some editors strip, and no leading blank line)."""
+    lines = text.split("\n")
+    return not text.startswith(("\n", " ")) and all(
+        line == line.rstrip(" \t") and "\t" not in line for line in lines
+    )
 
 
 def llama_swap_config(

@@ -3,17 +3,18 @@ work across a crash (:func:`autosave`, :func:`pending_recovery`, :func:`discard_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from moe_studio.core.errors import ProfileError
-from moe_studio.core.fsutil import atomic_write_bytes, atomic_write_text
+from moe_studio.core.fsutil import atomic_write_bytes, atomic_write_text, backup_path
 from moe_studio.core.profiles.schema import (
     APP_NAME,
     AUTOSAVE_FORMAT,
@@ -168,6 +169,69 @@ class ProfileLibrary:
         self._ensure_folder()
         target = self._free_path(profile.name or src.name.removesuffix(PROFILE_SUFFIX))
         atomic_write_bytes(target, src.read_bytes(), backup=False, error=ProfileError)
+        return target
+
+    def _member(self, path: str | os.PathLike[str]) -> Path:
+        p = Path(path)
+        if p.parent.resolve() != self.folder.resolve() or not p.name.endswith(PROFILE_SUFFIX):
+            raise ProfileError(f"{p} is not a profile in the library folder {self.folder}.")
+        return p
+
+    def delete(self, path: str | os.PathLike[str]) -> None:
+        """Delete the library profile at ``path`` (and its ``.bak``).
+
+        Raises:
+            ProfileError: ``path`` is not in the library, or cannot be deleted.
+        """
+        p = self._member(path)
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ProfileError(f"Could not delete {p}: {exc.strerror or exc}.") from None
+        with contextlib.suppress(OSError):
+            backup_path(p).unlink(missing_ok=True)
+
+    def rename(self, path: str | os.PathLike[str], name: str) -> Path:
+        """Give the library profile at ``path`` the name ``name``; returns its new path.
+
+        The file follows the name (:meth:`path_for`). Never overwrites another profile: a name
+        whose file exists is refused.
+
+        Raises:
+            ProfileError: an empty name, a name taken by another profile, an unreadable profile,
+                or a file that cannot be written.
+        """
+        p = self._member(path)
+        name = name.strip()
+        if not name:
+            raise ProfileError("A profile needs a name; type one.")
+        profile = load_profile(p)
+        target = self.path_for(name)
+        same_file = target.exists() and os.path.samefile(target, p)
+        if not same_file:
+            try:
+                # Claim the name first, atomically: a file that appears meanwhile is not lost.
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                raise ProfileError(
+                    f"A profile is already saved as {target.name}; choose another name "
+                    "or delete that profile first."
+                ) from None
+            except OSError as exc:
+                raise ProfileError(f"Could not create {target}: {exc.strerror or exc}.") from None
+        try:
+            save_profile(target, replace(profile, name=name), stamp=False)
+        except ProfileError:
+            if not same_file:
+                with contextlib.suppress(OSError):
+                    target.unlink()
+            raise
+        if not same_file:
+            with contextlib.suppress(OSError):
+                backup_path(target).unlink(missing_ok=True)  # the empty claim, saved as backup
+            self.delete(p)
         return target
 
     def export_file(self, path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:

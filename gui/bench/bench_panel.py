@@ -64,6 +64,7 @@ NO_ENGINE_TIP = (
 )
 REFRESH_MS = 150  # coalesce a paint stroke's many plan changes into one rebuild
 TICK_MS = 500  # live curve and status while a run goes
+NO_RUN_TEXT = "No benchmark run yet."
 LOG_LINES = 2000
 COLUMNS = ("Run", "S_TG t/s", "S_PP t/s", "Depths", "When")
 
@@ -230,7 +231,7 @@ class BenchPanel(QWidget):
         layout.addWidget(self.notes)
 
         status = QHBoxLayout()
-        self.status = QLabel("No benchmark run yet.")
+        self.status = QLabel(NO_RUN_TEXT)
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         status.addWidget(self.status, 1)
@@ -453,6 +454,7 @@ class BenchPanel(QWidget):
 
     def _set_status(self, text: str) -> None:
         self.status.setText(text)
+        self.status.setVisible(bool(text))
 
     def _running_status(self) -> str:
         done = len(self.process.points())
@@ -527,6 +529,12 @@ class BenchPanel(QWidget):
             self._visible = [True] * len(entries)
         self._entries = entries
         self._rebuild_runs()
+        # A restored profile's runs are plotted: "No benchmark run yet." would contradict them.
+        if entries and self.status.text() == NO_RUN_TEXT:
+            self.status.clear()
+            self.status.hide()
+        elif not entries and not self.is_running and not self.status.text():
+            self._set_status(NO_RUN_TEXT)
 
     def _on_runs_item_changed(self, item: QTreeWidgetItem, column: int) -> None:
         index = self.runs.indexOfTopLevelItem(item)

@@ -16,8 +16,15 @@ from __future__ import annotations
 
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
-from PySide6.QtGui import QBrush, QDragEnterEvent, QDragMoveEvent, QDropEvent, QMouseEvent
-from PySide6.QtWidgets import QWidget
+from PySide6.QtGui import (
+    QBrush,
+    QDragEnterEvent,
+    QDragMoveEvent,
+    QDropEvent,
+    QFontMetrics,
+    QMouseEvent,
+)
+from PySide6.QtWidgets import QApplication, QWidget
 
 from moe_studio.core.engine.probe import ProbeResult
 from moe_studio.core.hardware.devices import DeviceKind
@@ -37,12 +44,17 @@ SEGMENT_LABELS = {
 BAR_WIDTH = 0.6
 HEADROOM_RULE = (
     "A bar stacks weights, KV cache, compute buffer and overhead. An estimated compute buffer "
-    f"carries a hatched cap of ±{COMPUTE_MARGIN:.0%} of it: the remaining error of the estimate "
-    "against published CUDA runs (benchmarks/cuda_corpus.py). A device fits only when the bar "
-    "with its cap stays under the dashed line (capacity minus the reserve). Figures measured on "
+    f"carries a hatched cap of ±{COMPUTE_MARGIN:.0%} of it: the error the estimate is held to "
+    "(ik's own dry runs of DeepSeek attention: 86 % of points within it; older builds' "
+    "published CUDA logs miss by more, see benchmarks/cuda_corpus.py). A device fits only when "
+    "the bar with its cap stays under the dashed line (capacity minus the reserve). Figures "
+    "measured on "
     "this machine (a launch, or Check with engine) carry no cap; a diamond marks the engine's "
     "own total from the last check."
 )
+
+# Below the tick labels of the bottom axis: the tick marks and the gap to the text (pixels).
+AXIS_PADDING = 14
 
 
 class _Panel:
@@ -145,7 +157,16 @@ class _Panel:
             res_x, res_y, connect="pairs", pen=pg.mkPen(line, width=1, style=Qt.PenStyle.DashLine)
         )
         axis = self.plot.getAxis("bottom")
-        axis.setTicks([[(i, _tick(b)) for i, b in enumerate(budgets)]])
+        ticks = [(i, _tick(b)) for i, b in enumerate(budgets)]
+        axis.setTicks([ticks])
+        # An RPC device's tick has two lines (name, endpoint); the axis keeps room for all of
+        # them, or the endpoint is clipped under its bar.
+        lines = max((text.count("\n") + 1 for _, text in ticks), default=1)
+        height = (
+            QFontMetrics(axis.style.get("tickFont") or QApplication.font()).lineSpacing() * lines
+        )
+        if axis.height() != height + AXIS_PADDING:
+            axis.setHeight(height + AXIS_PADDING)
         while len(self.labels) < len(budgets):
             label = pg.TextItem(anchor=(0.5, 1.0))
             self.plot.addItem(label)

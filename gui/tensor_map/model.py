@@ -23,6 +23,7 @@ from moe_studio.core.plan.placement import cell_devices
 from moe_studio.core.units import format_bytes
 from moe_studio.gui import theme
 from moe_studio.gui.document import Document
+from moe_studio.gui.text import keep_units
 
 CELLS_MIME = "application/x-moe-studio-cells"
 Index = QModelIndex | QPersistentModelIndex
@@ -361,7 +362,9 @@ class TensorMapModel(QAbstractTableModel):
             )
         if len(indices) > len(shown):
             lines.append(f"… and {len(indices) - len(shown)} more tensors")
-        return "<br>".join(lines)
+        # Qt wraps rich tooltips at a fixed width: keep each tensor on one line and every number
+        # with its unit ("981.0" / "MiB" was split).
+        return "<br>".join(f"<nobr>{keep_units(line)}</nobr>" for line in lines)
 
     def _on_document_model_changed(self) -> None:
         self._rebuild()

@@ -2,15 +2,26 @@
 
 Every gesture becomes a request to the document. A paint stroke (press, move across cells,
 release) carries one stroke number so the document merges it into a single undo step.
+
+In Select mode the mouse works as in a spreadsheet: press-and-drag from an unselected cell (or
+from the empty area) draws a rubber band and selects the rectangle (Shift extends, Ctrl
+toggles); press-and-drag on a selected cell moves the selection.
 """
 
 from __future__ import annotations
 
 import itertools
 
-from PySide6.QtCore import QModelIndex, QPoint, Qt, Signal
+from PySide6.QtCore import QModelIndex, QPoint, QRect, Qt, Signal
 from PySide6.QtGui import QAction, QContextMenuEvent, QKeyEvent, QMouseEvent
-from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QMenu, QTableView, QWidget
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QMenu,
+    QRubberBand,
+    QTableView,
+    QWidget,
+)
 
 from moe_studio.core.gguf.model import Cell
 from moe_studio.core.hardware.devices import CPU_NAME
@@ -36,6 +47,8 @@ class TensorMapView(QTableView):
         self._brush: str | None = None
         self._stroke = 0
         self._stroke_cells: set[tuple[int, int]] = set()
+        self._band_origin: QPoint | None = None
+        self.rubber_band = QRubberBand(QRubberBand.Shape.Rectangle, self.viewport())
         self.setModel(model)
         self.setItemDelegate(CellDelegate(self))
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
@@ -91,21 +104,41 @@ class TensorMapView(QTableView):
     # --- painting ------------------------------------------------------------------------------
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
-        if self._brush and event.button() == Qt.MouseButton.LeftButton:
+        if event.button() == Qt.MouseButton.LeftButton:
             index = self.indexAt(event.position().toPoint())
-            if self._paintable(index):
-                self._stroke = next(_strokes)
-                self._stroke_cells = set()
-                self._paint_at(index)
-                event.accept()
-                return
+            if self._brush:
+                if self._paintable(index):
+                    self._stroke = next(_strokes)
+                    self._stroke_cells = set()
+                    self._paint_at(index)
+                    event.accept()
+                    return
+            elif self._starts_rubber_band(index, event):
+                # Qt's own drag-select does the selecting (with its Shift/Ctrl rules) once drag
+                # and drop is off for this gesture; the band shows the rectangle being chosen.
+                self.setDragEnabled(False)
+                self._band_origin = event.position().toPoint()
+                self.rubber_band.setGeometry(QRect(self._band_origin, self._band_origin))
+                self.rubber_band.show()
         super().mousePressEvent(event)
+
+    def _starts_rubber_band(self, index: QModelIndex, event: QMouseEvent) -> bool:
+        """A press that selects rather than moves: off the selection, or with Shift/Ctrl."""
+        modifiers = event.modifiers() & (
+            Qt.KeyboardModifier.ShiftModifier | Qt.KeyboardModifier.ControlModifier
+        )
+        on_selection = index.isValid() and self.selectionModel().isSelected(index)
+        return not on_selection or modifiers != Qt.KeyboardModifier.NoModifier
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
         if self._stroke and event.buttons() & Qt.MouseButton.LeftButton:
             self._paint_at(self.indexAt(event.position().toPoint()))
             event.accept()
             return
+        if self._band_origin is not None:
+            self.rubber_band.setGeometry(
+                QRect(self._band_origin, event.position().toPoint()).normalized()
+            )
         super().mouseMoveEvent(event)
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
@@ -115,6 +148,15 @@ class TensorMapView(QTableView):
             event.accept()
             return
         super().mouseReleaseEvent(event)
+        if self._band_origin is not None:
+            self._band_origin = None
+            self.rubber_band.hide()
+            self.setDragEnabled(self._brush is None)
+
+    @property
+    def rubber_banding(self) -> bool:
+        """Whether a rubber-band selection is in progress."""
+        return self._band_origin is not None
 
     def _paint_at(self, index: QModelIndex) -> None:
         if not self._paintable(index) or self._brush is None:

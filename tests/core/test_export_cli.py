@@ -368,3 +368,15 @@ def test_export_is_a_cli_command_and_ids_are_slugs(tiny: tuple[Path, ModelLayout
     assert default_model_id(replace(profile, name="")) == default_model_id(
         replace(profile, name=tiny[1].name)
     )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows has no executable bit")
+def test_a_shell_script_written_to_a_file_is_executable(
+    tmp_path: Path, tiny: tuple[Path, ModelLayout], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, *_ = _save(tmp_path, tiny[1], rig=_gpu_rig())
+    script, batch = tmp_path / "run.sh", tmp_path / "run.bat"
+    assert _export([str(path), "--to", "sh", "-o", str(script)], capsys)[0] == 0
+    assert _export([str(path), "--to", "bat", "-o", str(batch)], capsys)[0] == 0
+    assert os.access(script, os.X_OK)
+    assert not os.access(batch, os.X_OK)

@@ -438,16 +438,21 @@ def test_llama_swap_windows_refuses_line_breaks() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(args=st.lists(_ARG_TEXT, max_size=6), windows=st.booleans())
-def test_llama_swap_round_trip_property(args: list[str], windows: bool) -> None:
+@given(
+    args=st.lists(_ARG_TEXT, max_size=6),
+    windows=st.booleans(),
+    existing=st.sampled_from(["", "# mine\nmodels: {}\n", "COMMENTED"]),
+)
+def test_llama_swap_round_trip_property(args: list[str], windows: bool, existing: str) -> None:
     if windows:
         args = [a for a in args if "\n" not in a and "\r" not in a]
     argv = ["/opt/llama-server", *args]
     entry = llama_swap_model(argv, windows=windows)
-    text = merge_llama_swap_config("", "m", entry)
+    text = merge_llama_swap_config(COMMENTED if existing == "COMMENTED" else existing, "m", entry)
     # llama-swap expands ${env.X} in the whole text and ${NAME} in every value.
     assert not _ENV_MACRO.search(text)
     assert {m.group(1) for m in _MACRO.finditer(text)} == {"PORT"}
+    assert ("# mine" in text) == (existing == "# mine\nmodels: {}\n")
     cmd = yaml.safe_load(text)["models"]["m"]["cmd"]
     assert swap_argv(cmd, 5801, windows=windows) == _expected_with_port(argv, 5801)
 
@@ -530,12 +535,54 @@ def test_merge_keeps_other_models_and_top_level_keys() -> None:
     assert after["models"]["qwen"] == before["models"]["qwen"]
     assert after["models"]["old-moe"] == before["models"]["old-moe"]
     assert list(after["models"]) == ["qwen", "old-moe", "new-moe"]
-    assert "&" not in merged and "*s" not in merged  # no anchors introduced
+    # The user's own anchor stays as written; the new entry adds none.
+    assert merged.count("&") == EXISTING.count("&") and merged.count("*s") == EXISTING.count("*s")
     # Replacing an existing model keeps its place.
     replaced = yaml.safe_load(merge_llama_swap_config(merged, "qwen", {"cmd": "/q"}))
     assert list(replaced["models"]) == ["qwen", "old-moe", "new-moe"]
     assert replaced["models"]["qwen"] == {"cmd": "/q"}
     assert replaced["models"]["new-moe"] == after["models"]["new-moe"]
+
+
+COMMENTED = """\
+# My llama-swap config: keep these notes!
+healthCheckTimeout: 900   # slow disks
+models:
+  # the small one
+  "qwen":
+    cmd: |
+      /opt/llama-server --port ${PORT}
+      -m /models/qwen.gguf
+    env:
+    - A=1   # why A
+  old-moe:
+    cmd: /old --port ${PORT}   # end of line
+# groups below
+
+groups:
+  g1: {members: [qwen]}   # flow style stays
+"""
+
+
+def test_merge_keeps_the_users_comments_and_formatting() -> None:
+    merged = llama_swap_config(
+        "new-moe", ["/opt/llama-server", "-m", "/m/x.gguf"], ttl=0, existing=COMMENTED
+    )
+    # Everything the user wrote is still there, line for line and in order; the new model goes
+    # after the last one, above the comment that introduces the next section.
+    lines = merged.splitlines()
+    assert [line for line in lines if line in COMMENTED.splitlines()] == COMMENTED.splitlines()
+    assert lines.index('  "new-moe":') < lines.index("# groups below")
+    assert lines.index("    cmd: /old --port ${PORT}   # end of line") < lines.index('  "new-moe":')
+    after = yaml.safe_load(merged)
+    assert after["models"]["new-moe"]["cmd"].startswith("/opt/llama-server")
+    assert list(after) == ["healthCheckTimeout", "models", "groups"]
+    # Replacing a model rewrites only that entry; a raised timeout keeps its comment.
+    again = merge_llama_swap_config(merged, "qwen", {"cmd": "/q"}, health_check_timeout=2000)
+    assert "healthCheckTimeout: 2000  # slow disks" in again
+    assert "# the small one" in again and "# groups below" in again
+    assert "why A" not in again  # it was inside the replaced entry
+    assert yaml.safe_load(again)["models"]["qwen"] == {"cmd": "/q"}
 
 
 def test_merge_raises_the_health_check_timeout_when_needed() -> None:

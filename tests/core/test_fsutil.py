@@ -111,6 +111,26 @@ def test_existing_file_mode_is_kept(tmp_path: Path) -> None:
     assert stat.S_IMODE(target.stat().st_mode) == 0o750
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows has no executable bit")
+def test_an_executable_write_can_be_run(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        script = tmp_path / "new.sh"
+        atomic_write_bytes(script, b"#!/bin/sh\nexit 3\n", executable=True)
+        assert stat.S_IMODE(script.stat().st_mode) == 0o755
+        assert subprocess.run([str(script)], check=False).returncode == 3
+        private = tmp_path / "private.sh"
+        private.write_bytes(b"old")
+        private.chmod(0o640)
+        atomic_write_bytes(private, b"#!/bin/sh\n", executable=True)
+        assert stat.S_IMODE(private.stat().st_mode) == 0o750  # +x where it may be read
+        plain = tmp_path / "plain.txt"
+        atomic_write_bytes(plain, b"text")
+        assert stat.S_IMODE(plain.stat().st_mode) == 0o644
+    finally:
+        os.umask(umask)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="symbolic links need privileges on Windows")
 def test_symlink_target_is_replaced_and_link_kept(tmp_path: Path) -> None:
     real = tmp_path / "real.json"

@@ -155,6 +155,10 @@ def test_wrong_magic_and_foreign_files() -> None:
     assert "HTML" in str(_error(b"<!DOCTYPE html><html>Not Found</html>"))
     assert "safetensors" in str(_error(struct.pack("<Q", 100) + b'{"__metadata__":{}}'))
     assert "only 2 bytes" in str(_error(b"GG"))
+    # Plain words, not Python's bytes repr (b'hell').
+    assert "does not start with GGUF (found 'hell')" in str(_error(b"hello world, no model"))
+    assert "(found '\\x00\\x01\\x02\\x03')" in str(_error(bytes(range(40))))
+    assert "b'" not in str(_error(b"hello world, no model"))
 
 
 def test_version_1_and_future_versions_are_refused() -> None:

@@ -496,3 +496,20 @@ def test_mainline_offloads_the_output_layer_first() -> None:
     back, _, _ = import_command(list(command.argv), q, rig, dialect="mainline")
     assert as_mapping(q, back) == as_mapping(q, experts_only)
     assert as_mapping(q, back)["output.weight"] == CPU_NAME
+
+
+@pytest.mark.parametrize("gpus", [(24, 12, 1), (24, 24, 24), (48, 16)])
+def test_ts_values_are_rounded_to_what_changes_the_split(gpus: tuple[int, ...]) -> None:
+    """-ts 644,331,25 rather than 644.262,330.654,25.0842: the engine lands the same layers."""
+    ds = layout("deepseek-v3@IQ2_KS")
+    rig = rig_of(*gpus)
+    s = Settings()
+    plan = auto_place(ds, initial_plan(ds), rig, s).plan
+    argv = list(build_command(ds, plan, rig, s).argv)
+    values = argv[argv.index("-ts") + 1].split(",")
+    assert all(re.fullmatch(r"\d+", v) for v in values), values
+    imported = parse_command(argv)
+    from moe_studio.core.plan.cmdline import imported_split, rig_for_command
+
+    engine = imported_split(ds, imported, rig_for_command(imported, rig))
+    assert engine.kv_devices == plan_layer_split(ds, plan, rig, s).kv_devices

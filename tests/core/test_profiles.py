@@ -661,6 +661,34 @@ def test_library_names_are_safe_file_names(tmp_path: Path) -> None:
     assert library.path_for("  ").name == "profile.json"
 
 
+def test_library_rename_and_delete(tmp_path: Path, tiny: tuple[Path, ModelLayout]) -> None:
+    library = ProfileLibrary(tmp_path / "lib")
+    base = _profile(tiny[1])
+    first = library.save(replace(base, name="first"))
+    second = library.save(replace(base, name="second"))
+    second_bytes = second.read_bytes()
+    renamed = library.rename(first, "Fast on 2 GPUs")
+    assert renamed == library.path_for("Fast on 2 GPUs") and not first.exists()
+    assert load_profile(renamed).name == "Fast on 2 GPUs"
+    assert sorted(p.name for p in library.folder.iterdir()) == [
+        "Fast-on-2-GPUs.json",
+        "second.json",
+    ]
+    # Never over another profile; the refused rename changes nothing.
+    with pytest.raises(ProfileError, match=r"already saved as second\.json"):
+        library.rename(renamed, "second")
+    assert second.read_bytes() == second_bytes and renamed.exists()
+    with pytest.raises(ProfileError, match="needs a name"):
+        library.rename(renamed, "   ")
+    # The same file under a new title (only the name changes).
+    assert library.rename(renamed, "Fast on 2 GPUs ") == renamed
+    library.delete(renamed)
+    assert [e.title for e in library.entries()] == ["second"]
+    assert not any(p.name.startswith("Fast") for p in library.folder.iterdir())
+    with pytest.raises(ProfileError, match="not a profile in the library"):
+        library.delete(tmp_path / "elsewhere.json")
+
+
 def test_default_folders_are_in_the_user_data_folder() -> None:
     assert library.default_library_folder().parts[-2:] == ("moe-studio", "profiles")
     assert library.default_autosave_folder().parts[-2:] == ("moe-studio", "autosave")
