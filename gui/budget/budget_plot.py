@@ -23,6 +23,7 @@ from PySide6.QtGui import (
     QDropEvent,
     QFontMetrics,
     QMouseEvent,
+    QResizeEvent,
 )
 from PySide6.QtWidgets import QApplication, QWidget
 
@@ -112,6 +113,7 @@ class _Panel:
         plot.addItem(self.capacity)
         plot.addItem(self.reserve)
         self.labels: list[pg.TextItem] = []
+        self.top = 1.0  # the highest bar or capacity line, GiB
         self.budgets: list[DeviceBudget] = []
 
     def set_budgets(
@@ -191,7 +193,15 @@ class _Panel:
                 label.setText(f"+{format_bytes(b.overflow)} over", color=theme.OVER_COLOR.name())
             label.setPos(i, y + top * 0.07)
         self.plot.setXRange(-0.7, max(0.7, len(budgets) - 0.3), padding=0)
-        self.plot.setYRange(0, top * 1.18, padding=0)
+        self.top = top
+        self.fit_range()
+
+    def fit_range(self) -> None:
+        """Room above the highest label for its line of text, however short the plot is drawn."""
+        pixels = self.plot.vb.height()
+        line = max((label.boundingRect().height() for label in self.labels), default=24.0) + 2
+        share = min(0.5, line / pixels) if pixels > 0 else 0.11
+        self.plot.setYRange(0, self.top * 1.07 / (1 - share), padding=0)
 
     def device_at(self, scene_pos: QPointF) -> str | None:
         if not self.plot.sceneBoundingRect().contains(scene_pos):
@@ -235,6 +245,7 @@ class BudgetPlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         self._legend.addItem(self._gpus.overflow, "over budget")
         self._legend.addItem(self._gpus.band, f"estimate error (±{COMPUTE_MARGIN:.0%} compute)")
         self._legend.addItem(self._gpus.marks, "engine's dry run")
+        self._fit_legend()
         self._measured: ProbeResult | None = None
         self._measured_state: tuple[object, object] | None = None
         self.setMouseTracking(True)
@@ -244,6 +255,25 @@ class BudgetPlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         # set_model and set_rig announce a plan change too, so this one signal is enough.
         document.plan_changed.connect(self._on_document_plan_changed)
         self.refresh()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        # The base class's __init__ resizes before ours has run, and its close() clears the scene
+        # (legend and plots deleted) before dropping the viewport, which resizes once more.
+        if hasattr(self, "_legend") and not self.closed:
+            self._fit_legend()
+            for panel in (self._gpus, self._ram):
+                panel.fit_range()  # the labels' headroom depends on the height in pixels
+
+    def _fit_legend(self) -> None:
+        """As many legend columns as the width holds: a legend wider than the widget would push
+        the Host RAM panel out of sight (the layout does not shrink it)."""
+        # The text's own width: a LabelItem's rectangle is stretched to its column once laid out.
+        widest = max(sample.boundingRect().width() + label.item.boundingRect().width()
+                     for sample, label in self._legend.items)  # fmt: skip
+        spacing = 2 * self._legend.layout.horizontalSpacing() + 12  # sample/label gaps, margins
+        columns = int((self.viewport().width() - 16) // (widest + spacing))
+        self._legend.setColumnCount(max(1, min(len(self._legend.items), columns)))
 
     def refresh(self) -> None:
         _, estimate = self._document.estimate()

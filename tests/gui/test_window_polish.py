@@ -450,3 +450,32 @@ def test_quant_menus_show_sizes(window: MainWindow, qtbot: object) -> None:
     qtbot.waitUntil(
         lambda: window.document.layout.source == f"catalog:{key}@{recipe}", timeout=10000
     )  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1024, 700)])
+def test_budget_plot_shows_both_panels_and_the_whole_legend(
+    window: MainWindow, tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """The legend wraps to the width it has: it never pushes the Host RAM panel off the widget."""
+    window.resize(*size)
+    QApplication.processEvents()
+    budget = window.budget
+    width = budget.viewport().width()
+    ram = budget._ram.plot.sceneBoundingRect()
+    legend = budget._legend.sceneBoundingRect()
+    save_screenshot(window, f"budget-{size[0]}.png", tmp_path)
+    assert ram.width() > 0 and ram.right() <= width + 1, (ram, width)
+    assert legend.right() <= width + 1, (legend, width)
+
+
+def test_bar_labels_stay_inside_a_short_budget_plot(window: MainWindow) -> None:
+    """The "22.2 / 24" figure above each bar is drawn whole, however short the plot is."""
+    for height in (800, 640):
+        window.resize(1280, height)
+        QApplication.processEvents()
+        for panel in (window.budget._gpus, window.budget._ram):
+            view = panel.plot.vb.sceneBoundingRect()
+            for label in panel.labels:
+                if label.toPlainText():
+                    rect = label.sceneBoundingRect()
+                    assert rect.top() >= view.top() - 1, (height, label.toPlainText(), rect, view)
