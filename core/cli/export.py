@@ -187,6 +187,7 @@ def render(
             health_timeout=health_timeout,
             existing=existing,
             windows=windows,
+            dialect=profile.dialect,
         )
     else:
         if profile.dialect != "mainline":
