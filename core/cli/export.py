@@ -161,7 +161,7 @@ def render(
     """
     argv, env, numactl = list(spec.argv), dict(spec.env), list(spec.numactl)
     notes: list[str] = []
-    exposed = exposure_warning(profile.settings.host)
+    exposed = exposure_warning(profile.settings.host, profile.settings.api_key)
     if exposed:
         notes.append(exposed)
     ident = model_id or default_model_id(profile)

@@ -230,6 +230,8 @@ def build_command(
         if settings.no_mmap:
             argv += ["-lm", "none"]
     argv += ["-np", str(settings.parallel), "--host", settings.host, "--port", str(settings.port)]
+    if settings.api_key:
+        argv += ["--api-key", settings.api_key]
     if settings.metrics:
         argv.append("--metrics")
     argv += list(settings.extra_args)
@@ -285,6 +287,7 @@ _WITH_VALUE = {
     "--numa",
     "--host",
     "--port",
+    "--api-key",
     "-np",
     "-mla",
     "-amb",
@@ -479,6 +482,8 @@ def parse_command(
             values["host"] = take(flag)
         elif flag == "--port":
             values["port"] = as_int(flag, take(flag))
+        elif flag == "--api-key":
+            values["api_key"] = take(flag)
         elif flag == "-np":
             values["parallel"] = as_int(flag, take(flag))
         elif flag == "-mla":

@@ -274,10 +274,12 @@ class ProcessPanel(QWidget):
         spec = self.server.spec
         if spec is None or self.server.status.phase is not Phase.READY:
             return
-        host, port = connect_host(spec.host), spec.port
+        host, port, key = connect_host(spec.host), spec.port, spec.api_key
         self.prompt_button.setEnabled(False)
         self.server.background.call(
-            lambda: send_test_prompt(host, port), self._on_prompt_done, self._on_prompt_failed
+            lambda: send_test_prompt(host, port, api_key=key),
+            self._on_prompt_done,
+            self._on_prompt_failed,
         )
 
     def _on_prompt_done(self, result: object) -> None:
