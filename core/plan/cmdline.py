@@ -157,6 +157,14 @@ def build_command(
         )
     notes = list(split.notes)
     dialect = settings.dialect
+    if dialect == "mainline" and layout.duplicate_keys:
+        # ggml/src/gguf.cpp stops at the first repeated key: "duplicate key '%s' for tensors …".
+        keys = ", ".join(repr(k) for k in layout.duplicate_keys[:3])
+        notes.append(
+            f"mainline llama.cpp refuses this file: duplicate key {keys} (the load fails with "
+            '"duplicate key"); ik_llama.cpp reads it (first value wins). Use ik_llama.cpp, '
+            "or rewrite the file without the repeated key."
+        )
     overrides = generate(layout, plan, split, dialect, graph_mode=settings.split_mode_graph)
     rpc = [d.endpoint for d in rig.rpc_devices if d.name in split.devices]
     argv: list[str] = [executable, "-m", model_path or model_argument(layout)]
