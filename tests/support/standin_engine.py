@@ -1443,10 +1443,8 @@ def main(argv: list[str]) -> int:
         status = engine.load()
         if status or engine.stop.is_set():
             return status
-        # Loaded before serving: a request accepted in between must not get mainline's 503.
-        engine.loaded.set()
-        if dialect == "ik":
-            thread = _serve(server)
+        # The ready lines are written before /health may say 200, so whoever saw 200 finds them
+        # in the log (a stop right after a 200 used to beat them: a report without "ready").
         if dialect == "ik":
             log.server(
                 "main",
@@ -1459,6 +1457,10 @@ def main(argv: list[str]) -> int:
         else:
             log.ml(f"srv  llama_server: listening on http://{o.host}:{o.port}")
             log.ml("srv  update_slots: all slots are idle")
+        # Loaded before serving: a request accepted in between must not get mainline's 503.
+        engine.loaded.set()
+        if dialect == "ik":
+            thread = _serve(server)
         if os.environ.get("STANDIN_FAIL") == "crash":
             engine.stop.wait(float(os.environ.get("STANDIN_CRASH_SECONDS", "0.2")))
             signal.signal(signal.SIGSEGV, signal.SIG_DFL)
