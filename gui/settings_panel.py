@@ -6,7 +6,9 @@ when settings change elsewhere (undo, import, opening a profile).
 
 from __future__ import annotations
 
+import functools
 import shlex
+from collections.abc import Callable
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -15,14 +17,28 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFormLayout,
     QGroupBox,
+    QHBoxLayout,
+    QLabel,
     QLineEdit,
+    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from moe_studio.core.errors import CommandError
 from moe_studio.core.gguf.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
-from moe_studio.core.plan.settings import DIALECTS, Dialect, Settings
+from moe_studio.core.plan.settings import (
+    DIALECTS,
+    INT32_MAX,
+    Dialect,
+    Settings,
+    check_api_key,
+    check_host,
+    check_number,
+    exposure_warning,
+    generate_api_key,
+)
 from moe_studio.core.units import MiB
 from moe_studio.gui.document import Document
 from moe_studio.gui.wheel import guard_wheel
@@ -37,9 +53,12 @@ def _combo(items: list[str], editable: bool = False) -> QComboBox:
     return box
 
 
-def _spin(lo: int, hi: int, step: int = 1, special: str = "") -> QSpinBox:
+def _spin(step: int = 1, special: str = "") -> QSpinBox:
+    """A number field that takes any whole number: its range is checked in core (LIMITS), so an
+    out-of-range value gets the engine's reason instead of keystrokes silently dropped. With
+    ``special`` text, 0 means "the engine's default" and is the minimum."""
     box = QSpinBox()
-    box.setRange(lo, hi)
+    box.setRange(0 if special else -INT32_MAX, INT32_MAX)
     box.setSingleStep(step)
     box.setKeyboardTracking(False)
     if special:
@@ -56,7 +75,7 @@ class SettingsPanel(QWidget):
 
         run = QGroupBox("Context and batches")
         form = QFormLayout(run)
-        self.ctx = _spin(256, 1 << 20, 1024)
+        self.ctx = _spin(1024)
         self.ctx.setToolTip("-c: context size in tokens (always written explicitly)")
         self.cache_k = _combo(list(CACHE_TYPES_IK))
         self.cache_v = _combo(list(CACHE_TYPES_IK))
@@ -66,7 +85,7 @@ class SettingsPanel(QWidget):
             "-ub: physical batch. Large values let the GPU take over RAM-resident experts during "
             "prompt processing but need a larger compute buffer (see the advice)."
         )
-        self.parallel = _spin(1, 64)
+        self.parallel = _spin()
         self.flash = QCheckBox("Flash attention (-fa on)")
         form.addRow("Context (-c)", self.ctx)
         form.addRow("K cache (-ctk)", self.cache_k)
@@ -82,7 +101,7 @@ class SettingsPanel(QWidget):
         self.dialect = _combo(["ik", "mainline"])
         self.dialect.setToolTip("ik_llama.cpp or mainline llama.cpp: flags and buffer names differ")
         self.mla = _combo(["default (3)", "0", "1", "2", "3"])
-        self.amb = _spin(0, 65536, 64, "default (256)")
+        self.amb = _spin(64, "default (256)")
         self.rtr = QCheckBox("Run-time repack (-rtr)")
         self.graph = QCheckBox("Graph split mode (-sm graph)")
         self.merge_qkv = QCheckBox("Merge Q/K/V (--merge-qkv)")
@@ -99,11 +118,26 @@ class SettingsPanel(QWidget):
 
         host = QGroupBox("Threads, NUMA and server")
         form = QFormLayout(host)
-        self.threads = _spin(0, 1024, 1, "default")
-        self.threads_batch = _spin(0, 1024, 1, "default")
+        self.threads = _spin(1, "default")
+        self.threads_batch = _spin(1, "default")
         self.numa = _combo(["", "distribute", "isolate", "numactl"])
         self.host = QLineEdit()
-        self.port = _spin(1, 65535)
+        self.port = _spin()
+        self.exposure = QLabel()
+        self.exposure.setWordWrap(True)
+        self.exposure.setObjectName("exposureWarning")
+        self.exposure.setStyleSheet("color: #8a4b00;")
+        self.api_key = QLineEdit()
+        self.api_key.setPlaceholderText("none")
+        self.api_key.setToolTip(
+            "--api-key: clients must send Authorization: Bearer KEY (/health stays public)"
+        )
+        self.generate_key = QPushButton("Generate API key")
+        self.generate_key.clicked.connect(self._generate_api_key)
+        key_row = QHBoxLayout()
+        key_row.setContentsMargins(0, 0, 0, 0)
+        key_row.addWidget(self.api_key, 1)
+        key_row.addWidget(self.generate_key)
         self.metrics = QCheckBox("Enable /metrics (--metrics)")
         self.extra = QLineEdit()
         self.extra.setPlaceholderText("extra llama-server arguments, passed verbatim")
@@ -112,21 +146,30 @@ class SettingsPanel(QWidget):
         form.addRow("NUMA (--numa)", self.numa)
         form.addRow("Host", self.host)
         form.addRow("Port", self.port)
+        form.addRow("", self.exposure)
+        form.addRow("API key", key_row)
         form.addRow("", self.metrics)
         form.addRow("Extra arguments", self.extra)
         layout.addWidget(host)
 
         budget = QGroupBox("Estimator")
         form = QFormLayout(budget)
-        self.reserve = _spin(0, 16384, 64)
+        self.reserve = _spin(64)
         self.reserve.setSuffix(" MiB")
         self.reserve.setToolTip("Memory kept free on every GPU and RPC device")
-        self.overhead = _spin(0, 16384, 50)
+        self.overhead = _spin(50)
         self.overhead.setSuffix(" MiB")
         self.overhead.setToolTip("CUDA context, cuBLAS workspace and pool slack per GPU")
         form.addRow("Reserve per device", self.reserve)
         form.addRow("CUDA overhead per GPU", self.overhead)
         layout.addWidget(budget)
+        # Why the last typed value was refused (it never reaches the plan or the undo stack).
+        self.error = QLabel()
+        self.error.setObjectName("settingsError")
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #b00020;")
+        self.error.hide()
+        layout.addWidget(self.error)
         layout.addStretch(1)
         # Fit the Settings tab at 1280 px without a horizontal scroll bar: a field that does not
         # fit beside its label goes below it, and combos do not widen to their longest item.
@@ -138,6 +181,18 @@ class SettingsPanel(QWidget):
                 QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
             )
             combo.setMinimumContentsLength(8)
+        # Each number field, the LIMITS entry core checks it against, and its unit.
+        self._limits: dict[QSpinBox, tuple[str, int]] = {
+            self.ctx: ("ctx", 1),
+            self.parallel: ("parallel", 1),
+            self.amb: ("amb", 1),
+            self.threads: ("threads", 1),
+            self.threads_batch: ("threads_batch", 1),
+            self.port: ("port", 1),
+            self.reserve: ("reserve", MiB),
+            self.overhead: ("gpu_overhead", MiB),
+        }
+        self.invalid_field: QWidget | None = None
 
         for spin in (
             self.ctx,
@@ -161,7 +216,7 @@ class SettingsPanel(QWidget):
                 line.editingFinished.connect(self._on_field_changed)
         for check in (self.flash, self.rtr, self.graph, self.merge_qkv, self.no_mmap, self.metrics):
             check.toggled.connect(self._on_field_changed)
-        for line in (self.host, self.extra):
+        for line in (self.host, self.extra, self.api_key):
             line.editingFinished.connect(self._on_field_changed)
         # Fields take focus by click or Tab only (not by the wheel), and ignore the wheel until
         # focused, so wheeling over the panel scrolls it and never adds an undo step.
@@ -196,6 +251,17 @@ class SettingsPanel(QWidget):
             self._set_combo(self.numa, s.numa)
             self.host.setText(s.host)
             self.port.setValue(s.port)
+            self.api_key.setText(s.api_key)
+            warning = exposure_warning(s.host, s.api_key)
+            self.exposure.setText(
+                "No authentication: anyone who can reach this machine can use the model. "
+                "Use 127.0.0.1, or set an API key."
+                if warning
+                else ""
+            )
+            self.exposure.setToolTip(warning or "")
+            self.exposure.setVisible(warning is not None)
+            self.generate_key.setVisible(warning is not None or bool(s.api_key))
             self.metrics.setChecked(s.metrics)
             self.extra.setText(shlex.join(s.extra_args))
             self.reserve.setValue(s.reserve // MiB)
@@ -223,26 +289,51 @@ class SettingsPanel(QWidget):
         combo.setCurrentIndex(i)
 
     def current(self) -> Settings:
-        """The settings the fields show."""
+        """The settings the fields show.
+
+        Raises:
+            CommandError: a field holds a value the engine refuses (checked by core, the flag and
+                range in the message); :attr:`invalid_field` is that field.
+        """
         s = self._document.settings
 
-        def as_int(text: str, fallback: int) -> int:
+        def checked(field: QWidget, check: Callable[[], None]) -> None:
             try:
-                return max(1, int(text))
-            except ValueError:
-                return fallback
+                check()
+            except CommandError:
+                self.invalid_field = field
+                raise
 
+        def as_int(combo: QComboBox, name: str) -> int:
+            text = combo.currentText().strip()
+            value: object = int(text) if text.lstrip("-").isdigit() else text
+            checked(combo, lambda: check_number(name, value))
+            assert isinstance(value, int)
+            return value
+
+        for spin, (name, unit) in self._limits.items():
+            number = spin.value()
+            if spin.specialValueText() and number == 0:
+                continue  # "default": not on the command line
+            checked(spin, functools.partial(check_number, name, number * unit))
+        host = self.host.text().strip() or "127.0.0.1"
+        checked(self.host, lambda: check_host(host))
+        key = self.api_key.text().strip()
+        checked(self.api_key, lambda: check_api_key(key))
         try:
             extra = tuple(shlex.split(self.extra.text()))
-        except ValueError:
-            extra = s.extra_args
+        except ValueError as exc:
+            self.invalid_field = self.extra
+            raise CommandError(f"Extra arguments: {exc} (unbalanced quotes?).") from None
+        batch = as_int(self.batch, "batch")
+        ubatch = as_int(self.ubatch, "ubatch")
         mla_index = self.mla.currentIndex()
         return s.with_(
             ctx=self.ctx.value(),
             cache_type_k=self.cache_k.currentText(),
             cache_type_v=self.cache_v.currentText(),
-            batch=as_int(self.batch.currentText(), s.batch),
-            ubatch=as_int(self.ubatch.currentText(), s.ubatch),
+            batch=batch,
+            ubatch=ubatch,
             parallel=self.parallel.value(),
             flash_attn=self.flash.isChecked(),
             dialect=self.dialect.currentText(),
@@ -255,8 +346,9 @@ class SettingsPanel(QWidget):
             threads=self.threads.value() or None,
             threads_batch=self.threads_batch.value() or None,
             numa=self.numa.currentText(),
-            host=self.host.text().strip() or "127.0.0.1",
+            host=host,
             port=self.port.value(),
+            api_key=key,
             metrics=self.metrics.isChecked(),
             extra_args=extra,
             reserve=self.reserve.value() * MiB,
@@ -266,7 +358,31 @@ class SettingsPanel(QWidget):
     def _on_field_changed(self, *_: object) -> None:
         if self._updating:
             return
-        self._document.set_settings(self.current())
+        try:
+            settings = self.current()
+        except CommandError as exc:
+            # Say why next to the fields, mark the field, show the document's settings again:
+            # the refused value never reaches the plan or the undo stack.
+            field = self.invalid_field
+            self.load()
+            self._show_error(str(exc), field)
+            return
+        if settings == self._document.settings:
+            return  # nothing changed (an editable combo reports one edit twice): keep any message
+        self.invalid_field = None
+        self._show_error("")
+        self._document.set_settings(settings)
+
+    def _show_error(self, message: str, field: QWidget | None = None) -> None:
+        fields = (*self._limits, self.batch, self.ubatch, self.host, self.api_key, self.extra)
+        for widget in fields:
+            widget.setStyleSheet("border: 1px solid #b00020;" if widget is field else "")
+        self.error.setText(message)
+        self.error.setVisible(bool(message))
+
+    def _generate_api_key(self) -> None:
+        self.api_key.setText(generate_api_key())
+        self._on_field_changed()
 
     def _on_dialect_changed(self, *_: object) -> None:
         if self._updating:

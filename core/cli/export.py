@@ -166,7 +166,7 @@ def render(
     """
     argv, env, numactl = list(spec.argv), dict(spec.env), list(spec.numactl)
     notes: list[str] = []
-    exposed = exposure_warning(profile.settings.host)
+    exposed = exposure_warning(profile.settings.host, profile.settings.api_key)
     if exposed:
         notes.append(exposed)
     ident = model_id or default_model_id(profile)
@@ -192,6 +192,7 @@ def render(
             health_timeout=health_timeout,
             existing=existing,
             windows=windows,
+            dialect=profile.dialect,
         )
     else:
         if profile.dialect != "mainline":

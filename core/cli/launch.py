@@ -105,6 +105,7 @@ _OVERRIDES = (
     "parallel",
     "host",
     "port",
+    "api_key",
     "no_mmap",
     "extra",
 )
@@ -142,9 +143,6 @@ def _from_profile(
         layout = catalog.load(profile.model.source)
     require_model(profile, layout)
     planner, plan = planner_from_profile(profile, layout)
-    exposed = exposure_warning(profile.settings.host)
-    if exposed:
-        notes.append(exposed)
     given = {k for k in _OVERRIDES if getattr(args, k, None) != defaults.get(k)}
     if given:
         # The plan options the user typed win over the profile's settings.
@@ -164,6 +162,7 @@ def _from_profile(
             "parallel": ("parallel",),
             "host": ("host",),
             "port": ("port",),
+            "api_key": ("api_key",),
             "no_mmap": ("no_mmap",),
             "extra": ("extra_args",),
         }
@@ -171,6 +170,9 @@ def _from_profile(
             for name in fields[key]:
                 changes[name] = getattr(wanted, name)
         planner.update(settings=planner.settings.with_(**changes))
+    exposed = exposure_warning(planner.settings.host, planner.settings.api_key)
+    if exposed:
+        notes.append(exposed)
     if args.gpu or args.rpc or args.ram or args.rig:
         planner.update(rig=_rig(args))
     for rule in args.pin:
@@ -334,7 +336,11 @@ class _Watcher:
             now = time.monotonic()
             if now - last_poll >= POLL_INTERVAL:
                 last_poll = now
-                self.tracker.on_poll(poll_health(connect_host(self.spec.host), self.spec.port))
+                self.tracker.on_poll(
+                    poll_health(
+                        connect_host(self.spec.host), self.spec.port, api_key=self.spec.api_key
+                    )
+                )
             if deadline is not None and now - self.t0 > deadline:
                 self.tracker.on_stop_requested()
                 self.tracker.on_exit(self.run.stop())
@@ -433,7 +439,9 @@ def _cmd_launch(args: argparse.Namespace) -> int:
                 watcher.calibrate()
             if args.test_prompt:
                 try:
-                    answer = send_test_prompt(connect_host(spec.host), spec.port, args.test_prompt)
+                    answer = send_test_prompt(
+                        connect_host(spec.host), spec.port, args.test_prompt, api_key=spec.api_key
+                    )
                     out.write(f"test prompt: {answer.summary}\n")
                 except EngineError as exc:
                     out.write(f"test prompt failed: {exc}\n")

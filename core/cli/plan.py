@@ -18,7 +18,13 @@ from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan.memory import COMPUTE_MARGIN, ComputeSource, DeviceBudget
 from moe_studio.core.plan.placement import Plan, as_mapping, initial_plan
 from moe_studio.core.plan.planning import Planner, PlanResult, apply_pin
-from moe_studio.core.plan.settings import DIALECTS, Settings, exposure_warning
+from moe_studio.core.plan.settings import (
+    API_KEY_AUTO,
+    DIALECTS,
+    Settings,
+    exposure_warning,
+    generate_api_key,
+)
 from moe_studio.core.units import format_bytes, parse_memory
 
 if TYPE_CHECKING:
@@ -75,6 +81,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--parallel", "-np", type=int, help="slots (default 1)")
     run.add_argument("--host", help="bind address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="port (default 8080)")
+    run.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="clients must send this key (Authorization: Bearer KEY); 'auto' generates one, "
+        "kept in the saved profile. Use it with a --host other than 127.0.0.1",
+    )
     run.add_argument("--no-mmap", action="store_true")
     run.add_argument(
         "--extra",
@@ -160,6 +172,11 @@ def _rig(args: argparse.Namespace) -> Rig:
     return replace(rig, host=host, devices=(*rpc, *gpus))
 
 
+def _api_key(given: str | None) -> str | None:
+    """``--api-key``: ``auto`` → a new random key; otherwise as typed (None: not given)."""
+    return generate_api_key() if given == API_KEY_AUTO else given
+
+
 def _settings(args: argparse.Namespace, base: Settings) -> Settings:
     given = {
         "dialect": args.dialect,
@@ -167,6 +184,7 @@ def _settings(args: argparse.Namespace, base: Settings) -> Settings:
         "parallel": args.parallel,
         "host": args.host,
         "port": args.port,
+        "api_key": _api_key(getattr(args, "api_key", None)),
     }
     changes: dict[str, object] = {k: v for k, v in given.items() if v is not None}
     if args.cache:
@@ -210,7 +228,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
         base = imported.settings
         notes += imported.notes
     settings = _settings(args, base)
-    exposed = exposure_warning(settings.host)
+    exposed = exposure_warning(settings.host, settings.api_key)
     if exposed:
         notes.append(exposed)
     for rule in args.pin:

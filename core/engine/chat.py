@@ -97,9 +97,11 @@ def stream_chat(
     cancelled: Callable[[], bool] = lambda: False,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     timeout: float = 300.0,
+    api_key: str = "",
 ) -> PromptResult:
     """Send ``prompt`` as one user message; ``on_text`` gets the reply piece by piece (on the
-    calling thread). Returns the whole reply and the server's speeds.
+    calling thread), ``api_key`` goes as a Bearer token when given. Returns the whole reply and
+    the server's speeds.
 
     Raises:
         EngineError: no answer, or an HTTP error (with the server's message).
@@ -111,14 +113,14 @@ def stream_chat(
         "max_tokens": max_tokens,
         "stream": True,
     }
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     conn = http.client.HTTPConnection(connect_host(host), port, timeout=timeout)
     try:
         try:
             conn.request(
-                "POST",
-                "/v1/chat/completions",
-                body=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+                "POST", "/v1/chat/completions", body=json.dumps(body).encode(), headers=headers
             )
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:

@@ -251,11 +251,14 @@ def _request(
     path: str,
     body: object | None,
     timeout: float,
+    api_key: str = "",
 ) -> tuple[int, str]:
     conn = http.client.HTTPConnection(connect_host(host), port, timeout=timeout)
     try:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         conn.request(method, path, body=data, headers=headers)
         response = conn.getresponse()
         return response.status, response.read().decode("utf-8", "replace")
@@ -263,10 +266,16 @@ def _request(
         conn.close()
 
 
-def poll_health(host: str, port: int, *, timeout: float = HEALTH_TIMEOUT) -> PollOutcome:
-    """One ``GET /health`` with a short timeout; never raises."""
+def poll_health(
+    host: str, port: int, *, timeout: float = HEALTH_TIMEOUT, api_key: str = ""
+) -> PollOutcome:
+    """One ``GET /health`` with a short timeout; never raises.
+
+    ``/health`` is public in both engines even with ``--api-key``; the key is sent anyway
+    (``Authorization: Bearer``), so a server or proxy that guards it still answers.
+    """
     try:
-        status, text = _request(host, port, "GET", "/health", None, timeout)
+        status, text = _request(host, port, "GET", "/health", None, timeout, api_key)
     except ConnectionRefusedError:
         return PollOutcome(PollKind.REFUSED)
     except TimeoutError:
@@ -314,21 +323,27 @@ def send_test_prompt(
     *,
     n_predict: int = 32,
     timeout: float = 300.0,
+    api_key: str = "",
 ) -> PromptResult:
-    """Send one completion and return its speeds.
+    """Send one completion and return its speeds (with ``api_key`` as a Bearer token if given).
 
     Raises:
         EngineError: the server did not answer, answered an error, or gave no timings.
     """
     body = {"prompt": prompt, "n_predict": n_predict, "cache_prompt": False}
     try:
-        status, text = _request(host, port, "POST", "/completion", body, timeout)
+        status, text = _request(host, port, "POST", "/completion", body, timeout, api_key)
     except (OSError, http.client.HTTPException) as exc:
         raise EngineError(f"The test prompt got no answer from {host}:{port}: {exc}.") from exc
     try:
         data = json.loads(text)
     except ValueError:
         data = None
+    if status == 401:
+        raise EngineError(
+            "The server refused the test prompt (HTTP 401, invalid API key): it was started "
+            "with an --api-key other than the one MoE Studio sent."
+        )
     if status != 200 or not isinstance(data, dict):
         message = _error_message(data) or text[:200]
         raise EngineError(f"The test prompt failed with HTTP {status}: {message}")
@@ -370,14 +385,16 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def fetch_metrics(host: str, port: int, *, timeout: float = 2.0) -> dict[str, float]:
+def fetch_metrics(
+    host: str, port: int, *, timeout: float = 2.0, api_key: str = ""
+) -> dict[str, float]:
     """``GET /metrics`` parsed.
 
     Raises:
         EngineError: no answer, or the server runs without ``--metrics``.
     """
     try:
-        status, text = _request(host, port, "GET", "/metrics", None, timeout)
+        status, text = _request(host, port, "GET", "/metrics", None, timeout, api_key)
     except (OSError, http.client.HTTPException) as exc:
         raise EngineError(f"/metrics got no answer from {host}:{port}: {exc}.") from exc
     if status != 200:

@@ -88,6 +88,7 @@ class LaunchSpec:
         cwd: The working folder (None: ours).
         host: Where the server listens (from ``--host``).
         port: Its port (from ``--port``).
+        api_key: The key clients must send (from ``--api-key``; empty when none).
         dialect: The engine flavour the argv is written for.
         uses_rpc: The argv has ``--rpc``.
         notes: What the builder changed or could not do, as sentences.
@@ -99,6 +100,7 @@ class LaunchSpec:
     cwd: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    api_key: str = ""
     dialect: Flavour = "unknown"
     uses_rpc: bool = False
     notes: tuple[str, ...] = ()
@@ -223,6 +225,7 @@ def build_launch_spec(
         cwd=cwd,
         host=host,
         port=port,
+        api_key=option_value(argv, "--api-key") or "",
         dialect=dialect,
         uses_rpc="--rpc" in argv,
         notes=tuple(notes),

@@ -121,6 +121,7 @@ class ModelLayout:
     metadata: Mapping[str, MetaValue] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     recipe: str = ""
+    duplicate_keys: tuple[str, ...] = ()  # metadata keys stored twice (mainline refuses these)
 
     @property
     def is_catalog(self) -> bool:
@@ -423,6 +424,7 @@ def layout_from_gguf(model: GGUFModel) -> ModelLayout:
         shard_paths=tuple(s.path for s in model.shards),
         metadata=meta,
         warnings=model.warnings,
+        duplicate_keys=model.duplicate_keys,
     )
 
 

@@ -139,6 +139,8 @@ class GGUFHeader:
     data_start: int
     file_size: int | None
     warnings: tuple[str, ...] = ()
+    # Keys stored more than once (ik keeps the first value; mainline refuses the file).
+    duplicate_keys: tuple[str, ...] = ()
     # Where each metadata key's record starts in the file, for error messages about its value.
     key_offsets: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -156,6 +158,11 @@ class GGUFModel:
 
     shards: tuple[GGUFHeader, ...]
     warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def duplicate_keys(self) -> tuple[str, ...]:
+        """Metadata keys stored more than once in a shard, each named once."""
+        return tuple(dict.fromkeys(k for s in self.shards for k in s.duplicate_keys))
 
     @property
     def first(self) -> GGUFHeader:
@@ -438,6 +445,7 @@ def _parse(r: _Reader, load_arrays: frozenset[str]) -> GGUFHeader:
     key_offsets: dict[str, int] = {}
     key_types: dict[str, int] = {}
     warnings: list[str] = []
+    duplicates: list[str] = []
     for _ in range(n_kv):
         key_at = r.pos
         key = r.string("a metadata key")
@@ -445,10 +453,13 @@ def _parse(r: _Reader, load_arrays: frozenset[str]) -> GGUFHeader:
         value = _read_value(r, vtype, key, key_at, key in load_arrays)
         if key in metadata:
             # ik_llama.cpp keeps the first value (gguf_find_key returns the first match);
-            # mainline llama.cpp refuses the file.
+            # mainline llama.cpp refuses the file (ggml/src/gguf.cpp: "duplicate key '%s' for
+            # tensors %zu and %" PRIi64, then the load fails).
+            duplicates.append(key)
             warnings.append(
                 f"metadata key {key!r} appears twice (again at byte {key_at}); the first value "
-                "is used, as ik_llama.cpp does, and mainline llama.cpp refuses this file"
+                "is used, as ik_llama.cpp does; mainline llama.cpp refuses this file: "
+                f"duplicate key {key!r}"
             )
             continue
         metadata[key] = value
@@ -516,6 +527,7 @@ def _parse(r: _Reader, load_arrays: frozenset[str]) -> GGUFHeader:
         data_start=data_start,
         file_size=r.size,
         warnings=tuple(warnings),
+        duplicate_keys=tuple(dict.fromkeys(duplicates)),
         key_offsets=key_offsets,
     )
 

@@ -163,6 +163,14 @@ def build_command(
         )
     notes = list(split.notes)
     dialect = settings.dialect
+    if dialect == "mainline" and layout.duplicate_keys:
+        # ggml/src/gguf.cpp stops at the first repeated key: "duplicate key '%s' for tensors …".
+        keys = ", ".join(repr(k) for k in layout.duplicate_keys[:3])
+        notes.append(
+            f"mainline llama.cpp refuses this file: duplicate key {keys} (the load fails with "
+            '"duplicate key"); ik_llama.cpp reads it (first value wins). Use ik_llama.cpp, '
+            "or rewrite the file without the repeated key."
+        )
     overrides = generate(layout, plan, split, dialect, graph_mode=settings.split_mode_graph)
     rpc = [d.endpoint for d in rig.rpc_devices if d.name in split.devices]
     argv: list[str] = [executable, "-m", model_path or model_argument(layout)]
@@ -233,6 +241,8 @@ def build_command(
         if settings.no_mmap:
             argv += ["-lm", "none"]
     argv += ["-np", str(settings.parallel), "--host", settings.host, "--port", str(settings.port)]
+    if settings.api_key:
+        argv += ["--api-key", settings.api_key]
     if settings.metrics:
         argv.append("--metrics")
     argv += list(settings.extra_args)
@@ -288,6 +298,7 @@ _WITH_VALUE = {
     "--numa",
     "--host",
     "--port",
+    "--api-key",
     "-np",
     "-mla",
     "-amb",
@@ -482,6 +493,8 @@ def parse_command(
             values["host"] = take(flag)
         elif flag == "--port":
             values["port"] = as_int(flag, take(flag))
+        elif flag == "--api-key":
+            values["api_key"] = take(flag)
         elif flag == "-np":
             values["parallel"] = as_int(flag, take(flag))
         elif flag == "-mla":

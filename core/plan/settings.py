@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
@@ -78,17 +79,58 @@ def check_extra_args(value: object) -> None:
 
 
 _LOOPBACK = ("127.", "::1", "localhost")
+MAX_API_KEY = 256
+API_KEY_AUTO = "auto"
 
 
-def exposure_warning(host: str) -> str | None:
-    """A warning when ``host`` makes llama-server listen beyond this machine, else None."""
-    if host.startswith(_LOOPBACK) or host == "[::1]":
+def check_api_key(value: object) -> None:
+    """Refuse an ``--api-key`` that the engines or an HTTP header would change.
+
+    llama.cpp splits ``--api-key`` at commas (several keys), the key travels in an
+    ``Authorization: Bearer`` header (printable ASCII, no blanks), and an argument starting with
+    ``-`` reads as an option to tools that parse the command again. Empty means no key.
+
+    Raises:
+        CommandError: the message names ``--api-key`` and what it needs.
+    """
+    if not isinstance(value, str):
+        raise CommandError("--api-key must be text.")
+    if not value:
+        return
+    if (
+        len(value) > MAX_API_KEY
+        or value.startswith("-")
+        or not all("!" <= c <= "~" and c != "," for c in value)
+    ):
+        raise CommandError(
+            f"--api-key: use 1..{MAX_API_KEY} printable ASCII characters without blanks or "
+            "commas, not starting with '-' (or --api-key auto to generate one)."
+        )
+
+
+def generate_api_key() -> str:
+    """A new random API key: 32 URL-safe characters (192 bits), never starting with ``-``."""
+    while True:
+        key = secrets.token_urlsafe(24)
+        if not key.startswith("-"):
+            return key
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    return host.startswith(_LOOPBACK) or host == "[::1]"
+
+
+def exposure_warning(host: str, api_key: str = "") -> str | None:
+    """A warning when ``host`` makes llama-server listen beyond this machine without an API key,
+    else None."""
+    if is_loopback(host) or api_key:
         return None
     everywhere = host in ("0.0.0.0", "::", "[::]", "*")
     where = "on every network interface" if everywhere else f"on {host}"
     return (
         f"--host {host}: llama-server will listen {where} with no authentication; anyone who "
-        "can reach this machine can use the model (use 127.0.0.1, or an --api-key)"
+        "can reach this machine can use the model (use 127.0.0.1, or --api-key auto)"
     )
 
 
@@ -97,6 +139,7 @@ def validate_settings(settings: Settings) -> None:
     for name in LIMITS:
         check_number(name, getattr(settings, name))
     check_host(settings.host)
+    check_api_key(settings.api_key)
     check_extra_args(settings.extra_args)
 
 
@@ -120,6 +163,7 @@ class Settings:
     numa: NumaMode = ""
     host: str = "127.0.0.1"
     port: int = 8080
+    api_key: str = ""  # --api-key; empty: none (kept in the profile, sent by the health poll)
     no_mmap: bool = False
     metrics: bool = False
     # ik_llama.cpp only

@@ -66,6 +66,8 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString, LiteralScalarStri
 from ruamel.yaml.tokens import CommentToken
 
 from moe_studio.core.errors import ExportError
+from moe_studio.core.plan.engine_options import split_options
+from moe_studio.core.plan.settings import Dialect
 
 __all__ = [
     "DEFAULT_HEALTH_CHECK_TIMEOUT",
@@ -458,17 +460,25 @@ def _swap_windows_quote(arg: str) -> str:
 
 
 def llama_swap_cmd(
-    argv: Sequence[str], *, numactl: Sequence[str] = (), windows: bool = False
+    argv: Sequence[str],
+    *,
+    numactl: Sequence[str] = (),
+    windows: bool = False,
+    dialect: Dialect = "ik",
 ) -> str:
-    """The ``cmd`` text of a llama-swap model, with ``${PORT}`` as the value of ``--port``.
+    """The ``cmd`` text of a llama-swap model, with exactly one ``--port ${PORT}``.
 
-    The value of every ``--port`` (or ``--port=N``) becomes ``${PORT}``; without one,
-    ``--port ${PORT}`` is appended. One option per line (llama-swap treats line breaks as blanks).
+    The first ``--port N`` (or ``--port=N``) becomes ``--port ${PORT}`` and any later one is left
+    out; without one, ``--port ${PORT}`` is appended. Options and their values are read with the
+    engine's own argument table (:mod:`moe_studio.core.plan.engine_options`), so a value that is
+    spelled ``--port`` (``--alias --port``) stays a value. One option per line (llama-swap treats
+    line breaks as blanks).
 
     Args:
         argv: The launch argv (``argv[0]`` is llama-server).
         numactl: Optional prefix argv.
         windows: Quote for llama-swap running on Windows (its ``shlex.Windows`` splitter).
+        dialect: The engine's dialect, whose option table decides what is a value.
 
     Raises:
         ExportError: a NUL character, or a line break in an argument when ``windows`` is set.
@@ -479,25 +489,21 @@ def llama_swap_cmd(
     tokens: list[str] = []
     options: list[bool] = []
     has_port = False
-    rest = args[1:]
-    i = 0
-    while i < len(rest):
-        token = rest[i]
-        if token == "--port":
+    for group in split_options(args[1:], dialect):
+        option = group[0]
+        if option == "--port" or option.startswith("--port="):
+            if has_port:
+                continue  # llama-swap chooses the port: one --port is all the engine may see
+            if "=" in option:
+                tokens.append("--port=" + PORT_MACRO)
+                options.append(True)
+            else:
+                tokens += ["--port", PORT_MACRO]
+                options += [True, False]
             has_port = True
-            tokens.append(token)
-            options.append(True)
-            tokens.append(PORT_MACRO)
-            options.append(False)
-            i += 2
             continue
-        if token.startswith("--port="):
-            has_port = True
-            tokens.append("--port=" + PORT_MACRO)
-        else:
-            tokens.append(quote(token))
-        options.append(_is_option(token))
-        i += 1
+        tokens += [quote(t) for t in group]
+        options += [_is_option(option)] + [False] * (len(group) - 1)
     if not has_port:
         tokens += ["--port", PORT_MACRO]
         options += [True, False]
@@ -505,14 +511,14 @@ def llama_swap_cmd(
     return "\n".join(lines)
 
 
-def _proxy_host(argv: Sequence[str]) -> str:
+def _proxy_host(argv: Sequence[str], dialect: Dialect) -> str:
     """The address llama-swap should proxy to, from ``--host`` (loopback by default)."""
     host = "127.0.0.1"
-    for i, token in enumerate(argv):
-        if token == "--host" and i + 1 < len(argv):
-            host = argv[i + 1]
-        elif token.startswith("--host="):
-            host = token.split("=", 1)[1]
+    for group in split_options(list(argv[1:]), dialect):
+        if group[0] == "--host" and len(group) == 2:
+            host = group[1]
+        elif group[0].startswith("--host="):
+            host = group[0].split("=", 1)[1]
     if host in ("", "0.0.0.0", "::", "[::]") or "," in host or host.endswith(".sock"):
         return "127.0.0.1"
     if ":" in host and not host.startswith("["):
@@ -527,6 +533,7 @@ def llama_swap_model(
     numactl: Sequence[str] = (),
     ttl: int = 0,
     windows: bool = False,
+    dialect: Dialect = "ik",
 ) -> dict[str, Any]:
     """One llama-swap ``models.<id>`` entry: cmd, env, proxy, checkEndpoint and ttl.
 
@@ -537,6 +544,7 @@ def llama_swap_model(
         ttl: Seconds of inactivity before llama-swap unloads the model; 0 never unloads, -1 uses
             the config's ``globalTTL``.
         windows: Quote ``cmd`` for llama-swap running on Windows.
+        dialect: The engine's dialect (see :func:`llama_swap_cmd`).
 
     Raises:
         ExportError: see :func:`llama_swap_cmd`; an environment value containing ``${`` (which
@@ -551,10 +559,12 @@ def llama_swap_model(
                 f"The value of {name} contains '${{', which llama-swap expands as a macro; "
                 "it cannot be escaped in an env entry."
             )
-    entry: dict[str, Any] = {"cmd": llama_swap_cmd(args, numactl=prefix, windows=windows)}
+    entry: dict[str, Any] = {
+        "cmd": llama_swap_cmd(args, numactl=prefix, windows=windows, dialect=dialect)
+    }
     if variables:
         entry["env"] = [f"{name}={value}" for name, value in variables.items()]
-    entry["proxy"] = f"http://{_proxy_host(args)}:{PORT_MACRO}"
+    entry["proxy"] = f"http://{_proxy_host(args, dialect)}:{PORT_MACRO}"
     entry["checkEndpoint"] = "/health"
     entry["ttl"] = ttl
     return entry
@@ -818,6 +828,7 @@ def llama_swap_config(
     health_timeout: int | None = None,
     existing: str = "",
     windows: bool = False,
+    dialect: Dialect = "ik",
 ) -> str:
     """A llama-swap config with this model, new or merged into ``existing``.
 
@@ -828,7 +839,7 @@ def llama_swap_config(
     Raises:
         ExportError: see :func:`llama_swap_model` and :func:`merge_llama_swap_config`.
     """
-    entry = llama_swap_model(argv, env, numactl=numactl, ttl=ttl, windows=windows)
+    entry = llama_swap_model(argv, env, numactl=numactl, ttl=ttl, windows=windows, dialect=dialect)
     timeout = health_timeout
     if timeout is None:
         timeout = suggest_health_check_timeout(load_seconds_estimate)
@@ -937,9 +948,10 @@ def router_preset_ini(
 
     Options become ``long-name = value`` (flags ``= true``); ``argv[0]``, ``--host``, ``--port``,
     ``--alias`` and the API key are left out because the router sets them. Which token is a value
-    is read from its shape: a token starting with ``-`` and a letter is an option, anything else
-    (``-1`` too) is the value of the option before it. The preset is mainline-only:
-    ik_llama.cpp has no router.
+    is read from mainline's argument table (:mod:`moe_studio.core.plan.engine_options`):
+    ``--log-file -x`` keeps ``-x`` as the file name; an option missing from the table takes the
+    next token unless it looks like an option. The preset is mainline-only: ik_llama.cpp has no
+    router.
 
     Args:
         model_id: Section name: the id clients ask the router for.
@@ -957,10 +969,10 @@ def router_preset_ini(
     _check_preset_section(model_id)
 
     parsed: list[tuple[str, str, str | None]] = []  # (as written, key, value or None for a flag)
-    rest = args[1:]
-    i = 0
-    while i < len(rest):
-        token = rest[i]
+    # The router is mainline's: read options and values with mainline's argument table, so a
+    # value that starts with "-" (--log-file -x, -c -1) stays the option's value.
+    for group in split_options(args[1:], "mainline"):
+        token = group[0]
         if not _is_option(token):
             raise ExportError(
                 f"{token!r} follows no option; a llama-server preset holds only options."
@@ -969,15 +981,15 @@ def router_preset_ini(
         key = _PRESET_LONG_NAMES.get(name, name)
         if not _INI_KEY.match(key):
             raise ExportError(f"The option {token} cannot be written as a preset key.")
+        if len(group) > 2:
+            raise ExportError(
+                f"{token} takes {len(group) - 1} values, but a llama-server preset holds one "
+                "value per option. Use the shell script or the llama-swap export instead."
+            )
         if eq:
             parsed.append((token.partition("=")[0], key, inline))
-            i += 1
-        elif i + 1 < len(rest) and not _is_option(rest[i + 1]):
-            parsed.append((token, key, rest[i + 1]))
-            i += 2
         else:
-            parsed.append((token, key, None))
-            i += 1
+            parsed.append((token, key, group[1] if len(group) == 2 else None))
 
     dropped = [written for written, key, _ in parsed if key in _PRESET_ROUTER_KEYS]
     parsed = [item for item in parsed if item[1] not in _PRESET_ROUTER_KEYS]

@@ -386,7 +386,7 @@ class ProcessPanel(QWidget):
         if spec is None or self.server.status.phase is not Phase.READY or self._prompting:
             return False
         prompt = self.prompt_edit.text().strip() or DEFAULT_PROMPT
-        host, port = connect_host(spec.host), spec.port
+        host, port, key = connect_host(spec.host), spec.port, spec.api_key
         self._prompting = True
         self._prompt_cancel = False
         self.last_prompt = None
@@ -396,7 +396,12 @@ class ProcessPanel(QWidget):
         emit = self._reply_relay.text_received.emit
         self.server.background.call(
             lambda: stream_chat(
-                host, port, prompt, on_text=emit, cancelled=lambda: self._prompt_cancel
+                host,
+                port,
+                prompt,
+                on_text=emit,
+                cancelled=lambda: self._prompt_cancel,
+                api_key=key,
             ),
             self._on_prompt_done,
             self._on_prompt_failed,

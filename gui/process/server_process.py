@@ -261,9 +261,9 @@ class ServerProcess(QObject):
             self._poll_timer.stop()
             return
         self._polling = True
-        host, port = connect_host(self.spec.host), self.spec.port
+        host, port, key = connect_host(self.spec.host), self.spec.port, self.spec.api_key
         self.background.call(
-            lambda: poll_health(host, port), self._on_poll_done, self._on_poll_error
+            lambda: poll_health(host, port, api_key=key), self._on_poll_done, self._on_poll_error
         )
 
     def _on_poll_done(self, outcome: object) -> None:

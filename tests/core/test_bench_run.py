@@ -3,7 +3,6 @@ subprocesses), cancelling, and S_PP/S_TG against N_KV from either tool."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -171,11 +170,11 @@ def test_cancel_keeps_the_rows_so_far(
     )
     run = BenchRun(spec)
     text: list[str] = []
-    t0 = time.monotonic()
     outcome = run.run(
         cancelled=lambda: '"n_kv": 64' in "".join(text), on_output=text.append, poll=0.05
     )
-    assert time.monotonic() - t0 < 5  # 128 steps of 0.2 s would take 25 s
+    # Cancelled early, counted in steps rather than seconds: the sweep has 128 of them.
+    assert len(outcome.points) < 128
     assert outcome.cancelled and outcome.exit.requested
     assert outcome.error.startswith("The benchmark was cancelled; the ")
     assert [p.n_kv for p in outcome.points][:2] == [0, 64]

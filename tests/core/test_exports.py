@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moe_studio.core.errors import ExportError
+from moe_studio.core.plan.engine_options import option_arity
 from moe_studio.core.profiles.exports import (
     ExportFormat,
     bash_script,
@@ -367,22 +368,29 @@ def swap_argv(cmd: str, port: int, *, windows: bool = False) -> list[str]:
 
 
 def _expected_with_port(argv: Sequence[str], port: int) -> list[str]:
-    """``argv`` with every --port value (or a missing one) set to ``port``."""
-    out: list[str] = []
+    """``argv`` with its first --port set to ``port`` and later ones dropped (or one added).
+
+    Options and values are told apart with ik_llama.cpp's argument table, as the engine does.
+    """
+    out = [argv[0]]
     found = False
-    i = 0
+    i = 1
     while i < len(argv):
-        if argv[i] == "--port":
-            out += ["--port", str(port)]
-            found = True
-            i += 2
-            continue
-        if argv[i].startswith("--port="):
-            out.append(f"--port={port}")
-            found = True
+        token = argv[i]
+        if re.match("--?[A-Za-z]", token) and not (token.startswith("--") and "=" in token):
+            arity = option_arity(token, "ik")
+            if arity is None:
+                arity = int(i + 1 < len(argv) and not re.match("--?[A-Za-z]", argv[i + 1]))
         else:
-            out.append(argv[i])
-        i += 1
+            arity = 0
+        group = list(argv[i : i + 1 + arity])
+        i += 1 + arity
+        if token == "--port" or token.startswith("--port="):
+            if not found:
+                out += ["--port", str(port)] if token == "--port" else [f"--port={port}"]
+            found = True
+            continue
+        out += group
     return out if found else [*out, "--port", str(port)]
 
 
@@ -430,6 +438,22 @@ def test_llama_swap_cmd_adds_a_port_and_handles_port_equals() -> None:
     assert swap_argv(llama_swap_cmd(["/x", "--port=1"]), 9) == ["/x", "--port=9"]
     cmd = llama_swap_cmd(["/x", "-m", "a b", "--port", "1", "-c", "4096"])
     assert cmd == "/x\n  -m 'a b'\n  --port ${PORT}\n  -c 4096"
+
+
+def test_llama_swap_cmd_has_exactly_one_port() -> None:
+    # A literal --port in the extra arguments: one --port ${PORT}, nothing appended after it.
+    argv = ["/x", "-m", "a", "--port", "8080", "--metrics", "--port", "9000"]
+    cmd = llama_swap_cmd(argv)
+    assert cmd.count("--port") == 1
+    assert swap_argv(cmd, 9) == ["/x", "-m", "a", "--port", "9", "--metrics"]
+    assert swap_argv(llama_swap_cmd(["/x", "--port=1", "--port", "2"]), 9) == ["/x", "--port=9"]
+    # "--port" as the value of another option is that option's value, not a port.
+    cmd = llama_swap_cmd(["/x", "--alias", "--port", "--port", "8080"])
+    assert swap_argv(cmd, 9) == ["/x", "--alias", "--port", "--port", "9"]
+    # A value starting with "-" stays with its option (mainline and ik tables alike).
+    for dialect in ("ik", "mainline"):
+        cmd = llama_swap_cmd(["/x", "--log-file", "-x", "-c", "-1"], dialect=dialect)
+        assert cmd == "/x\n  --log-file -x\n  -c -1\n  --port ${PORT}"
 
 
 def test_llama_swap_windows_refuses_line_breaks() -> None:
@@ -957,6 +981,23 @@ def test_router_preset_refusals(argv: list[str], message: str) -> None:
         router_preset_ini("m", argv)
 
 
+def test_router_preset_keeps_values_that_start_with_a_dash() -> None:
+    argv = ["/x", "--log-file", "-x", "-c", "-1", "--jinja", "--alias", "--port", "--special"]
+    ini = router_preset_ini("m", argv)
+    assert parse_preset(ini)["m"] == {
+        "log-file": "-x",
+        "ctx-size": "-1",
+        "jinja": "true",
+        "special": "true",
+    }
+    assert "x = true" not in ini
+
+
+def test_router_preset_refuses_an_option_with_two_values() -> None:
+    with pytest.raises(ExportError, match="takes 2 values"):
+        router_preset_ini("m", ["/x", "--control-vector-layer-range", "1", "5"])
+
+
 def test_router_preset_accepts_moe_options_before_ot() -> None:
     parsed = parse_preset(router_preset_ini("m", ["/x", "-ncmoe", "3", "-ot", "a=CUDA0"]))
     assert parsed["m"] == {"n-cpu-moe": "3", "override-tensor": "a=CUDA0"}
@@ -969,9 +1010,9 @@ def test_router_preset_refuses_bad_section_names(model_id: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(value=_ARG_TEXT.filter(lambda v: not re.match("--?[A-Za-z]", v)))
+@given(value=_ARG_TEXT)
 def test_router_preset_values_round_trip_or_are_refused(value: str) -> None:
-    # (A value shaped like an option is read as one: the documented heuristic.)
+    # --chat-template takes a value whatever it looks like (mainline's argument table).
     argv = ["/x", "--chat-template", value]
     unrepresentable = any(c in value for c in ";#\r\n") or value != value.strip(" \t")
     try:

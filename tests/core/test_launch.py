@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from moe_studio.core.engine.health import (
     send_test_prompt,
 )
 from moe_studio.core.engine.launch import (
+    ExitInfo,
     ExitKind,
     LaunchSpec,
     LogHistory,
@@ -108,14 +110,14 @@ class Watch:
             if self.tracker.on_poll(outcome):
                 self.labels.append(self.tracker.status.label)
 
-    def until_polled(self, seen: PollKind | int, timeout: float = 15.0) -> None:
+    def until_polled(self, seen: PollKind | int, timeout: float = 120.0) -> None:
         """Poll until one /health poll came back as ``seen``."""
         end = time.monotonic() + timeout
         while seen not in self.polls:
             assert time.monotonic() < end, f"no {seen} in {self.polls}"
             self._tick(poll=True)
 
-    def until(self, *phases: Phase, timeout: float = 15.0, poll: bool = True) -> Phase:
+    def until(self, *phases: Phase, timeout: float = 120.0, poll: bool = True) -> Phase:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             self._tick(poll)
@@ -174,11 +176,15 @@ def test_launch_progress_ready_prompt_stop(
     assert watch.until(Phase.READY) is Phase.READY
     loading = [label for label in watch.labels if label.startswith("loading (")]
     percents = [int(label.split("(")[1].split()[0]) for label in loading]
-    assert len(percents) >= 3 and percents == sorted(percents), watch.labels
+    # How many dots arrive per read depends on scheduling, so count none: progress was shown
+    # and never went back (one label per growing dot line is test_engine_log's
+    # test_dots_of_a_pending_line_report_progress, fed byte by byte).
+    assert percents and percents == sorted(percents), watch.labels
     if dialect == "ik":
         assert 503 not in watch.polls
-    end = time.monotonic() + 3  # /health may answer before we have read the last log lines
-    while not watch.report.compute_buffers and time.monotonic() < end:
+    # /health may answer before we have read the last log lines: read until they come.
+    while not watch.report.compute_buffers:
+        assert run.running, run.history.text()[-2000:]
         watch.step(0.1)
     cpu = watch.report.devices["CPU"]  # buffers read back (mainline: thanks to -lv 4)
     assert cpu.model > 0 and cpu.kv > 0 and cpu.compute > 0
@@ -219,9 +225,14 @@ def test_server_ignoring_sigterm_is_killed(
     spec = build_launch_spec(plan_result(tiny_qwen3moe, "ik", engine), engine, dialect="ik")
     run, watch = start(started, spec, STANDIN_IGNORE_SIGTERM="1")
     watch.until(Phase.READY)
-    t0 = time.monotonic()
-    info = run.stop(timeout=0.5)
-    assert time.monotonic() - t0 < 3
+    # stop() must not wait for an engine that ignores SIGTERM: it kills it after its timeout.
+    # (A thread with a generous join detects a hang; nothing is asserted about durations.)
+    stopped: list[ExitInfo] = []
+    stopper = threading.Thread(target=lambda: stopped.append(run.stop(timeout=0.5)))
+    stopper.start()
+    stopper.join(120)
+    assert stopped, "stop() hung on an engine that ignores SIGTERM"
+    info = stopped[0]
     assert info.killed and info.kind is ExitKind.STOPPED and info.signal_name == "SIGKILL"
     assert "killed" in info.message
     assert not psutil.pid_exists(run.pid or 0) or psutil.Process(run.pid).status() == "zombie"
@@ -308,13 +319,15 @@ def test_no_server_survives_kill_9_of_its_launcher(
         server_pid = int(child.stdout.readline())
         server = psutil.Process(server_pid)
         assert server.ppid() == child.pid
-        end = time.monotonic() + 5  # the wrapper script is still exec-ing the stand-in
+        end = (
+            time.monotonic() + 60
+        )  # the wrapper script is still exec-ing the stand-in (a hang guard)
         while "standin_engine.py" not in " ".join(server.cmdline()):
             assert time.monotonic() < end, server.cmdline()
             time.sleep(0.02)
         child.kill()
-        child.wait(5)
-        end = time.monotonic() + 5
+        child.wait(60)
+        end = time.monotonic() + 60  # waits for the exit; the deadline only catches a hang
         while time.monotonic() < end:
             if not psutil.pid_exists(server_pid) or server.status() == psutil.STATUS_ZOMBIE:
                 break

@@ -63,7 +63,7 @@ def launch(
     run = ServerRun(spec, base_env=env)
     run.start()
     try:
-        end = time.monotonic() + 15
+        end = time.monotonic() + 120  # waits for ready or exit; the deadline catches a hang
         while time.monotonic() < end:
             for _, text in run.output(0.05):
                 parser.feed_text(text)

@@ -243,3 +243,32 @@ def test_profiles_and_rig_files_must_be_regular_files(tmp_path: Path, kind: str)
         load_profile(target)
     with pytest.raises(HardwareError, match=said):
         load_rig_file(target)
+
+
+def test_mainline_plans_say_that_mainline_refuses_a_duplicate_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moe_studio.core.cli.main import main
+    from tests.support.tiny_models import write_tiny_model
+
+    tiny = write_tiny_model(tmp_path / "tiny.gguf", "qwen3moe")
+    data = Path(tiny).read_bytes()
+    # One more general.name record in front of the others: 64 bytes, a multiple of the 32-byte
+    # alignment, so the tensor data stays aligned.
+    record = _kv("general.name", g.STRING, struct.pack("<Q", 32) + b"d" * 32)
+    assert len(record) == 64
+    n_kv = struct.unpack_from("<Q", data, 16)[0]
+    path = tmp_path / "dup.gguf"
+    path.write_bytes(data[:16] + struct.pack("<Q", n_kv + 1) + record + data[24:])
+    layout = open_model(path)
+    assert layout.duplicate_keys == ("general.name",)
+    args = ["plan", str(path), "--ram", "16GiB", "--ctx", "512"]
+    assert main([*args, "--dialect", "mainline"]) == 0
+    out = capsys.readouterr().out
+    assert "mainline llama.cpp refuses this file: duplicate key 'general.name'" in out
+    assert main([*args, "--dialect", "ik"]) == 0
+    assert "refuses this file" not in capsys.readouterr().out
+    assert main(["inspect", str(path)]) == 0
+    assert "mainline llama.cpp refuses this file: duplicate key 'general.name'" in (
+        capsys.readouterr().out
+    )

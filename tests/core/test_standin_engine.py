@@ -94,7 +94,7 @@ def http(
         return e.code, e.read().decode()
 
 
-def wait_ready(port: int, timeout: float = 10) -> None:
+def wait_ready(port: int, timeout: float = 120) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:

@@ -206,8 +206,8 @@ def test_no_orphan_server_after_the_app_is_killed(standin: Path, tiny_qwen3moe: 
         server_pid = int(child.stdout.readline())
         assert psutil.pid_exists(server_pid)
         child.send_signal(signal.SIGKILL)
-        child.wait(5)
-        deadline = time.monotonic() + 5
+        child.wait(60)
+        deadline = time.monotonic() + 60  # waits for the exit; the deadline only catches a hang
         while time.monotonic() < deadline:
             try:
                 if psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,6 @@ from moe_studio.gui.process import live_plot, process_panel
 from tests.support.standin_tools import install_standin
 
 from .conftest import rig_of, save_screenshot
-
-SHOTS = Path("/work/shots")
 
 
 def free_port() -> int:
@@ -108,9 +107,7 @@ def test_prompt_reply_streams_with_tokens_per_second(
     assert panel.last_prompt is None  # still streaming
     assert panel.reply_view.toPlainText().strip()
     QApplication.processEvents()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    shot = save_screenshot(window, "server_tab.png", tmp_path)
-    (SHOTS / "server_tab.png").write_bytes(shot.read_bytes())
+    save_screenshot(window, "server_tab.png", tmp_path)  # to $MOE_STUDIO_SCREENSHOTS when set
     qtbot.waitUntil(lambda: panel.last_prompt is not None, timeout=20000)  # type: ignore[attr-defined]
     result = panel.last_prompt
     assert result is not None
@@ -120,7 +117,23 @@ def test_prompt_reply_streams_with_tokens_per_second(
     assert panel.live.series()["generation"] == [result.predicted_tokens_per_second]
     QApplication.processEvents()
     save_screenshot(window, "server_tab_done.png", tmp_path)
-    (SHOTS / "server_tab_done.png").write_bytes((tmp_path / "server_tab_done.png").read_bytes())
+
+
+def test_prompt_sends_the_api_key_a_server_requires(
+    qtbot: object, server_window: MainWindow
+) -> None:
+    """With --api-key set the stand-in answers 401 to a prompt without it, like the engines."""
+    window = server_window
+    panel = window.process_panel
+    settings = replace(window.document.settings, api_key="k3y-for-the-test")
+    window.document.set_settings(settings)
+    _launch_ready(qtbot, window)
+    panel.tabs.setCurrentWidget(panel.prompt_tab)
+    QTest.keyClicks(panel.prompt_edit, "Hello")
+    QTest.keyClick(panel.prompt_edit, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: not panel._prompting, timeout=20000)  # type: ignore[attr-defined]
+    assert panel.last_prompt is not None, panel.prompt_label.text()
+    assert panel.reply_view.toPlainText() == panel.last_prompt.content != ""
 
 
 def test_health_poll_stops_once_ready_and_the_log_says_the_state(

@@ -261,13 +261,16 @@ def mutate(seeds: tuple[Seed, ...], category: str, number: int) -> Case:
 
 
 class CountingStream(io.BytesIO):
-    """A BytesIO that counts the bytes read, to bound the reader's work without a clock."""
+    """A BytesIO that counts the bytes read and the read calls, to bound the reader's work
+    without a clock."""
 
     bytes_read = 0
+    reads = 0
 
     def read(self, size: int | None = -1, /) -> bytes:
         chunk = super().read(size)
         self.bytes_read += len(chunk)
+        self.reads += 1
         return chunk
 
 

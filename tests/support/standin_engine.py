@@ -293,6 +293,7 @@ class Options:
     threads: int = 2
     alias: str = ""
     dry_run: bool = False
+    api_keys: list[str] = field(default_factory=list)
 
 
 class UsageError(Exception):
@@ -390,6 +391,10 @@ def _apply(o: Options, flag: str, value: str | None, raw: str, cuda: list[int]) 
         o.host = _need(value, raw, d)
     elif flag == "--port":
         o.port = _int(value, raw, d)
+    elif flag == "--api-key":
+        # ik keeps the value whole; mainline splits it at commas into several keys.
+        key = _need(value, raw, d)
+        o.api_keys += [key] if d == "ik" else [k for k in key.split(",") if k]
     elif flag in ("-c", "--ctx-size"):
         o.ctx = _int(value, raw, d)
     elif flag in ("-ngl", "--gpu-layers", "--n-gpu-layers"):
@@ -1259,6 +1264,11 @@ class Engine:
         return "\n".join(out) + "\n"
 
 
+# Served without the API key (ik examples/server/server.cpp middleware_validate_api_key; mainline
+# documents /health and /v1/health as public).
+_PUBLIC_PATHS = frozenset({"/", "/health", "/v1/health", "/models", "/v1/models", "/api/tags"})
+
+
 def make_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -1353,6 +1363,15 @@ def make_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
                     },
                 )
                 return
+            if engine.o.api_keys and path not in _PUBLIC_PATHS:
+                # Both engines: Authorization: Bearer KEY or X-Api-Key: KEY, else 401.
+                auth = self.headers.get("Authorization") or ""
+                given = auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
+                if given not in engine.o.api_keys and (
+                    self.headers.get("X-Api-Key") not in engine.o.api_keys
+                ):
+                    self._error(401, "Invalid API Key", "authentication_error")
+                    return
             if path in ("/health", "/v1/health"):
                 if engine.ik:
                     idle = engine.n_slots - engine.busy
@@ -1543,10 +1562,8 @@ def main(argv: list[str]) -> int:
         status = engine.load()
         if status or engine.stop.is_set():
             return status
-        # Loaded before serving: a request accepted in between must not get mainline's 503.
-        engine.loaded.set()
-        if dialect == "ik":
-            thread = _serve(server)
+        # The ready lines are written before /health may say 200, so whoever saw 200 finds them
+        # in the log (a stop right after a 200 used to beat them: a report without "ready").
         if dialect == "ik":
             log.server(
                 "main",
@@ -1559,6 +1576,10 @@ def main(argv: list[str]) -> int:
         else:
             log.ml(f"srv  llama_server: listening on http://{o.host}:{o.port}")
             log.ml("srv  update_slots: all slots are idle")
+        # Loaded before serving: a request accepted in between must not get mainline's 503.
+        engine.loaded.set()
+        if dialect == "ik":
+            thread = _serve(server)
         if os.environ.get("STANDIN_FAIL") == "crash":
             engine.stop.wait(float(os.environ.get("STANDIN_CRASH_SECONDS", "0.2")))
             signal.signal(signal.SIGSEGV, signal.SIG_DFL)
