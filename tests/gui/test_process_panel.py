@@ -74,15 +74,20 @@ def _wait_phase(qtbot: object, panel: ProcessPanel, *phases: Phase, timeout: int
 
 
 def test_launch_progress_ready_prompt_stop(
-    qtbot: object, panel: ProcessPanel, tmp_path: Path
+    qtbot: object, panel: ProcessPanel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[float] = []
     panel.server.status_changed.connect(
         lambda s: seen.append(s.progress) if s.progress is not None else None
     )
+    gate = tmp_path / "load-gate"  # the stand-in holds its load here until the file exists
+    monkeypatch.setenv("STANDIN_LOAD_GATE", str(gate))
     assert panel.launch()
+    # The load shows as progress while it is held (waits for the event, not for the clock).
+    qtbot.waitUntil(lambda: any(0 < p < 1 for p in seen), timeout=20000)  # type: ignore[attr-defined]
+    assert panel.server.status.phase is not Phase.READY
+    gate.touch()
     _wait_phase(qtbot, panel, Phase.READY)
-    assert any(0 < p < 1 for p in seen), seen  # the load showed as progress
     assert seen == sorted(seen)  # never backwards
     assert panel.prompt_button.isEnabled()
     panel.test_prompt()
