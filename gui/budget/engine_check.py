@@ -32,6 +32,8 @@ from moe_studio.gui.tasks import TaskRunner
 
 log = logging.getLogger(__name__)
 
+UNCHECKED = "Estimated; not checked with the engine."
+
 
 class EngineCheck(QWidget):
     """A button and a status line under the budget bars.
@@ -61,6 +63,10 @@ class EngineCheck(QWidget):
         self.engine = engine
         self.calibration_path = calibration_path
         self.result: ProbeResult | None = None
+        # What the last check was of (plan, settings, rig) and what it said: the sentence
+        # stands while that is what the window shows (an undo brings it back).
+        self._checked: tuple[tuple[object, ...], str] | None = None
+        self._checking = False
         row = QHBoxLayout(self)
         row.setContentsMargins(6, 0, 6, 0)
         self.button = QPushButton("Check with engine")
@@ -69,7 +75,7 @@ class EngineCheck(QWidget):
             "printed, no weights are read (seconds). The engine's figures are marked on the bars "
             "and replace the estimate for this configuration."
         )
-        self.status = QLabel("Estimated; not checked with the engine.")
+        self.status = QLabel(UNCHECKED)
         self.status.setWordWrap(True)
         self.status.setStyleSheet("font-size: 11px;")
         row.addWidget(self.button)
@@ -77,6 +83,8 @@ class EngineCheck(QWidget):
         self.button.clicked.connect(self.check)
         tasks.running_changed.connect(self._on_tasks_running_changed)
         document.model_changed.connect(self._on_document_model_changed)
+        # Emitted for every edit, settings and rig change too.
+        document.plan_changed.connect(self._on_document_plan_changed)
         self.relearn()
 
     def relearn(self) -> None:
@@ -99,6 +107,9 @@ class EngineCheck(QWidget):
         except MoeStudioError as exc:
             self.status.setText(str(exc))
             return
+        state = self.budget.checked_state()
+        self._checked = None
+        self._checking = True
         self.status.setText(f"Checking with {info.label}…")
         self.budget.show_measured(None)
 
@@ -107,15 +118,19 @@ class EngineCheck(QWidget):
 
         def done(result: object) -> None:
             assert isinstance(result, ProbeResult)
-            self._on_checked(result, plan, info)
+            self._on_checked(result, state, info)
 
         self.tasks.start(work, done)
 
     def _on_tasks_running_changed(self, running: bool) -> None:
         self.button.setEnabled(not running)  # one background task at a time
+        if not running and self._checking:  # cancelled (another task took the runner)
+            self._checking = False
+            self._show_status()
 
-    def _on_checked(self, result: ProbeResult, plan: object, info: EngineInfo) -> None:
+    def _on_checked(self, result: ProbeResult, state: tuple[object, ...], info: EngineInfo) -> None:
         self.result = result
+        self._checking = False
         doc = self.document
         if result.measured:
             try:
@@ -130,11 +145,26 @@ class EngineCheck(QWidget):
         if result.outcome is ProbeOutcome.OUT_OF_MEMORY and result.diagnosis is not None:
             fixes = ", ".join(f.label for f in result.diagnosis.fixes[:3])
             text += f" Fixes: {fixes}." if fixes else ""
-        self.status.setText(text)
-        if result.rows and doc.plan is plan:
-            self.budget.show_measured(result)
+        self._checked = (state, text)
+        if result.rows:
+            self.budget.show_measured(result, state)
+        self._show_status()
+
+    def _show_status(self) -> None:
+        """The last check's sentence while the plan, settings and rig are the ones it checked;
+        otherwise the bars are estimates again, and the line says so."""
+        checked = self._checked
+        if checked is not None and checked[0] == self.budget.checked_state():
+            self.status.setText(checked[1])
+        else:
+            self.status.setText(UNCHECKED)
+
+    def _on_document_plan_changed(self, _cells: object = None) -> None:
+        if not self._checking:
+            self._show_status()
 
     def _on_document_model_changed(self) -> None:
+        self._checked = None
         self.budget.show_measured(None)
-        self.status.setText("Estimated; not checked with the engine.")
+        self.status.setText(UNCHECKED)
         self.relearn()

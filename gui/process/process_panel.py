@@ -548,6 +548,9 @@ class ProcessPanel(QWidget):
         else:
             self._set_status_text(info.message)
         self._update_buttons()
+        # No server runs any more, so "it still runs the old command" is no longer true; a
+        # restart that cannot launch says why in the status line instead.
+        self.restart_banner.hide()
         if self._restart_pending:
             self._restart_pending = False
             self.launch()

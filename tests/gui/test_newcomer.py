@@ -1,0 +1,316 @@
+"""A newcomer driving the real window: the features of issues 11 and 14 used the way someone new
+to MoE Studio uses them (Enter, Escape, the wheel, Stop, changing their mind), looking for stale
+state, shortcuts that do nothing and values changed by accident. Each test drives real widgets
+with QTest key sequences, wheel events and clicks; the engine and the Hub are the stand-ins."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
+from PySide6.QtGui import QWheelEvent
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QWidget
+
+from moe_studio.core.engine.discovery import probe_engine
+from moe_studio.core.engine.health import Phase
+from moe_studio.core.gguf import catalog
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.plan.compare import compare_repo
+from moe_studio.core.plan.placement import expert_cells
+from moe_studio.core.plan.settings import Settings
+from moe_studio.core.units import GiB
+from moe_studio.gui.document import Document
+from moe_studio.gui.hub_dialog import HubDialog
+from moe_studio.gui.main_window import MainWindow, prepare_plan
+from moe_studio.gui.tune import TuneDialog
+from tests.support.hf_server import HubServer
+from tests.support.sparse import write_quant_repo
+from tests.support.standin_tools import clean_env, install_standin
+
+from .conftest import rig_of, save_screenshot
+from .test_server_tab import _launch_ready, _tiny_document, _wait_phase
+
+SHOTS = Path("/work/shots")
+REPO = "org/DeepSeek-V3-GGUF"
+CTRL = Qt.KeyboardModifier.ControlModifier
+PLANT = {"ub": 1024, "threads": 2, "cpu_layers": 1, "noise": 0.02, "seed": 11}
+
+
+def _shot(widget: QWidget, name: str, tmp_path: Path) -> None:
+    save_screenshot(widget, name, tmp_path)
+    if SHOTS.is_dir():
+        widget.grab().save(str(SHOTS / name))
+
+
+def _wheel(widget: QWidget, steps: int = 1) -> None:
+    """A wheel turn over ``widget``'s centre, delivered the way the window system does."""
+    centre = QPointF(widget.rect().center())
+    event = QWheelEvent(
+        centre,
+        QPointF(widget.mapToGlobal(centre.toPoint())),
+        QPoint(0, 0),
+        QPoint(0, 120 * steps),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(widget, event)
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key in [k for k in os.environ if k.startswith("STANDIN_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("STANDIN_LOAD_SECONDS", "0.2")
+    monkeypatch.setenv("STANDIN_CUDA_MIB", "24000")
+    monkeypatch.setenv("STANDIN_BENCH_PLANT", json.dumps(PLANT))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    return install_standin(tmp_path / "engine", "ik")
+
+
+@pytest.fixture
+def server_window(
+    qtbot: Any, tiny_qwen3moe: Path, standin: Path, qsettings: QSettings, tmp_path: Path
+) -> Iterator[MainWindow]:
+    window = MainWindow(
+        _tiny_document(tiny_qwen3moe),
+        qsettings,
+        autosave_folder=tmp_path / "autosave",
+        auto_detect_engine=False,
+    )
+    window.engine_check.calibration_path = tmp_path / "calibration.jsonl"
+    qtbot.addWidget(window)
+    window.resize(1280, 800)
+    window.show()
+    window.process_panel.set_engine(probe_engine(standin))
+    yield window
+    window.process_panel.shutdown()
+    if window.tune_dialog is not None:
+        window.tune_dialog.shutdown()
+    window.tasks.cancel()
+    window.tasks.wait(5000)
+
+
+@pytest.fixture(scope="module")
+def quant_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_quant_repo(tmp_path_factory.mktemp("hub-files"))
+
+
+@pytest.fixture
+def hub(
+    quant_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[HubServer]:
+    with HubServer() as server:
+        server.add_repo(REPO, quant_files)
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        yield server
+
+
+# --- Server tab: the restart banner --------------------------------------------------------------
+
+
+def test_stopping_the_server_takes_the_restart_banner_away(
+    qtbot: Any, server_window: MainWindow, tmp_path: Path
+) -> None:
+    """Settings changed while the server ran, then the user pressed Stop instead of Restart: no
+    server runs, so "it still runs the old command" must not stay on screen."""
+    window = server_window
+    window.tabs.setCurrentWidget(window.server_tab)
+    panel = window.process_panel
+    doc = window.document
+    _launch_ready(qtbot, window)
+    doc.set_settings(doc.settings.with_(ctx=1024), "Context 1024")
+    qtbot.waitUntil(panel.restart_banner.isVisible, timeout=5000)
+    QTest.mouseClick(panel.stop_button, Qt.MouseButton.LeftButton)
+    _wait_phase(qtbot, window, Phase.STOPPED, Phase.FAILED)
+    qtbot.waitUntil(lambda: not panel.server.running, timeout=20000)
+    _shot(window, "qa_restart_banner_after_stop.png", tmp_path)
+    assert not panel.restart_banner.isVisible(), panel.restart_label.text()
+
+
+# --- Budget panel: "Check with engine" -----------------------------------------------------------
+
+
+def _check(qtbot: Any, window: MainWindow) -> None:
+    check = window.engine_check
+    check.result = None
+    QTest.mouseClick(check.button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: check.result is not None, timeout=30000)
+    assert check.result is not None and check.result.measured, check.status.text()
+    _, est = window.document.estimate()
+    assert window.budget.measured_totals(est)
+    assert check.status.text().startswith("Measured by the engine's dry run")
+
+
+def test_a_plan_edit_after_a_check_says_estimated_again(
+    qtbot: Any, server_window: MainWindow, tmp_path: Path
+) -> None:
+    """The diamonds go with the plan that was checked; the sentence beside the button must go
+    with them (it said "Measured by the engine's dry run" over bars that were estimates again)."""
+    window = server_window
+    doc = window.document
+    _check(qtbot, window)
+    doc.assign_cells(list(expert_cells(doc.layout, 3, 3)), "CUDA0")
+    _, est = doc.estimate()
+    assert window.budget.measured_totals(est) == {}
+    _shot(window, "qa_check_status_after_edit.png", tmp_path)
+    assert not window.engine_check.status.text().startswith("Measured"), (
+        window.engine_check.status.text()
+    )
+    # Undo brings the checked plan back, and with it what the engine measured.
+    QTest.keyClick(window.tensor_view, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    _, est = doc.estimate()
+    assert window.budget.measured_totals(est)
+    assert window.engine_check.status.text().startswith("Measured")
+
+
+def test_another_rig_takes_the_engines_marks_away(qtbot: Any, server_window: MainWindow) -> None:
+    """The engine measured this plan on this rig: a rig with less RAM keeps the plan as it is
+    but the check was not of it."""
+    window = server_window
+    doc = window.document
+    window.tensor_view.setFocus()
+    QTest.keyClick(window.tensor_view, Qt.Key.Key_A, CTRL | Qt.KeyboardModifier.ShiftModifier)
+    _check(qtbot, window)
+    plan = doc.plan
+    window.change_rig(rig_of(24, ram=64), "Less RAM")
+    assert doc.plan == plan  # nothing to re-place: the same layout fits
+    _, est = doc.estimate()
+    assert window.budget.measured_totals(est) == {}
+    assert not window.engine_check.status.text().startswith("Measured")
+
+
+# --- File → Open from Hugging Face… by keyboard --------------------------------------------------
+
+
+def test_hub_dialog_by_keyboard_enter_compares_once_then_opens_the_row(
+    qtbot: Any, hub: HubServer, tmp_path: Path
+) -> None:
+    """Type the repository, Enter: one comparison (not one from the field and another from the
+    dialog's default button). Then Enter on the chosen row opens it, as a double click does,
+    instead of throwing the table away for a new comparison."""
+    calls: list[str] = []
+
+    def counting(repo: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(repo)
+        return compare_repo(repo, *args, **kwargs)
+
+    dialog = HubDialog(rig_of(24, 24, ram=256), Settings(ctx=32768), compare=counting)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitUntil(lambda: dialog.repo.hasFocus() or QApplication.focusWidget() is not None)
+    dialog.repo.setFocus()
+    QTest.keyClicks(dialog.repo, REPO)
+    QTest.keyClick(dialog.repo, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: dialog.comparison is not None, timeout=60000)
+    qtbot.waitUntil(lambda: not dialog.tasks.running, timeout=60000)
+    assert calls == [REPO]
+    chosen = dialog.selected_row()
+    assert chosen is not None
+    dialog.table.setFocus()
+    with qtbot.waitSignal(dialog.open_requested, timeout=5000) as blocker:
+        QTest.keyClick(dialog.table, Qt.Key.Key_Return)
+    assert blocker.args == [chosen.url]
+    assert calls == [REPO] and not dialog.isVisible()
+    dialog.tasks.wait(10000)
+
+
+def test_escape_closes_the_hub_dialog_and_stops_its_comparison(qtbot: Any, hub: HubServer) -> None:
+    dialog = HubDialog(rig_of(24), Settings(ctx=8192))
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.repo.setText(REPO)
+    dialog.start()
+    assert dialog.tasks.running
+    QTest.keyClick(dialog.repo, Qt.Key.Key_Escape)
+    assert not dialog.isVisible()
+    dialog.tasks.wait(10000)
+    assert not dialog.tasks.running
+
+
+# --- Tools → Tune… -------------------------------------------------------------------------------
+
+
+def _open_tune(window: MainWindow) -> TuneDialog:
+    tools = next(a.menu() for a in window.menuBar().actions() if a.text() == "&Tools")
+    next(a for a in tools.actions() if a.text() == "&Tune…").trigger()
+    dialog = window.tune_dialog
+    assert isinstance(dialog, TuneDialog) and dialog.isVisible()
+    return dialog
+
+
+def test_the_wheel_over_tune_fields_does_not_change_them(server_window: MainWindow) -> None:
+    """Scrolling over the Tune dialog must not edit the budget, the trial limit or the objective
+    of a field the user never clicked (the Settings tab's rule)."""
+    dialog = _open_tune(server_window)
+    dialog.start_button.setFocus()
+    before = (dialog.budget.value(), dialog.max_trials.value(), dialog.objective.currentIndex())
+    for field in (dialog.budget, dialog.max_trials, dialog.objective):
+        assert not field.hasFocus()
+        _wheel(field, -1)
+        _wheel(field, 2)
+    after = (dialog.budget.value(), dialog.max_trials.value(), dialog.objective.currentIndex())
+    assert after == before
+
+
+@pytest.fixture
+def tune_window(
+    qtbot: Any, tiny_qwen3moe: Path, standin: Path, qsettings: QSettings, tmp_path: Path
+) -> Iterator[MainWindow]:
+    """The Tune dialog's test model on a 1 GiB GPU (where the planted optimum is not the
+    current configuration)."""
+    layout = catalog.load(str(tiny_qwen3moe))
+    rig = Rig(
+        "test", HostInfo(16 * GiB, cores_physical=4), (Device("CUDA0", DeviceKind.CUDA, 1 * GiB),)
+    )
+    settings, placed = prepare_plan(layout, rig, Settings(ctx=4096, threads=4))
+    document = Document(layout, rig, settings, placed.plan)
+    window = MainWindow(
+        document, qsettings, autosave_folder=tmp_path / "autosave", auto_detect_engine=False
+    )
+    window.engine_check.calibration_path = tmp_path / "calibration.jsonl"
+    qtbot.addWidget(window)
+    window.show()
+    window.process_panel.set_engine(probe_engine(standin, environ=clean_env()))
+    yield window
+    if window.tune_dialog is not None:
+        window.tune_dialog.shutdown()
+    window.process_panel.shutdown()
+    window.tasks.cancel()
+    window.tasks.wait(5000)
+
+
+def _tuned(qtbot: Any, window: MainWindow) -> TuneDialog:
+    dialog = _open_tune(window)
+    dialog.max_trials.setValue(40)
+    with qtbot.waitSignal(dialog.run_finished, timeout=60000):
+        QTest.mouseClick(dialog.start_button, Qt.MouseButton.LeftButton)
+    assert dialog.apply_button.isEnabled(), (dialog.status.text(), dialog.best_label.text())
+    return dialog
+
+
+def test_apply_best_is_not_offered_for_another_model(
+    qtbot: Any, tune_window: MainWindow, tiny_deepseek2: Path
+) -> None:
+    """A finished run's best belongs to the model (and rig) it measured: after File → Open of
+    another model, "Apply best" must not put the old model's plan on the new one."""
+    window = tune_window
+    dialog = _tuned(qtbot, window)
+    window.open_path(str(tiny_deepseek2))
+    qtbot.waitUntil(lambda: window.document.layout.source == str(tiny_deepseek2), timeout=30000)
+    assert not dialog.apply_button.isEnabled()
+    layout, plan = window.document.layout, window.document.plan
+    dialog.apply_button.click()
+    assert window.document.layout is layout and window.document.plan is plan
