@@ -59,6 +59,7 @@ from moe_studio.gui.document import Document
 from moe_studio.gui.tasks import TaskRunner
 from moe_studio.gui.tune.trials_model import TrialsModel
 from moe_studio.gui.tune.tune_plot import TunePlot
+from moe_studio.gui.wheel import guard_wheel
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ class TuneDialog(QDialog):
         self._current_key = ""
         self._objective: Objective = "balanced"
         self._started = 0.0
+        self._measured_for: tuple[object, object] | None = None  # (layout, rig) of the run
+        self._applied = False
         self.tune_result: TuneResult | None = None
         self.tasks = TaskRunner(self)
         self.model = TrialsModel()
@@ -166,6 +169,9 @@ class TuneDialog(QDialog):
         self.stop_button.clicked.connect(self._on_stop_button_clicked)
         self.apply_button.clicked.connect(self._on_apply_button_clicked)
         self.objective.currentIndexChanged.connect(self._on_objective_changed)
+        # A run's best is for the model and hardware it measured, not for what is open now.
+        document.model_changed.connect(self._on_document_changed)
+        document.rig_changed.connect(self._on_document_changed)
         self.resize(1100, 680)
 
     # --- construction ----------------------------------------------------------------------------
@@ -190,6 +196,8 @@ class TuneDialog(QDialog):
         )
         self.allow_cache = QCheckBox("Also try a q8_0 KV cache (changes the output slightly)")
         self.resume = QCheckBox("Resume: reuse the trials of the last run")
+        # The wheel edits a field only once it was clicked or tabbed into (as in Settings).
+        self._wheel_guard = guard_wheel(self, (self.budget, self.max_trials, self.objective))
         form = QFormLayout()
         form.addRow("Budget", self.budget)
         form.addRow("Trials at most", self.max_trials)
@@ -288,6 +296,8 @@ class TuneDialog(QDialog):
         self.model.clear()
         self.model.set_objective(objective)
         self.tune_result = None
+        self._measured_for = (doc.layout, doc.rig)
+        self._applied = False
         self.apply_button.setEnabled(False)
         self.best_label.setText("")
         with self._lock:
@@ -404,7 +414,7 @@ class TuneDialog(QDialog):
             )
         self.best_label.setText("\n".join(lines))
         self.status.setText(summary)
-        self.apply_button.setEnabled(result.best_candidate is not None and best != base)
+        self._update_apply()
         engine = self._engine_provider()
         self._document.add_benchmark(
             tune_entry(
@@ -416,12 +426,41 @@ class TuneDialog(QDialog):
         )
         self.run_finished.emit(result)
 
+    def measured_here(self) -> bool:
+        """Whether the last run measured the model and hardware open now."""
+        doc = self._document
+        return self._measured_for is not None and self._measured_for == (doc.layout, doc.rig)
+
+    def _can_apply(self) -> bool:
+        result = self.tune_result
+        return (
+            result is not None
+            and result.best_candidate is not None
+            and result.best != result.baseline
+            and not self._applied
+            and self.measured_here()
+        )
+
+    def _update_apply(self) -> None:
+        self.apply_button.setEnabled(self._can_apply())
+
+    def _on_document_changed(self) -> None:
+        if self.tune_result is None or self.tasks.running:
+            return
+        self._update_apply()
+        if not self.measured_here():
+            self.status.setText(
+                "The model or the hardware changed since this run: its best is not for them. "
+                "Start measures again."
+            )
+
     def _on_apply_button_clicked(self) -> None:
         result = self.tune_result
-        if result is None or result.best_candidate is None:
+        if result is None or result.best_candidate is None or not self._can_apply():
             return
         candidate = result.best_candidate
         self._document.replace_plan_and_settings(candidate.plan, candidate.settings, APPLY_TEXT)
+        self._applied = True
         self.apply_button.setEnabled(False)
         self.status.setText("Applied the best configuration (Edit → Undo takes it back).")
 
