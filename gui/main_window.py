@@ -588,6 +588,9 @@ class MainWindow(QMainWindow):
             self.tune_dialog = TuneDialog(
                 self.document, lambda: self.process_panel.engine_info, self
             )
+            # Undo and Redo work while the dialog is the active window ("Apply best" says
+            # Undo takes it back; the user is still in the dialog when reading that).
+            self.tune_dialog.addActions([self.undo_action, self.redo_action])
         self.tune_dialog.show()
         self.tune_dialog.activateWindow()
 

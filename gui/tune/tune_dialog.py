@@ -157,7 +157,6 @@ class TuneDialog(QDialog):
         self._objective: Objective = "balanced"
         self._started = 0.0
         self._measured_for: tuple[object, object] | None = None  # (layout, rig) of the run
-        self._applied = False
         self.tune_result: TuneResult | None = None
         self.tasks = TaskRunner(self)
         self.model = TrialsModel()
@@ -172,6 +171,8 @@ class TuneDialog(QDialog):
         # A run's best is for the model and hardware it measured, not for what is open now.
         document.model_changed.connect(self._on_document_changed)
         document.rig_changed.connect(self._on_document_changed)
+        # Undoing "Apply best" offers it again; redoing it (or applying) does not.
+        document.plan_changed.connect(self._on_document_plan_changed)
         self.resize(1100, 680)
 
     # --- construction ----------------------------------------------------------------------------
@@ -297,7 +298,6 @@ class TuneDialog(QDialog):
         self.model.set_objective(objective)
         self.tune_result = None
         self._measured_for = (doc.layout, doc.rig)
-        self._applied = False
         self.apply_button.setEnabled(False)
         self.best_label.setText("")
         with self._lock:
@@ -437,9 +437,17 @@ class TuneDialog(QDialog):
             result is not None
             and result.best_candidate is not None
             and result.best != result.baseline
-            and not self._applied
             and self.measured_here()
+            and not self.applied()
         )
+
+    def applied(self) -> bool:
+        """Whether the document holds the best's plan and settings now."""
+        result = self.tune_result
+        if result is None or result.best_candidate is None:
+            return False
+        doc, best = self._document, result.best_candidate
+        return doc.plan == best.plan and doc.settings == best.settings
 
     def _update_apply(self) -> None:
         self.apply_button.setEnabled(self._can_apply())
@@ -454,14 +462,17 @@ class TuneDialog(QDialog):
                 "Start measures again."
             )
 
+    def _on_document_plan_changed(self, _cells: object = None) -> None:
+        if self.tune_result is not None and not self.tasks.running:
+            self._update_apply()
+
     def _on_apply_button_clicked(self) -> None:
         result = self.tune_result
         if result is None or result.best_candidate is None or not self._can_apply():
             return
         candidate = result.best_candidate
         self._document.replace_plan_and_settings(candidate.plan, candidate.settings, APPLY_TEXT)
-        self._applied = True
-        self.apply_button.setEnabled(False)
+        self._update_apply()
         self.status.setText("Applied the best configuration (Edit → Undo takes it back).")
 
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -314,3 +314,30 @@ def test_apply_best_is_not_offered_for_another_model(
     layout, plan = window.document.layout, window.document.plan
     dialog.apply_button.click()
     assert window.document.layout is layout and window.document.plan is plan
+
+
+def test_apply_best_then_ctrl_z_in_the_tune_dialog_restores_everything(
+    qtbot: Any, tune_window: MainWindow
+) -> None:
+    """The dialog says Undo takes "Apply best" back: Ctrl+Z right there (the dialog is the
+    active window) must do it, and leave plan, settings, rig, status line and bars as before."""
+    window = tune_window
+    doc = window.document
+    dialog = _tuned(qtbot, window)
+    before = (doc.plan, doc.settings, doc.rig)
+    status, bars = window.status_label.text(), window.budget.bar_heights()
+    steps = doc.undo_stack.count()
+    dialog.apply_button.setFocus()
+    QTest.keyClick(dialog.apply_button, Qt.Key.Key_Space)
+    assert doc.undo_stack.count() == steps + 1 and (doc.plan, doc.settings) != before[:2]
+    dialog.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is dialog)
+    QTest.keyClick(dialog.apply_button, Qt.Key.Key_Z, CTRL)
+    assert (doc.plan, doc.settings, doc.rig) == before
+    assert window.status_label.text() == status
+    assert window.budget.bar_heights() == bars
+    assert doc.undo_stack.count() == steps + 1 and doc.undo_stack.index() == steps
+    # Undone, the best can be applied again; redone, it is in force and not offered.
+    assert dialog.apply_button.isEnabled()
+    QTest.keyClick(dialog.apply_button, Qt.Key.Key_Z, CTRL | Qt.KeyboardModifier.ShiftModifier)
+    assert doc.undo_stack.index() == steps + 1 and not dialog.apply_button.isEnabled()
