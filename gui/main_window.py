@@ -153,6 +153,8 @@ class MainWindow(QMainWindow):
         )
         # A finished run has added its calibration record (the panel's own slot runs first).
         self.process_panel.server.finished.connect(self._on_server_finished)
+        # What one engine measured is not another's: the marks go, the learning is redone.
+        self.process_panel.engine_changed.connect(self.engine_check.forget)
         self._build_layout()
         self._build_menus()
         self._build_status()

@@ -163,8 +163,12 @@ class EngineCheck(QWidget):
         if not self._checking:
             self._show_status()
 
-    def _on_document_model_changed(self) -> None:
+    def forget(self) -> None:
+        """Drop the last check's marks and sentence and learn again (another model or engine)."""
         self._checked = None
         self.budget.show_measured(None)
         self.status.setText(UNCHECKED)
         self.relearn()
+
+    def _on_document_model_changed(self) -> None:
+        self.forget()

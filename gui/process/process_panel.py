@@ -80,6 +80,14 @@ class _ReplyRelay(QObject):
 
 
 class ProcessPanel(QWidget):
+    """The Server tab.
+
+    Signals:
+        engine_changed: another engine was chosen, or none is usable any more.
+    """
+
+    engine_changed = Signal()
+
     def __init__(
         self,
         document: Document,
@@ -277,14 +285,20 @@ class ProcessPanel(QWidget):
 
     def set_engine(self, info: object) -> None:
         assert isinstance(info, EngineInfo)
+        changed = info != self.engine_info
         self.engine_info = info
         self._show_engine()
         self.bench.refresh()
+        if changed:
+            self.engine_changed.emit()
 
     def _on_engine_missing(self, error: BaseException) -> None:
+        changed = self.engine_info is not None
         self.engine_info = None
         self._show_engine(str(error))
         self.bench.refresh()
+        if changed:
+            self.engine_changed.emit()
 
     def _show_engine(self, problem: str = "") -> None:
         info = self.engine_info
@@ -309,8 +323,7 @@ class ProcessPanel(QWidget):
         def done(info: object) -> None:
             assert isinstance(info, EngineInfo)
             if not info.usable:
-                self.engine_info = None
-                self._show_engine(info.problem)
+                self._on_engine_missing(MoeStudioError(info.problem))
                 return
             try:
                 self.engine_store.remember(info)

@@ -174,6 +174,9 @@ class TuneDialog(QDialog):
         # Undoing "Apply best" offers it again; redoing it (or applying) does not.
         document.plan_changed.connect(self._on_document_plan_changed)
         self.resize(1100, 680)
+        # Start has the focus when the dialog opens (Enter starts; a wheel over the budget does
+        # not change a field the user never chose).
+        self.start_button.setFocus(Qt.FocusReason.OtherFocusReason)
 
     # --- construction ----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ with QTest key sequences, wheel events and clicks; the engine and the Hub are th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from moe_studio.core.engine.health import Phase
 from moe_studio.core.gguf import catalog
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan.compare import compare_repo
+from moe_studio.core.plan.memory import ComputeSource
 from moe_studio.core.plan.placement import expert_cells
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
@@ -252,10 +254,11 @@ def _open_tune(window: MainWindow) -> TuneDialog:
 
 
 def test_the_wheel_over_tune_fields_does_not_change_them(server_window: MainWindow) -> None:
-    """Scrolling over the Tune dialog must not edit the budget, the trial limit or the objective
-    of a field the user never clicked (the Settings tab's rule)."""
+    """Scrolling over the Tune dialog just opened must not edit the budget, the trial limit or
+    the objective: the user never clicked them (the Settings tab's rule)."""
     dialog = _open_tune(server_window)
-    dialog.start_button.setFocus()
+    # Opening the dialog gives the focus to Start, not to the first field.
+    assert dialog.focusWidget() is dialog.start_button
     before = (dialog.budget.value(), dialog.max_trials.value(), dialog.objective.currentIndex())
     for field in (dialog.budget, dialog.max_trials, dialog.objective):
         assert not field.hasFocus()
@@ -341,3 +344,27 @@ def test_apply_best_then_ctrl_z_in_the_tune_dialog_restores_everything(
     assert dialog.apply_button.isEnabled()
     QTest.keyClick(dialog.apply_button, Qt.Key.Key_Z, CTRL | Qt.KeyboardModifier.ShiftModifier)
     assert doc.undo_stack.index() == steps + 1 and not dialog.apply_button.isEnabled()
+
+
+def test_choosing_another_engine_forgets_what_the_first_one_measured(
+    qtbot: Any, server_window: MainWindow
+) -> None:
+    """The dry run's diamonds and the "measured" compute are the first engine's: after choosing
+    another build, the bars are estimates again until that one is checked."""
+    window = server_window
+    doc = window.document
+    first = window.process_panel.engine_info
+    assert first is not None
+    _check(qtbot, window)
+    _, est = doc.estimate()
+    assert {d.compute_source for d in est.devices} == {ComputeSource.MEASURED}
+    other = dataclasses.replace(first, version="version: 9999 (0123abcd)", build=9999)
+    window.process_panel.set_engine(other)
+    _, est = doc.estimate()
+    assert ComputeSource.MEASURED not in {d.compute_source for d in est.devices}
+    assert window.budget.measured_totals(est) == {}
+    assert not window.engine_check.status.text().startswith("Measured")
+    # Back to the first: what it measured holds again (the record is on disk).
+    window.process_panel.set_engine(first)
+    _, est = doc.estimate()
+    assert {d.compute_source for d in est.devices} == {ComputeSource.MEASURED}
