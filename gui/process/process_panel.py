@@ -396,7 +396,15 @@ class ProcessPanel(QWidget):
         """Send the prompt field's text (or a default) and stream the reply into the Prompt tab;
         False when the server is not ready or a reply is still coming."""
         spec = self.server.spec
-        if spec is None or self.server.status.phase is not Phase.READY or self._prompting:
+        if self._prompting:
+            return False
+        if spec is None or not self.server.running or self.server.status.phase is not Phase.READY:
+            # Enter in the field works while Send is greyed out: say why nothing is sent.
+            self.prompt_label.setText(
+                "The server is still loading; send the prompt once it is ready."
+                if self.server.running
+                else "No server is running: Launch it first, then send the prompt."
+            )
             return False
         prompt = self.prompt_edit.text().strip() or DEFAULT_PROMPT
         host, port = connect_host(spec.host), spec.port

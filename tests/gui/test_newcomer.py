@@ -368,3 +368,24 @@ def test_choosing_another_engine_forgets_what_the_first_one_measured(
     window.process_panel.set_engine(first)
     _, est = doc.estimate()
     assert {d.compute_source for d in est.devices} == {ComputeSource.MEASURED}
+
+
+def test_enter_in_the_prompt_field_before_launch_says_what_to_do(
+    qtbot: Any, server_window: MainWindow
+) -> None:
+    """Type a prompt, press Enter, no server yet: Send is greyed out, but Enter in the field
+    did nothing at all. It says to launch first; once ready, Enter sends and the reply comes."""
+    window = server_window
+    window.tabs.setCurrentWidget(window.server_tab)
+    panel = window.process_panel
+    panel.tabs.setCurrentWidget(panel.prompt_tab)
+    panel.prompt_edit.setFocus()
+    QTest.keyClicks(panel.prompt_edit, "Hello")
+    QTest.keyClick(panel.prompt_edit, Qt.Key.Key_Return)
+    assert "Launch" in panel.prompt_label.text(), panel.prompt_label.text()
+    _launch_ready(qtbot, window)
+    panel.tabs.setCurrentWidget(panel.prompt_tab)
+    panel.prompt_edit.setFocus()
+    QTest.keyClick(panel.prompt_edit, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: panel.last_prompt is not None, timeout=20000)
+    assert panel.reply_view.toPlainText()
