@@ -156,7 +156,8 @@ class TuneDialog(QDialog):
         self._current_key = ""
         self._objective: Objective = "balanced"
         self._started = 0.0
-        self._measured_for: tuple[object, object] | None = None  # (layout, rig) of the run
+        # (layout, rig, settings) the run measured: its best is for them only.
+        self._measured_for: tuple[object, ...] | None = None
         self.tune_result: TuneResult | None = None
         self.tasks = TaskRunner(self)
         self.model = TrialsModel()
@@ -172,7 +173,7 @@ class TuneDialog(QDialog):
         document.model_changed.connect(self._on_document_changed)
         document.rig_changed.connect(self._on_document_changed)
         # Undoing "Apply best" offers it again; redoing it (or applying) does not.
-        document.plan_changed.connect(self._on_document_plan_changed)
+        document.plan_changed.connect(self._on_document_changed)
         self.resize(1100, 680)
         # Start has the focus when the dialog opens (Enter starts; a wheel over the budget does
         # not change a field the user never chose).
@@ -300,7 +301,7 @@ class TuneDialog(QDialog):
         self.model.clear()
         self.model.set_objective(objective)
         self.tune_result = None
-        self._measured_for = (doc.layout, doc.rig)
+        self._measured_for = self._state()
         self.apply_button.setEnabled(False)
         self.best_label.setText("")
         with self._lock:
@@ -429,10 +430,16 @@ class TuneDialog(QDialog):
         )
         self.run_finished.emit(result)
 
-    def measured_here(self) -> bool:
-        """Whether the last run measured the model and hardware open now."""
+    def _state(self) -> tuple[object, ...]:
         doc = self._document
-        return self._measured_for is not None and self._measured_for == (doc.layout, doc.rig)
+        return (doc.layout, doc.rig, doc.settings)
+
+    def measured_here(self) -> bool:
+        """Whether the last run measured the model, hardware and settings in force now (once
+        applied, the best's settings count as measured too)."""
+        if self._measured_for is None:
+            return False
+        return self._measured_for == self._state() or self.applied()
 
     def _can_apply(self) -> bool:
         result = self.tune_result
@@ -455,19 +462,20 @@ class TuneDialog(QDialog):
     def _update_apply(self) -> None:
         self.apply_button.setEnabled(self._can_apply())
 
-    def _on_document_changed(self) -> None:
+    def _on_document_changed(self, _cells: object = None) -> None:
         if self.tune_result is None or self.tasks.running:
             return
+        was = self.apply_button.isEnabled()
         self._update_apply()
         if not self.measured_here():
             self.status.setText(
-                "The model or the hardware changed since this run: its best is not for them. "
-                "Start measures again."
+                "The model, hardware or settings changed since this run; Apply best would take "
+                "them back. Start measures again (or Undo the change)."
             )
-
-    def _on_document_plan_changed(self, _cells: object = None) -> None:
-        if self.tune_result is not None and not self.tasks.running:
-            self._update_apply()
+        elif not was and self.apply_button.isEnabled():
+            self.status.setText(
+                "Back to the configuration this run measured: Apply best is offered again."
+            )
 
     def _on_apply_button_clicked(self) -> None:
         result = self.tune_result

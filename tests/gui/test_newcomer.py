@@ -389,3 +389,21 @@ def test_enter_in_the_prompt_field_before_launch_says_what_to_do(
     QTest.keyClick(panel.prompt_edit, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: panel.last_prompt is not None, timeout=20000)
     assert panel.reply_view.toPlainText()
+
+
+def test_apply_best_does_not_take_back_a_setting_changed_after_the_run(
+    qtbot: Any, tune_window: MainWindow
+) -> None:
+    """The run measured -c 4096; the user then set -c 8192. "Apply best" would have put -c 4096
+    back without a word (the best's settings are the run's): it waits until the settings are
+    the measured ones again (Undo) or a new run."""
+    window = tune_window
+    doc = window.document
+    dialog = _tuned(qtbot, window)
+    doc.set_settings(doc.settings.with_(ctx=8192), "Context 8192")
+    assert not dialog.apply_button.isEnabled()
+    assert "changed since this run" in dialog.status.text(), dialog.status.text()
+    dialog.apply_button.click()
+    assert doc.settings.ctx == 8192
+    QTest.keyClick(window.tensor_view, Qt.Key.Key_Z, CTRL)
+    assert doc.settings.ctx == 4096 and dialog.apply_button.isEnabled()
