@@ -392,7 +392,7 @@ def test_enter_in_the_prompt_field_before_launch_says_what_to_do(
 
 
 def test_apply_best_does_not_take_back_a_setting_changed_after_the_run(
-    qtbot: Any, tune_window: MainWindow
+    qtbot: Any, tune_window: MainWindow, tmp_path: Path
 ) -> None:
     """The run measured -c 4096; the user then set -c 8192. "Apply best" would have put -c 4096
     back without a word (the best's settings are the run's): it waits until the settings are
@@ -403,7 +403,39 @@ def test_apply_best_does_not_take_back_a_setting_changed_after_the_run(
     doc.set_settings(doc.settings.with_(ctx=8192), "Context 8192")
     assert not dialog.apply_button.isEnabled()
     assert "changed since this run" in dialog.status.text(), dialog.status.text()
+    _shot(dialog, "qa_tune_after_settings_change.png", tmp_path)
     dialog.apply_button.click()
     assert doc.settings.ctx == 8192
     QTest.keyClick(window.tensor_view, Qt.Key.Key_Z, CTRL)
     assert doc.settings.ctx == 4096 and dialog.apply_button.isEnabled()
+
+
+# --- a remote model, then its download -----------------------------------------------------------
+
+
+def test_binding_the_download_keeps_the_undo_history(
+    qtbot: Any, hub: HubServer, window: MainWindow, quant_files: dict[str, Path]
+) -> None:
+    """Plan the remote model, move a cell, open the download: the plan stays (the binding), and
+    Ctrl+Z still takes back the move (it did nothing: the history was wiped) without bringing
+    the remote model back."""
+    first = next(p for p in sorted(quant_files) if p.startswith("IQ2_KT/"))
+    url = f"hf://{REPO}/{first}"
+    window.open_path(url)
+    doc = window.document
+    qtbot.waitUntil(lambda: doc.layout.source == url, timeout=60000)
+    before = doc.plan
+    doc.assign_cells([(3, doc.layout.columns[0])], "CUDA0")
+    moved = doc.plan
+    local = str(quant_files[first])
+    window.open_path(local)
+    qtbot.waitUntil(lambda: doc.layout.source == local, timeout=60000)
+    assert doc.plan == moved
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window)
+    window.tensor_view.setFocus()
+    QTest.keyClick(window.tensor_view, Qt.Key.Key_Z, CTRL)
+    assert doc.plan == before and doc.layout.source == local
+    QTest.keyClick(window.tensor_view, Qt.Key.Key_Z, CTRL | Qt.KeyboardModifier.ShiftModifier)
+    assert doc.plan == moved and doc.layout.source == local
+    assert doc.is_dirty
