@@ -588,13 +588,31 @@ class MainWindow(QMainWindow):
             from moe_studio.gui.tune import TuneDialog
 
             self.tune_dialog = TuneDialog(
-                self.document, lambda: self.process_panel.engine_info, self
+                self.document,
+                lambda: self.process_panel.engine_info,
+                self,
+                blocker=self._tune_blocker,
             )
+            tune = self.tune_dialog
+            self.process_panel.tune_running = lambda: tune.running
+            tune.tasks.running_changed.connect(self.process_panel.others_changed)
             # Undo and Redo work while the dialog is the active window ("Apply best" says
             # Undo takes it back; the user is still in the dialog when reading that).
             self.tune_dialog.addActions([self.undo_action, self.redo_action])
         self.tune_dialog.show()
         self.tune_dialog.activateWindow()
+
+    def _tune_blocker(self) -> str:
+        """Why Tune cannot start now: the server or a benchmark holds the devices."""
+        panel = self.process_panel
+        if panel.server.running:
+            return (
+                "The server is running: stop it first (Server tab). Tune loads the model on the "
+                "same devices; its figures would be wrong, or it would run out of memory."
+            )
+        if panel.bench.is_running:
+            return "A benchmark is running (Benchmarks): cancel it or let it finish first."
+        return ""
 
     def _about(self) -> None:
         from moe_studio.core import __version__

@@ -10,6 +10,7 @@ import html
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QSize, Qt, QTimer, QUrl, Signal
@@ -73,6 +74,12 @@ def _diff(n: int | None) -> str:
     return f"{sign}{format_bytes(n)}"
 
 
+TUNE_RUNNING = (
+    "Tune is measuring (Tools → Tune…): stop it or let it finish first. It loads the model on "
+    "the same devices."
+)
+
+
 class _ReplyRelay(QObject):
     """Carries pieces of a streamed reply from the worker thread to the GUI thread (queued)."""
 
@@ -105,6 +112,8 @@ class ProcessPanel(QWidget):
         self.calibration_path = calibration_path
         self.server = ServerProcess(self)
         self.engine_info: EngineInfo | None = None
+        # Whether Tools → Tune is measuring (set by the window): it shares the devices too.
+        self.tune_running: Callable[[], bool] = lambda: False
         self.diagnosis: Diagnosis | None = None
         self.last_prompt: PromptResult | None = None
         self.fix_buttons: list[QPushButton] = []
@@ -347,6 +356,9 @@ class ProcessPanel(QWidget):
                 error=True,
             )
             return False
+        if self.tune_running():
+            self._set_status_text(TUNE_RUNNING, error=True)
+            return False
         try:
             _require_local_model(self.document.layout.source)
         except MoeStudioError as exc:
@@ -384,6 +396,8 @@ class ProcessPanel(QWidget):
         self._update_buttons()
 
     def _bench_blocker(self) -> str:
+        if self.tune_running():
+            return TUNE_RUNNING
         if not self.server.running:
             return ""
         return (
@@ -709,15 +723,23 @@ class ProcessPanel(QWidget):
             f"<span style='color:#D55E00'>{escaped}</span>" if error else escaped
         )
 
+    def others_changed(self) -> None:
+        """A run elsewhere (Tune) started or ended: Launch and Run say whether they can go."""
+        self._update_buttons()
+        self.bench.refresh()
+
     def _update_buttons(self) -> None:
         running = self.server.running
         phase = self.server.status.phase
         benchmarking = self.bench.is_running
+        tuning = self.tune_running()
         self.launch_button.setEnabled(
-            not running and not benchmarking and self.engine_info is not None
+            not running and not benchmarking and not tuning and self.engine_info is not None
         )
         if self.engine_info is None:
             tip = "Choose a llama-server binary first (Choose engine…)."
+        elif tuning:
+            tip = TUNE_RUNNING
         elif benchmarking:
             tip = "A benchmark is running: the server would share its devices; wait or cancel it."
         else:

@@ -145,9 +145,12 @@ class TuneDialog(QDialog):
         parent: QWidget | None = None,
         *,
         calibration: Path | None = None,
+        blocker: Callable[[], str] | None = None,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Tune")
+        # Why a run cannot start now (the server or a benchmark holds the devices), or "".
+        self._blocker = blocker or (lambda: "")
         self._document = document
         self._engine_provider = engine_provider
         self._calibration = calibration
@@ -270,6 +273,10 @@ class TuneDialog(QDialog):
 
     def start(self) -> bool:
         """Start a run with the dialog's options; False (and a sentence) when it cannot."""
+        blocked = self._blocker()
+        if blocked:
+            self._fail(blocked)
+            return False
         engine = self._engine_provider()
         if engine is None:
             self._fail(

@@ -439,3 +439,30 @@ def test_binding_the_download_keeps_the_undo_history(
     QTest.keyClick(window.tensor_view, Qt.Key.Key_Z, CTRL | Qt.KeyboardModifier.ShiftModifier)
     assert doc.plan == moved and doc.layout.source == local
     assert doc.is_dirty
+
+
+# --- Tune, server and benchmarks share the devices -----------------------------------------------
+
+
+def test_tune_and_the_server_exclude_each_other(
+    qtbot: Any, tune_window: MainWindow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tune loads the model with the benchmark tools, like Benchmarks does: while the server
+    runs it must not start (and the other way round), saying why, as Benchmarks does."""
+    window = tune_window
+    panel = window.process_panel
+    _launch_ready(qtbot, window)
+    dialog = _open_tune(window)
+    assert not dialog.start()
+    assert "server is running" in dialog.status.text(), dialog.status.text()
+    assert not dialog.running
+    QTest.mouseClick(panel.stop_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not panel.server.running, timeout=20000)
+    monkeypatch.setenv("STANDIN_BENCH_STEP_SECONDS", "0.2")
+    assert dialog.start() and dialog.running
+    assert not panel.launch()
+    assert "Tune" in panel.status_label.text(), panel.status_label.text()
+    assert not panel.server.running
+    assert not panel.bench.start() and not panel.bench.is_running
+    with qtbot.waitSignal(dialog.tasks.running_changed, timeout=60000):
+        dialog.stop()
