@@ -149,7 +149,11 @@ class MainWindow(QMainWindow):
         self.settings_panel = SettingsPanel(document)
         self.process_panel = ProcessPanel(document, auto_detect=auto_detect_engine, bench_tab=False)
         self.engine_check = EngineCheck(
-            document, self.budget, self.tasks, lambda: self.process_panel.engine_info
+            document,
+            self.budget,
+            self.tasks,
+            lambda: self.process_panel.engine_info,
+            blocker=self._check_blocker,
         )
         # A finished run has added its calibration record (the panel's own slot runs first).
         self.process_panel.server.finished.connect(self._on_server_finished)
@@ -601,6 +605,18 @@ class MainWindow(QMainWindow):
             self.tune_dialog.addActions([self.undo_action, self.redo_action])
         self.tune_dialog.show()
         self.tune_dialog.activateWindow()
+
+    def _check_blocker(self) -> str:
+        """Why "Check with engine" cannot run now: ik's --dry-run allocates every buffer, so a
+        server, benchmark or Tune on the same devices would make it measure their memory too."""
+        if self.process_panel.server.running:
+            return (
+                "The server is running: stop it first (Server tab); the check allocates the "
+                "plan's buffers on the same devices."
+            )
+        if self.process_panel.bench.is_running or self.process_panel.tune_running():
+            return "A benchmark or Tune is running: let it finish (or stop it) first."
+        return ""
 
     def _tune_blocker(self) -> str:
         """Why Tune cannot start now: the server or a benchmark holds the devices."""

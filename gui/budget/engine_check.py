@@ -44,6 +44,7 @@ class EngineCheck(QWidget):
         tasks: The main window's task runner.
         engine: Returns the engine to check with (the Server tab's), or None.
         calibration_path: The calibration file (default: the user's).
+        blocker: Why a check cannot run now (a server or benchmark holds the devices), or "".
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class EngineCheck(QWidget):
         engine: Callable[[], EngineInfo | None],
         *,
         calibration_path: Path | None = None,
+        blocker: Callable[[], str] | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -62,6 +64,7 @@ class EngineCheck(QWidget):
         self.tasks = tasks
         self.engine = engine
         self.calibration_path = calibration_path
+        self.blocker = blocker or (lambda: "")
         self.result: ProbeResult | None = None
         # What the last check was of (plan, settings, rig) and what it said: the sentence
         # stands while that is what the window shows (an undo brings it back).
@@ -96,6 +99,10 @@ class EngineCheck(QWidget):
         doc.set_learned(learned_for(records, doc.layout, doc.settings.dialect, version))
 
     def check(self) -> None:
+        blocked = self.blocker()
+        if blocked:
+            self.status.setText(blocked)
+            return
         info = self.engine()
         if info is None or not info.usable:
             self.status.setText("Choose a llama-server first (Server tab, Choose engine…).")

@@ -466,3 +466,20 @@ def test_tune_and_the_server_exclude_each_other(
     assert not panel.bench.start() and not panel.bench.is_running
     with qtbot.waitSignal(dialog.tasks.running_changed, timeout=60000):
         dialog.stop()
+
+
+def test_check_with_engine_waits_for_the_running_server(
+    qtbot: Any, server_window: MainWindow
+) -> None:
+    """ik's --dry-run still allocates every buffer: beside a running server on the same GPU it
+    would measure an out-of-memory that is not the plan's. The check says to stop the server."""
+    window = server_window
+    panel = window.process_panel
+    _launch_ready(qtbot, window)
+    check = window.engine_check
+    QTest.mouseClick(check.button, Qt.MouseButton.LeftButton)
+    assert not window.tasks.running and check.result is None
+    assert "server is running" in check.status.text(), check.status.text()
+    QTest.mouseClick(panel.stop_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not panel.server.running, timeout=20000)
+    _check(qtbot, window)
