@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QActionGroup, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QApplication,
+    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QMenu,
     QMessageBox,
@@ -50,6 +53,7 @@ from moe_studio.gui.command_view import CommandView
 from moe_studio.gui.dialogs import ImportCommandDialog, MachineDialog, RpcDialog
 from moe_studio.gui.document import Document
 from moe_studio.gui.fit_area import fit_area
+from moe_studio.gui.keys import undo_falls_through
 from moe_studio.gui.legend import LegendDialog
 from moe_studio.gui.messages import show_error
 from moe_studio.gui.palette import DevicePalette
@@ -161,6 +165,13 @@ class MainWindow(QMainWindow):
         self.process_panel.engine_changed.connect(self.engine_check.forget)
         self._build_layout()
         self._build_menus()
+        # Ctrl+Z in a field with nothing typed to take back undoes the last change.
+        self._undo_fallthrough = undo_falls_through(
+            self,
+            self.findChildren(QLineEdit)
+            + self.findChildren(QAbstractSpinBox)
+            + [c for c in self.findChildren(QComboBox) if c.isEditable()],
+        )
         self._build_status()
         self.device_palette.brush_changed.connect(self._on_palette_brush_changed)
         self.tensor_view.auto_place_requested.connect(self.auto_place)

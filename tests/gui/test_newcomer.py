@@ -483,3 +483,33 @@ def test_check_with_engine_waits_for_the_running_server(
     QTest.mouseClick(panel.stop_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not panel.server.running, timeout=20000)
     _check(qtbot, window)
+
+
+# --- Ctrl+Z with the focus in a field ------------------------------------------------------------
+
+
+def test_ctrl_z_in_a_settings_field_after_enter_undoes_the_change(
+    qtbot: Any, window: MainWindow
+) -> None:
+    """Type 16384 in Context, Enter (one undo step), Ctrl+Z still in the field: the field had
+    nothing of its own to undo and swallowed the key, so nothing happened at all. With nothing
+    typed to take back, Ctrl+Z is the window's Undo; while typing it stays the field's."""
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window)
+    window.tabs.setCurrentIndex(1)
+    doc = window.document
+    spin = window.settings_panel.ctx
+    before = doc.settings.ctx
+    spin.setFocus()
+    qtbot.waitUntil(spin.hasFocus)
+    QTest.keyClick(spin, Qt.Key.Key_A, CTRL)
+    QTest.keyClicks(spin, "16384")
+    QTest.keyClick(spin, Qt.Key.Key_Return)
+    assert doc.settings.ctx == 16384 and doc.undo_stack.index() == 1
+    QTest.keyClick(spin, Qt.Key.Key_Z, CTRL)
+    assert doc.settings.ctx == before and doc.undo_stack.index() == 0
+    assert spin.value() == before
+    # Typing, then Ctrl+Z: the field takes back the typing; the document is untouched.
+    QTest.keyClicks(spin, "9")
+    QTest.keyClick(spin, Qt.Key.Key_Z, CTRL)
+    assert spin.text() == str(before) and doc.undo_stack.index() == 0
