@@ -26,6 +26,7 @@ from moe_studio.core.engine.discovery import EngineInfo
 from moe_studio.core.engine.launch import build_launch_spec
 from moe_studio.core.engine.probe import ProbeOutcome, ProbeResult, run_probe
 from moe_studio.core.errors import MoeStudioError
+from moe_studio.core.plan.memory import ComputeSource
 from moe_studio.gui.budget.budget_plot import BudgetPlot
 from moe_studio.gui.document import Document
 from moe_studio.gui.tasks import TaskRunner
@@ -33,6 +34,10 @@ from moe_studio.gui.tasks import TaskRunner
 log = logging.getLogger(__name__)
 
 UNCHECKED = "Estimated; not checked with the engine."
+LEARNED = (
+    "This plan is not checked with the engine; compute buffers marked measured come from an "
+    "earlier check at these settings."
+)
 
 
 class EngineCheck(QWidget):
@@ -163,8 +168,12 @@ class EngineCheck(QWidget):
         checked = self._checked
         if checked is not None and checked[0] == self.budget.checked_state():
             self.status.setText(checked[1])
-        else:
-            self.status.setText(UNCHECKED)
+            return
+        _, estimate = self.document.estimate()
+        learned = any(d.compute_source is not ComputeSource.ESTIMATED for d in estimate.devices)
+        # A bar may still say "measured": its compute buffer comes from an earlier check of
+        # the same settings, which is not a check of this plan.
+        self.status.setText(LEARNED if learned else UNCHECKED)
 
     def _on_document_plan_changed(self, _cells: object = None) -> None:
         if not self._checking:

@@ -168,7 +168,8 @@ def test_a_plan_edit_after_a_check_says_estimated_again(
     _, est = doc.estimate()
     assert window.budget.measured_totals(est) == {}
     _shot(window, "qa_check_status_after_edit.png", tmp_path)
-    assert not window.engine_check.status.text().startswith("Measured"), (
+    # Not "Measured", and not "Estimated" either beside a bar that says "measured".
+    assert window.engine_check.status.text().startswith("This plan is not checked"), (
         window.engine_check.status.text()
     )
     # Undo brings the checked plan back, and with it what the engine measured.
