@@ -222,6 +222,17 @@ class Document(QObject):
         self.plan_changed.emit(frozenset())
         self.settings_changed.emit()
 
+    def rebind_model(self, layout: ModelLayout) -> None:
+        """Put ``layout`` in the place of a model with the same tensors (a remote model's
+        download): plan, settings and the undo history stay, since every step is as valid for
+        the one as for the other."""
+        self._layout = layout
+        self._planner = Planner(layout, self.rig, self.settings)
+        self._estimate_cache = None
+        self.model_changed.emit()
+        self.plan_changed.emit(frozenset())
+        self.settings_changed.emit()
+
     def set_learned(self, learned: Learned) -> None:
         """Compute buffers measured on this machine for this model (not an undo step: a fact)."""
         self._planner.update(learned=learned)

@@ -13,12 +13,14 @@ from typing import Any
 
 from PySide6.QtCore import (
     QAbstractTableModel,
+    QEvent,
     QModelIndex,
+    QObject,
     QPersistentModelIndex,
     Qt,
     Signal,
 )
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtGui import QBrush, QColor, QKeyEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
@@ -183,7 +185,10 @@ class HubDialog(QDialog):
         self.table.verticalHeader().hide()
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
+        # A double click or Enter on a row opens it (not "activated": with a single-click
+        # desktop setting that would open a row the user only meant to select).
         self.table.doubleClicked.connect(self._on_table_double_clicked)
+        self.table.installEventFilter(self)
         self.table.selectionModel().selectionChanged.connect(self._update_buttons)
 
         self.message = QLabel(
@@ -197,6 +202,12 @@ class HubDialog(QDialog):
         self.open_button.clicked.connect(self.open_selected)
         close = QPushButton("Close")
         close.clicked.connect(self.reject)
+        # No default button: Enter belongs to the field (compare) or the table (open). A default
+        # button would take the same Enter a second time (comparing again, or comparing after
+        # the dialog had opened the row).
+        for button in (self.compare_button, self.cancel_button, self.open_button, close):
+            button.setAutoDefault(False)
+            button.setDefault(False)
         bottom = QHBoxLayout()
         bottom.addStretch(1)
         bottom.addWidget(self.open_button)
@@ -295,6 +306,18 @@ class HubDialog(QDialog):
     def _on_table_double_clicked(self, index: QModelIndex) -> None:
         self.table.selectRow(index.row())
         self.open_selected()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if (
+            watched is self.table
+            and event.type() == QEvent.Type.KeyPress
+            and isinstance(event, QKeyEvent)
+            and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+            and self.selected_row() is not None
+        ):
+            self.open_selected()
+            return True
+        return super().eventFilter(watched, event)
 
     def open_selected(self) -> None:
         row = self.selected_row()

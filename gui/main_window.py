@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QActionGroup, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QApplication,
+    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QMenu,
     QMessageBox,
@@ -50,6 +53,7 @@ from moe_studio.gui.command_view import CommandView
 from moe_studio.gui.dialogs import ImportCommandDialog, MachineDialog, RpcDialog
 from moe_studio.gui.document import Document
 from moe_studio.gui.fit_area import fit_area
+from moe_studio.gui.keys import undo_falls_through
 from moe_studio.gui.legend import LegendDialog
 from moe_studio.gui.messages import show_error
 from moe_studio.gui.palette import DevicePalette
@@ -149,12 +153,25 @@ class MainWindow(QMainWindow):
         self.settings_panel = SettingsPanel(document)
         self.process_panel = ProcessPanel(document, auto_detect=auto_detect_engine, bench_tab=False)
         self.engine_check = EngineCheck(
-            document, self.budget, self.tasks, lambda: self.process_panel.engine_info
+            document,
+            self.budget,
+            self.tasks,
+            lambda: self.process_panel.engine_info,
+            blocker=self._check_blocker,
         )
         # A finished run has added its calibration record (the panel's own slot runs first).
         self.process_panel.server.finished.connect(self._on_server_finished)
+        # What one engine measured is not another's: the marks go, the learning is redone.
+        self.process_panel.engine_changed.connect(self.engine_check.forget)
         self._build_layout()
         self._build_menus()
+        # Ctrl+Z in a field with nothing typed to take back undoes the last change.
+        self._undo_fallthrough = undo_falls_through(
+            self,
+            self.findChildren(QLineEdit)
+            + self.findChildren(QAbstractSpinBox)
+            + [c for c in self.findChildren(QComboBox) if c.isEditable()],
+        )
         self._build_status()
         self.device_palette.brush_changed.connect(self._on_palette_brush_changed)
         self.tensor_view.auto_place_requested.connect(self.auto_place)
@@ -586,10 +603,43 @@ class MainWindow(QMainWindow):
             from moe_studio.gui.tune import TuneDialog
 
             self.tune_dialog = TuneDialog(
-                self.document, lambda: self.process_panel.engine_info, self
+                self.document,
+                lambda: self.process_panel.engine_info,
+                self,
+                blocker=self._tune_blocker,
             )
+            tune = self.tune_dialog
+            self.process_panel.tune_running = lambda: tune.running
+            tune.tasks.running_changed.connect(self.process_panel.others_changed)
+            # Undo and Redo work while the dialog is the active window ("Apply best" says
+            # Undo takes it back; the user is still in the dialog when reading that).
+            self.tune_dialog.addActions([self.undo_action, self.redo_action])
         self.tune_dialog.show()
         self.tune_dialog.activateWindow()
+
+    def _check_blocker(self) -> str:
+        """Why "Check with engine" cannot run now: ik's --dry-run allocates every buffer, so a
+        server, benchmark or Tune on the same devices would make it measure their memory too."""
+        if self.process_panel.server.running:
+            return (
+                "The server is running: stop it first (Server tab); the check allocates the "
+                "plan's buffers on the same devices."
+            )
+        if self.process_panel.bench.is_running or self.process_panel.tune_running():
+            return "A benchmark or Tune is running: let it finish (or stop it) first."
+        return ""
+
+    def _tune_blocker(self) -> str:
+        """Why Tune cannot start now: the server or a benchmark holds the devices."""
+        panel = self.process_panel
+        if panel.server.running:
+            return (
+                "The server is running: stop it first (Server tab). Tune loads the model on the "
+                "same devices; its figures would be wrong, or it would run out of memory."
+            )
+        if panel.bench.is_running:
+            return "A benchmark is running (Benchmarks): cancel it or let it finish first."
+        return ""
 
     def _about(self) -> None:
         from moe_studio.core import __version__

@@ -295,7 +295,7 @@ class ProfileController(QObject):
         doc = self.document
         url = doc.layout.source
         profile = bind_model(doc.to_profile(), layout)
-        doc.set_model(layout, doc.plan, doc.settings)
+        doc.rebind_model(layout)
         doc.set_profile(profile, doc.profile_path)
         doc.undo_stack.resetClean()
         return f"{layout.source} is the download of {url}: the plan is kept and now uses it."

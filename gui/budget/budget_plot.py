@@ -247,7 +247,7 @@ class BudgetPlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         self._legend.addItem(self._gpus.marks, "engine's dry run")
         self._fit_legend()
         self._measured: ProbeResult | None = None
-        self._measured_state: tuple[object, object] | None = None
+        self._measured_state: tuple[object, ...] | None = None
         self.setMouseTracking(True)
         self.setToolTip(HEADROOM_RULE)
         self.ci.layout.setColumnStretchFactor(0, 5)
@@ -288,19 +288,25 @@ class BudgetPlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         self._gpus.set_budgets(devices, dark, measured)
         self._ram.set_budgets(host, dark, measured)
 
-    def show_measured(self, result: ProbeResult | None) -> None:
-        """Mark the engine's totals of a check of the document's current plan (None: clear)."""
+    def checked_state(self) -> tuple[object, ...]:
+        """What a check is of: the document's plan, settings and rig (the marks belong to it)."""
         doc = self._document
+        return (doc.plan, doc.settings, doc.rig)
+
+    def show_measured(
+        self, result: ProbeResult | None, state: tuple[object, ...] | None = None
+    ) -> None:
+        """Mark the engine's totals of a check of ``state`` (see :meth:`checked_state`; default:
+        the document's now). None: clear."""
         self._measured = result if result is not None and result.rows else None
-        self._measured_state = (doc.plan, doc.settings) if self._measured else None
+        self._measured_state = (state or self.checked_state()) if self._measured else None
         self.refresh()
 
     def measured_totals(self, estimate: Estimate) -> dict[str, int]:
         """Device → the engine's weights + KV + compute (+ our overhead) from the last check,
-        while the plan and settings are the ones checked ({} otherwise)."""
-        doc = self._document
+        while the plan, settings and rig are the ones checked ({} otherwise)."""
         result = self._measured
-        if result is None or self._measured_state != (doc.plan, doc.settings):
+        if result is None or self._measured_state != self.checked_state():
             return {}
         out = {}
         for row in result.rows:

@@ -26,11 +26,18 @@ from moe_studio.core.engine.discovery import EngineInfo
 from moe_studio.core.engine.launch import build_launch_spec
 from moe_studio.core.engine.probe import ProbeOutcome, ProbeResult, run_probe
 from moe_studio.core.errors import MoeStudioError
+from moe_studio.core.plan.memory import ComputeSource
 from moe_studio.gui.budget.budget_plot import BudgetPlot
 from moe_studio.gui.document import Document
 from moe_studio.gui.tasks import TaskRunner
 
 log = logging.getLogger(__name__)
+
+UNCHECKED = "Estimated; not checked with the engine."
+LEARNED = (
+    "This plan is not checked with the engine; compute buffers marked measured come from an "
+    "earlier check at these settings."
+)
 
 
 class EngineCheck(QWidget):
@@ -42,6 +49,7 @@ class EngineCheck(QWidget):
         tasks: The main window's task runner.
         engine: Returns the engine to check with (the Server tab's), or None.
         calibration_path: The calibration file (default: the user's).
+        blocker: Why a check cannot run now (a server or benchmark holds the devices), or "".
     """
 
     def __init__(
@@ -52,6 +60,7 @@ class EngineCheck(QWidget):
         engine: Callable[[], EngineInfo | None],
         *,
         calibration_path: Path | None = None,
+        blocker: Callable[[], str] | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -60,7 +69,12 @@ class EngineCheck(QWidget):
         self.tasks = tasks
         self.engine = engine
         self.calibration_path = calibration_path
+        self.blocker = blocker or (lambda: "")
         self.result: ProbeResult | None = None
+        # What the last check was of (plan, settings, rig) and what it said: the sentence
+        # stands while that is what the window shows (an undo brings it back).
+        self._checked: tuple[tuple[object, ...], str] | None = None
+        self._checking = False
         row = QHBoxLayout(self)
         row.setContentsMargins(6, 0, 6, 0)
         self.button = QPushButton("Check with engine")
@@ -69,7 +83,7 @@ class EngineCheck(QWidget):
             "printed, no weights are read (seconds). The engine's figures are marked on the bars "
             "and replace the estimate for this configuration."
         )
-        self.status = QLabel("Estimated; not checked with the engine.")
+        self.status = QLabel(UNCHECKED)
         self.status.setWordWrap(True)
         self.status.setStyleSheet("font-size: 11px;")
         row.addWidget(self.button)
@@ -77,6 +91,8 @@ class EngineCheck(QWidget):
         self.button.clicked.connect(self.check)
         tasks.running_changed.connect(self._on_tasks_running_changed)
         document.model_changed.connect(self._on_document_model_changed)
+        # Emitted for every edit, settings and rig change too.
+        document.plan_changed.connect(self._on_document_plan_changed)
         self.relearn()
 
     def relearn(self) -> None:
@@ -88,6 +104,10 @@ class EngineCheck(QWidget):
         doc.set_learned(learned_for(records, doc.layout, doc.settings.dialect, version))
 
     def check(self) -> None:
+        blocked = self.blocker()
+        if blocked:
+            self.status.setText(blocked)
+            return
         info = self.engine()
         if info is None or not info.usable:
             self.status.setText("Choose a llama-server first (Server tab, Choose engine…).")
@@ -99,6 +119,9 @@ class EngineCheck(QWidget):
         except MoeStudioError as exc:
             self.status.setText(str(exc))
             return
+        state = self.budget.checked_state()
+        self._checked = None
+        self._checking = True
         self.status.setText(f"Checking with {info.label}…")
         self.budget.show_measured(None)
 
@@ -107,15 +130,19 @@ class EngineCheck(QWidget):
 
         def done(result: object) -> None:
             assert isinstance(result, ProbeResult)
-            self._on_checked(result, plan, info)
+            self._on_checked(result, state, info)
 
         self.tasks.start(work, done)
 
     def _on_tasks_running_changed(self, running: bool) -> None:
         self.button.setEnabled(not running)  # one background task at a time
+        if not running and self._checking:  # cancelled (another task took the runner)
+            self._checking = False
+            self._show_status()
 
-    def _on_checked(self, result: ProbeResult, plan: object, info: EngineInfo) -> None:
+    def _on_checked(self, result: ProbeResult, state: tuple[object, ...], info: EngineInfo) -> None:
         self.result = result
+        self._checking = False
         doc = self.document
         if result.measured:
             try:
@@ -130,11 +157,34 @@ class EngineCheck(QWidget):
         if result.outcome is ProbeOutcome.OUT_OF_MEMORY and result.diagnosis is not None:
             fixes = ", ".join(f.label for f in result.diagnosis.fixes[:3])
             text += f" Fixes: {fixes}." if fixes else ""
-        self.status.setText(text)
-        if result.rows and doc.plan is plan:
-            self.budget.show_measured(result)
+        self._checked = (state, text)
+        if result.rows:
+            self.budget.show_measured(result, state)
+        self._show_status()
+
+    def _show_status(self) -> None:
+        """The last check's sentence while the plan, settings and rig are the ones it checked;
+        otherwise the bars are estimates again, and the line says so."""
+        checked = self._checked
+        if checked is not None and checked[0] == self.budget.checked_state():
+            self.status.setText(checked[1])
+            return
+        _, estimate = self.document.estimate()
+        learned = any(d.compute_source is not ComputeSource.ESTIMATED for d in estimate.devices)
+        # A bar may still say "measured": its compute buffer comes from an earlier check of
+        # the same settings, which is not a check of this plan.
+        self.status.setText(LEARNED if learned else UNCHECKED)
+
+    def _on_document_plan_changed(self, _cells: object = None) -> None:
+        if not self._checking:
+            self._show_status()
+
+    def forget(self) -> None:
+        """Drop the last check's marks and sentence and learn again (another model or engine)."""
+        self._checked = None
+        self.budget.show_measured(None)
+        self.status.setText(UNCHECKED)
+        self.relearn()
 
     def _on_document_model_changed(self) -> None:
-        self.budget.show_measured(None)
-        self.status.setText("Estimated; not checked with the engine.")
-        self.relearn()
+        self.forget()

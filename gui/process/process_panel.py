@@ -10,6 +10,7 @@ import html
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QSize, Qt, QTimer, QUrl, Signal
@@ -73,6 +74,12 @@ def _diff(n: int | None) -> str:
     return f"{sign}{format_bytes(n)}"
 
 
+TUNE_RUNNING = (
+    "Tune is measuring (Tools → Tune…): stop it or let it finish first. It loads the model on "
+    "the same devices."
+)
+
+
 class _ReplyRelay(QObject):
     """Carries pieces of a streamed reply from the worker thread to the GUI thread (queued)."""
 
@@ -80,6 +87,14 @@ class _ReplyRelay(QObject):
 
 
 class ProcessPanel(QWidget):
+    """The Server tab.
+
+    Signals:
+        engine_changed: another engine was chosen, or none is usable any more.
+    """
+
+    engine_changed = Signal()
+
     def __init__(
         self,
         document: Document,
@@ -97,6 +112,8 @@ class ProcessPanel(QWidget):
         self.calibration_path = calibration_path
         self.server = ServerProcess(self)
         self.engine_info: EngineInfo | None = None
+        # Whether Tools → Tune is measuring (set by the window): it shares the devices too.
+        self.tune_running: Callable[[], bool] = lambda: False
         self.diagnosis: Diagnosis | None = None
         self.last_prompt: PromptResult | None = None
         self.fix_buttons: list[QPushButton] = []
@@ -277,14 +294,20 @@ class ProcessPanel(QWidget):
 
     def set_engine(self, info: object) -> None:
         assert isinstance(info, EngineInfo)
+        changed = info != self.engine_info
         self.engine_info = info
         self._show_engine()
         self.bench.refresh()
+        if changed:
+            self.engine_changed.emit()
 
     def _on_engine_missing(self, error: BaseException) -> None:
+        changed = self.engine_info is not None
         self.engine_info = None
         self._show_engine(str(error))
         self.bench.refresh()
+        if changed:
+            self.engine_changed.emit()
 
     def _show_engine(self, problem: str = "") -> None:
         info = self.engine_info
@@ -309,8 +332,7 @@ class ProcessPanel(QWidget):
         def done(info: object) -> None:
             assert isinstance(info, EngineInfo)
             if not info.usable:
-                self.engine_info = None
-                self._show_engine(info.problem)
+                self._on_engine_missing(MoeStudioError(info.problem))
                 return
             try:
                 self.engine_store.remember(info)
@@ -333,6 +355,9 @@ class ProcessPanel(QWidget):
                 "serves one client at a time and would make the second one wait forever.",
                 error=True,
             )
+            return False
+        if self.tune_running():
+            self._set_status_text(TUNE_RUNNING, error=True)
             return False
         try:
             _require_local_model(self.document.layout.source)
@@ -371,6 +396,8 @@ class ProcessPanel(QWidget):
         self._update_buttons()
 
     def _bench_blocker(self) -> str:
+        if self.tune_running():
+            return TUNE_RUNNING
         if not self.server.running:
             return ""
         return (
@@ -383,7 +410,15 @@ class ProcessPanel(QWidget):
         """Send the prompt field's text (or a default) and stream the reply into the Prompt tab;
         False when the server is not ready or a reply is still coming."""
         spec = self.server.spec
-        if spec is None or self.server.status.phase is not Phase.READY or self._prompting:
+        if self._prompting:
+            return False
+        if spec is None or not self.server.running or self.server.status.phase is not Phase.READY:
+            # Enter in the field works while Send is greyed out: say why nothing is sent.
+            self.prompt_label.setText(
+                "The server is still loading; send the prompt once it is ready."
+                if self.server.running
+                else "No server is running: Launch it first, then send the prompt."
+            )
             return False
         prompt = self.prompt_edit.text().strip() or DEFAULT_PROMPT
         host, port, key = connect_host(spec.host), spec.port, spec.api_key
@@ -553,6 +588,9 @@ class ProcessPanel(QWidget):
         else:
             self._set_status_text(info.message)
         self._update_buttons()
+        # No server runs any more, so "it still runs the old command" is no longer true; a
+        # restart that cannot launch says why in the status line instead.
+        self.restart_banner.hide()
         if self._restart_pending:
             self._restart_pending = False
             self.launch()
@@ -690,15 +728,23 @@ class ProcessPanel(QWidget):
             f"<span style='color:#D55E00'>{escaped}</span>" if error else escaped
         )
 
+    def others_changed(self) -> None:
+        """A run elsewhere (Tune) started or ended: Launch and Run say whether they can go."""
+        self._update_buttons()
+        self.bench.refresh()
+
     def _update_buttons(self) -> None:
         running = self.server.running
         phase = self.server.status.phase
         benchmarking = self.bench.is_running
+        tuning = self.tune_running()
         self.launch_button.setEnabled(
-            not running and not benchmarking and self.engine_info is not None
+            not running and not benchmarking and not tuning and self.engine_info is not None
         )
         if self.engine_info is None:
             tip = "Choose a llama-server binary first (Choose engine…)."
+        elif tuning:
+            tip = TUNE_RUNNING
         elif benchmarking:
             tip = "A benchmark is running: the server would share its devices; wait or cancel it."
         else:

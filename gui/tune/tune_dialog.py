@@ -59,6 +59,7 @@ from moe_studio.gui.document import Document
 from moe_studio.gui.tasks import TaskRunner
 from moe_studio.gui.tune.trials_model import TrialsModel
 from moe_studio.gui.tune.tune_plot import TunePlot
+from moe_studio.gui.wheel import guard_wheel
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,12 @@ class TuneDialog(QDialog):
         parent: QWidget | None = None,
         *,
         calibration: Path | None = None,
+        blocker: Callable[[], str] | None = None,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Tune")
+        # Why a run cannot start now (the server or a benchmark holds the devices), or "".
+        self._blocker = blocker or (lambda: "")
         self._document = document
         self._engine_provider = engine_provider
         self._calibration = calibration
@@ -155,6 +159,8 @@ class TuneDialog(QDialog):
         self._current_key = ""
         self._objective: Objective = "balanced"
         self._started = 0.0
+        # (layout, rig, settings) the run measured: its best is for them only.
+        self._measured_for: tuple[object, ...] | None = None
         self.tune_result: TuneResult | None = None
         self.tasks = TaskRunner(self)
         self.model = TrialsModel()
@@ -166,7 +172,15 @@ class TuneDialog(QDialog):
         self.stop_button.clicked.connect(self._on_stop_button_clicked)
         self.apply_button.clicked.connect(self._on_apply_button_clicked)
         self.objective.currentIndexChanged.connect(self._on_objective_changed)
+        # A run's best is for the model and hardware it measured, not for what is open now.
+        document.model_changed.connect(self._on_document_changed)
+        document.rig_changed.connect(self._on_document_changed)
+        # Undoing "Apply best" offers it again; redoing it (or applying) does not.
+        document.plan_changed.connect(self._on_document_changed)
         self.resize(1100, 680)
+        # Start has the focus when the dialog opens (Enter starts; a wheel over the budget does
+        # not change a field the user never chose).
+        self.start_button.setFocus(Qt.FocusReason.OtherFocusReason)
 
     # --- construction ----------------------------------------------------------------------------
 
@@ -190,6 +204,8 @@ class TuneDialog(QDialog):
         )
         self.allow_cache = QCheckBox("Also try a q8_0 KV cache (changes the output slightly)")
         self.resume = QCheckBox("Resume: reuse the trials of the last run")
+        # The wheel edits a field only once it was clicked or tabbed into (as in Settings).
+        self._wheel_guard = guard_wheel(self, (self.budget, self.max_trials, self.objective))
         form = QFormLayout()
         form.addRow("Budget", self.budget)
         form.addRow("Trials at most", self.max_trials)
@@ -257,6 +273,10 @@ class TuneDialog(QDialog):
 
     def start(self) -> bool:
         """Start a run with the dialog's options; False (and a sentence) when it cannot."""
+        blocked = self._blocker()
+        if blocked:
+            self._fail(blocked)
+            return False
         engine = self._engine_provider()
         if engine is None:
             self._fail(
@@ -288,6 +308,7 @@ class TuneDialog(QDialog):
         self.model.clear()
         self.model.set_objective(objective)
         self.tune_result = None
+        self._measured_for = self._state()
         self.apply_button.setEnabled(False)
         self.best_label.setText("")
         with self._lock:
@@ -404,7 +425,7 @@ class TuneDialog(QDialog):
             )
         self.best_label.setText("\n".join(lines))
         self.status.setText(summary)
-        self.apply_button.setEnabled(result.best_candidate is not None and best != base)
+        self._update_apply()
         engine = self._engine_provider()
         self._document.add_benchmark(
             tune_entry(
@@ -416,13 +437,60 @@ class TuneDialog(QDialog):
         )
         self.run_finished.emit(result)
 
-    def _on_apply_button_clicked(self) -> None:
+    def _state(self) -> tuple[object, ...]:
+        doc = self._document
+        return (doc.layout, doc.rig, doc.settings)
+
+    def measured_here(self) -> bool:
+        """Whether the last run measured the model, hardware and settings in force now (once
+        applied, the best's settings count as measured too)."""
+        if self._measured_for is None:
+            return False
+        return self._measured_for == self._state() or self.applied()
+
+    def _can_apply(self) -> bool:
+        result = self.tune_result
+        return (
+            result is not None
+            and result.best_candidate is not None
+            and result.best != result.baseline
+            and self.measured_here()
+            and not self.applied()
+        )
+
+    def applied(self) -> bool:
+        """Whether the document holds the best's plan and settings now."""
         result = self.tune_result
         if result is None or result.best_candidate is None:
+            return False
+        doc, best = self._document, result.best_candidate
+        return doc.plan == best.plan and doc.settings == best.settings
+
+    def _update_apply(self) -> None:
+        self.apply_button.setEnabled(self._can_apply())
+
+    def _on_document_changed(self, _cells: object = None) -> None:
+        if self.tune_result is None or self.tasks.running:
+            return
+        was = self.apply_button.isEnabled()
+        self._update_apply()
+        if not self.measured_here():
+            self.status.setText(
+                "The model, hardware or settings changed since this run; Apply best would take "
+                "them back. Start measures again (or Undo the change)."
+            )
+        elif not was and self.apply_button.isEnabled():
+            self.status.setText(
+                "Back to the configuration this run measured: Apply best is offered again."
+            )
+
+    def _on_apply_button_clicked(self) -> None:
+        result = self.tune_result
+        if result is None or result.best_candidate is None or not self._can_apply():
             return
         candidate = result.best_candidate
         self._document.replace_plan_and_settings(candidate.plan, candidate.settings, APPLY_TEXT)
-        self.apply_button.setEnabled(False)
+        self._update_apply()
         self.status.setText("Applied the best configuration (Edit → Undo takes it back).")
 
     def closeEvent(self, event: QCloseEvent) -> None:
