@@ -362,11 +362,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         found = probe_engine(args.engine)
         engine = found if found.usable else None
     if engine is not None:
-        from moe_studio.core.engine.discovery import estimate_build_note
+        from moe_studio.core.engine.discovery import build_types_note, estimate_build_note
 
-        note = estimate_build_note(engine)
-        if note:
-            notes.append(note)
+        type_ids = (t.type_id for t in planner.layout.tensors if t.loaded)
+        for note in (build_types_note(engine, type_ids), estimate_build_note(engine)):
+            if note:
+                notes.append(note)
     learn(planner, engine)
     executable = args.engine or "llama-server"
     result = planner.result(plan, executable=executable, model_path=local)
