@@ -155,6 +155,17 @@ def build_command(
     """
     split = plan_layer_split(layout, plan, rig, settings)
     _check_dialect(settings, layout, len(split.devices))
+    rpc_split = [
+        d
+        for d in split.devices
+        if (dev := rig.device(d)) is not None and dev.kind is DeviceKind.RPC
+    ]
+    if settings.split_mode_graph and rpc_split:
+        raise CommandError(
+            f"-sm graph splits layers across CUDA GPUs only; with RPC devices ({rpc_split[0]}) "
+            "ik_llama.cpp keeps every split weight twice on the first device and, in our test of "
+            "build 4840, crashed the rpc-server at warm-up. Use -sm layer with RPC devices."
+        )
     unknown = sorted({d for d in plan.used_devices() if rig.device(d) is None})
     if unknown:
         raise CommandError(
