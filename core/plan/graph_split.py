@@ -9,9 +9,11 @@ project has no CUDA machine). What the source says:
   experts, granularity 16 or the quant block, ~5620-5660) in proportion to ``-ts``. ``create_split``
   corrects each split toward ``-ts`` by the memory already used per device, so over a model each
   GPU holds its ``-ts`` share of the split bytes. Norms and other 1-D tensors are copied to every
-  GPU (``prepare_split_tensors(-1, …, mirror, …)``). The output matrix is split too (granularity
-  16, ~5763-5775; older builds kept it whole, PR #1038) unless it stays in host memory. Tensors an
-  override keeps in RAM are not split. The CUDA split buffer allocates only the pieces, each on its
+  GPU (``prepare_split_tensors(-1, …, mirror, …)``). The output matrix stays whole on the
+  device of the output layer: ``create_embd_output`` (line 525) puts it in the split context only
+  with ``use_ctx_split``, which no architecture passes since PR #1038 ("Don't split the output
+  tensor", 2125f6863), so the output split at ~5763-5775 never runs. Tensors an override keeps
+  in RAM are not split. The CUDA split buffer allocates only the pieces, each on its
   GPU (``ggml_backend_cuda_split_buffer_type_get_alloc_size``, ``ggml/src/ggml-cuda.cu`` 1362).
 * **KV cache** (``src/llama.cpp`` ``llama_kv_cache_init`` 1248-1256, 1544-1578): without MLA
   each GPU holds the K/V heads of its attention split, so its ``-ts`` share; for MLA models
@@ -47,7 +49,6 @@ from moe_studio.core.units import MiB
 
 # ik ``llama_context_default_params`` (``src/llama.cpp`` 7576): ``max_extra_alloc`` = 256 MiB.
 MAX_EXTRA_ALLOC = 256 * MiB
-OUTPUT_TENSORS = ("output.weight", "output_norm.weight", "output_norm.bias")
 
 # The note every -sm graph plan carries: which figures are read from source rather than measured.
 DERIVED_NOTE = (
@@ -105,8 +106,7 @@ def graph_split(
     split_bytes = 0.0
     mirrored = 0
     overridden = False
-    output_index = layout.index.get("output.weight")
-    output_split = output_index is not None and plan.devices[output_index] in gpus
+    output_split = False  # PR #1038: the output matrix is never split (module docstring)
     for t, d in zip(layout.tensors, plan.devices, strict=True):
         if not d:
             continue
@@ -114,7 +114,7 @@ def graph_split(
         home = layer_devices[t.layer] if offloaded_layer else CPU_NAME
         if offloaded_layer and home in gpus and d == CPU_NAME:
             overridden = True
-        splits = (offloaded_layer and d in gpus) or (output_split and t.name in OUTPUT_TENSORS)
+        splits = offloaded_layer and d in gpus
         if not splits:
             weights[d] += t.nbytes
             continue

@@ -80,19 +80,20 @@ def test_weights_and_kv_split_by_ts_on_the_tiny_model(tiny: ModelLayout) -> None
     plan = spread(tiny, rig)
     layer, graph = run(tiny, plan, rig, TINY), run(tiny, plan, rig, GRAPH)
     s = shares(tiny, plan, rig, GRAPH)
-    # Every offloaded layer's matrices and the (GPU-resident) output are split by -ts; 1-D
-    # tensors (norms, biases) are copied to both GPUs (prepare_split_tensors(-1, …, mirror)).
+    # Every offloaded layer's matrices are split by -ts; 1-D tensors (norms, biases) are copied
+    # to both GPUs (prepare_split_tensors(-1, …, mirror)); the output stays whole (PR #1038).
     on_gpu = [
         t
         for t, d in zip(tiny.tensors, plan.devices, strict=True)
-        if d != CPU_NAME and (t.layer != GLOBAL_LAYER or t.name.startswith("output"))
+        if d != CPU_NAME and t.layer != GLOBAL_LAYER
     ]
+    output = sum(t.nbytes for t in tiny.tensors if t.name.startswith("output"))
     matrices = sum(t.nbytes for t in on_gpu if len(t.shape) >= 2)
     vectors = sum(t.nbytes for t in on_gpu if len(t.shape) < 2)
     for i, name in enumerate(("CUDA0", "CUDA1")):
         dev = graph.device(name)
         assert dev is not None
-        assert dev.weights == round(matrices * s[i]) + vectors
+        assert dev.weights == round(matrices * s[i]) + vectors + (output if i == 1 else 0)
         # KV: the K/V heads of each GPU's attention split (src/llama.cpp 1544-1578).
         assert dev.kv == sum(round(kv * s[i]) for kv in kv_bytes(tiny, GRAPH))
     total_kv = sum(d.kv for d in layer.devices)
@@ -114,7 +115,7 @@ def test_compute_terms_per_gpu_on_the_tiny_model(tiny: ModelLayout) -> None:
     for i, name in enumerate(("CUDA0", "CUDA1")):
         attention = s[i] * (_attention_phase(tiny, GRAPH, tokens) - inp) + inp
         ffn = s[i] * (layer_compute_bytes(tiny, GRAPH) - inp) + inp
-        logits = s[i] * hp.n_vocab * tokens * 4  # the output matrix is split as well
+        logits = hp.n_vocab * tokens * 4 if i == 1 else 0  # where the whole output matrix is
         want = int(mask + max(attention, ffn, logits) + reduce + MAX_EXTRA_ALLOC)
         dev = graph.device(name)
         assert dev is not None and dev.compute == want
