@@ -160,6 +160,13 @@ def build_command(
         for d in split.devices
         if (dev := rig.device(d)) is not None and dev.kind is DeviceKind.RPC
     ]
+    n_head = max(layout.hparams.head_count or (0,))
+    if settings.split_mode_graph and settings.is_ik and layout.hparams.is_mla and n_head % 4:
+        raise CommandError(
+            f"ik_llama.cpp's -sm graph splits MLA attention in groups of 4 heads and this model "
+            f"has {n_head}; the engine stops at load (GGML_ASSERT(nr % granularity == 0) in "
+            "create_split). Use -sm layer for this model."
+        )
     if settings.split_mode_graph and rpc_split:
         raise CommandError(
             f"-sm graph splits layers across CUDA GPUs only; with RPC devices ({rpc_split[0]}) "

@@ -185,3 +185,14 @@ def test_cli_split_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["plan", *common, "--split-mode", "layer"]) == 0
     command = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("llama-server"))
     assert " -sm " not in command
+
+
+def test_mla_heads_not_a_multiple_of_four_are_refused(tmp_path: Path) -> None:
+    # Measured: ik 8337e4cd loading the tiny deepseek2 (2 heads) with -sm graph on two
+    # rpc-servers stops with "llama-load-tensors.cpp:397: GGML_ASSERT(nr % granularity == 0)".
+    layout = open_model(write_tiny_model(tmp_path / "d.gguf", "deepseek2"))
+    assert max(layout.hparams.head_count) % 4
+    rig = gpus()
+    with pytest.raises(CommandError, match=r"groups of 4 heads and this model has \d+"):
+        build_command(layout, spread(layout, rig), rig, GRAPH)
+    assert "-sm" not in build_command(layout, spread(layout, rig), rig, TINY).argv
