@@ -31,7 +31,12 @@ project has no CUDA machine). What the source says:
   ``src/llama.cpp`` 485) every piece lands beside the whole tensor on the first device. Measured
   with 8337e4cd on two local rpc-servers, tiny qwen3moe, ``-c 1024 --dry-run``: layer mode put
   0.78 + 0.91 MiB of weights and 1 + 1 MiB of KV on the two devices; graph mode 3.16 + 0.13 MiB
-  and 4.00 + 0 MiB, and the warm-up then crashed the rpc-server. The command refuses that.
+  and 4.00 + 0 MiB, and the warm-up then crashed the rpc-server. The command refuses that. The
+  split arithmetic itself is what that run printed ("Estimated model buffer size per device"
+  0.79 + 0.79 MiB, "KV cache size per device" 1 + 1 MiB), and this module gives the same
+  (``tests/core/test_graph_split.py``); the CUDA allocation and the compute terms are unmeasured.
+  The tiny deepseek2 (2 heads) stops at load: MLA heads split in groups of 4 (``create_split``
+  asserts), so the command refuses such models too.
 """
 
 from __future__ import annotations

@@ -196,3 +196,20 @@ def test_mla_heads_not_a_multiple_of_four_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match=r"groups of 4 heads and this model has \d+"):
         build_command(layout, spread(layout, rig), rig, GRAPH)
     assert "-sm" not in build_command(layout, spread(layout, rig), rig, TINY).argv
+
+
+def test_split_matches_what_ik_printed_for_the_tiny_model(tiny: ModelLayout) -> None:
+    # ik 8337e4cd, CPU+RPC build, two local rpc-servers, this tiny qwen3moe (seed 0):
+    #   -ngl 99 -ts 1,1 -c 1024 -sm graph --dry-run
+    # printed "Estimated model buffer size per device: Device 0: 0.79 MiB, Device 1: 0.79 MiB"
+    # and "KV cache size per device: Device 0: 1 MiB, Device 1: 1 MiB" (the split pieces; the RPC
+    # build then allocates them beside the whole tensors on device 0, see graph_split's notes).
+    plan = assign(tiny, initial_plan(tiny), range_cells(tiny, 0, 1), "CUDA0").after
+    plan = assign(tiny, plan, range_cells(tiny, 2, 3), "CUDA1").after
+    homes = ["CUDA0", "CUDA0", "CUDA1", "CUDA1"]
+    kv = kv_bytes(tiny, TINY)
+    ts = {"CUDA0": 1.0, "CUDA1": 1.0}
+    gs = graph_split(tiny, plan, homes, kv, ["CUDA0", "CUDA1"], ts)
+    for name in ("CUDA0", "CUDA1"):
+        assert round(gs.weights[name] / MiB, 2) == 0.79
+        assert gs.kv[name] == 1 * MiB
