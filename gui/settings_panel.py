@@ -104,6 +104,11 @@ class SettingsPanel(QWidget):
         self.amb = _spin(64, "default (256)")
         self.rtr = QCheckBox("Run-time repack (-rtr)")
         self.graph = QCheckBox("Graph split mode (-sm graph)")
+        self.graph.setToolTip(
+            "ik_llama.cpp, two or more CUDA GPUs: every offloaded layer is split across the GPUs "
+            "by -ts (tensor parallel) instead of whole layers per GPU. The budget bars then show "
+            "each GPU's share, derived from ik's source (not measured on CUDA here)."
+        )
         self.merge_qkv = QCheckBox("Merge Q/K/V (--merge-qkv)")
         self.no_mmap = QCheckBox("Load into RAM, not mmap (--no-mmap)")
         self.no_mmap.setToolTip("--no-mmap (mainline: -lm none): read the model into RAM")

@@ -120,9 +120,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     check_repo(repo, args.repo)
     rig = _rig(args)
     settings = _settings(args, Settings(dialect=args.dialect or "ik"))
+    ik_build = None
+    if args.engine:
+        from moe_studio.core.engine.discovery import probe_engine
+
+        engine = probe_engine(args.engine).require_usable()
+        ik_build = engine.build if engine.flavour == "ik" else None
     stderr = sys.stderr
     comparison = compare_repo(
-        repo, rig, settings, revision=revision or "main", progress=_progress(stderr)
+        repo,
+        rig,
+        settings,
+        revision=revision or "main",
+        progress=_progress(stderr),
+        ik_build=ik_build,
     )
     if stderr.isatty():
         stderr.write("\r" + " " * 70 + "\r")
@@ -149,6 +160,12 @@ def add_parser(sub: SubParsers) -> None:
     run.add_argument("--ctx", "-c", type=int, help="context size (default 32768)")
     run.add_argument("--cache", metavar="TYPE", help="K and V cache type, e.g. q8_0")
     run.add_argument("--dialect", choices=("ik", "mainline"), help="the engine (default ik)")
+    run.add_argument(
+        "--engine",
+        metavar="PATH",
+        help="your llama-server: an ik_llama.cpp build older than a quant's tensor types is "
+        "marked as unable to load it",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     # What plan's settings reader expects and compare does not offer.
     p.set_defaults(

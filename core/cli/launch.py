@@ -385,12 +385,13 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     out = sys.stdout
     engine, planner, plan, notes = prepare(args, defaults=args.plan_defaults, store=EngineStore())
     from moe_studio.core.cli.plan import learn
-    from moe_studio.core.engine.discovery import estimate_build_note
+    from moe_studio.core.engine.discovery import build_types_note, estimate_build_note
 
     learn(planner, engine)
-    build_note = estimate_build_note(engine)
-    if build_note:
-        notes.append(build_note)
+    type_ids = (t.type_id for t in planner.layout.tensors if t.loaded)
+    for build_note in (build_types_note(engine, type_ids), estimate_build_note(engine)):
+        if build_note:
+            notes.append(build_note)
     result = planner.result(plan, executable=engine.path)
     spec = build_launch_spec(result, engine, dialect=planner.settings.dialect)
     out.write(f"{engine.label} at {engine.path}\n{spec.shell()}\n")

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from moe_studio.core.errors import CommandError, MoeStudioError
+from moe_studio.core.errors import CommandError, DialectError, MoeStudioError
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan.memory import COMPUTE_MARGIN, ComputeSource, DeviceBudget
 from moe_studio.core.plan.placement import Plan, as_mapping, initial_plan
@@ -77,6 +77,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--no-fa", action="store_true", help="flash attention off")
     run.add_argument("--mla", type=int, choices=(0, 1, 2, 3), help="ik -mla mode")
     run.add_argument("--amb", type=int, help="ik -amb MiB")
+    run.add_argument(
+        "--split-mode",
+        "-sm",
+        choices=("layer", "graph"),
+        help="ik: layer (default) gives each GPU whole layers; graph splits every offloaded "
+        "layer's weights and KV across the GPUs by -ts (tensor parallel, 2+ GPUs)",
+    )
     run.add_argument("--threads", "-t", type=int)
     run.add_argument("--parallel", "-np", type=int, help="slots (default 1)")
     run.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -203,6 +210,14 @@ def _settings(args: argparse.Namespace, base: Settings) -> Settings:
         changes["mla"] = args.mla
     if args.amb is not None:
         changes["amb"] = args.amb
+    split_mode = getattr(args, "split_mode", None)
+    if split_mode == "graph" and (args.dialect or base.dialect) == "mainline":
+        raise DialectError(
+            "--split-mode graph is an ik_llama.cpp option; mainline llama.cpp has no graph split "
+            "(its -sm row and tensor are not modelled here). Drop --split-mode or use --dialect ik."
+        )
+    if split_mode is not None:
+        changes["split_mode_graph"] = split_mode == "graph"
     if args.threads is not None:
         changes["threads"] = args.threads
     if args.no_mmap:
@@ -380,11 +395,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         found = probe_engine(args.engine)
         engine = found if found.usable else None
     if engine is not None:
-        from moe_studio.core.engine.discovery import estimate_build_note
+        from moe_studio.core.engine.discovery import build_types_note, estimate_build_note
 
-        note = estimate_build_note(engine)
-        if note:
-            notes.append(note)
+        type_ids = (t.type_id for t in planner.layout.tensors if t.loaded)
+        for note in (build_types_note(engine, type_ids), estimate_build_note(engine)):
+            if note:
+                notes.append(note)
     learn(planner, engine)
     executable = args.engine or "llama-server"
     result = planner.result(plan, executable=executable, model_path=local)

@@ -568,3 +568,29 @@ def estimate_build_note(info: EngineInfo) -> str:
         f"{what}, {since}); {info.label} is older, so its compute buffers may differ — "
         "check with the engine (--probe) or update it."
     )
+
+
+def build_types_note(info: EngineInfo, type_ids: Iterable[int]) -> str:
+    """A sentence when ``info``'s ik_llama.cpp build predates a tensor type the model uses.
+
+    Build numbers come from :data:`~moe_studio.core.gguf.ggml_types.IK_TYPE_ORIGIN` (ik's own
+    history); a build without a number (``version: 0 (unknown)``) or a mainline build says
+    nothing here (mainline's ik-only refusal is the dialect check's).
+    """
+    if info.flavour != "ik" or info.build is None:
+        return ""
+    from moe_studio.core.gguf.ggml_types import ik_types_newer_than
+
+    newer = ik_types_newer_than(type_ids, info.build)
+    if not newer:
+        return ""
+    parts = [
+        f"{t.name} (added in build {o.build}, {o.commit}"
+        + (f", PR #{o.pr}" if o.pr else "")
+        + f", {o.date})"
+        for t, o in newer
+    ]
+    return (
+        f"This ik_llama.cpp build ({info.build}) predates {', '.join(parts)}, which the model "
+        "uses; it will refuse the file as an unknown tensor type. Update the engine."
+    )

@@ -9,7 +9,7 @@ metadata. The PyPI ``gguf`` package knows only the mainline ids, which is why we
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -247,3 +247,97 @@ CACHE_TYPES_IK = (
     "q8_KV",
 )
 CACHE_TYPES_MAINLINE = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+
+# --- when ik_llama.cpp learned each type ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TypeOrigin:
+    """The first ik_llama.cpp build whose ``ggml/include/ggml.h`` gives a type its id."""
+
+    build: int  # ik prints it as ``version: N (hash)``: ``git rev-list --count`` of the commit
+    commit: str
+    date: str
+    pr: int  # the pull request named in the commit subject (0: none)
+
+
+# From the history of ik_llama.cpp at 8337e4cd (build 4840): for each ``GGML_TYPE_X = id`` of the
+# ``enum ggml_type`` there, the oldest commit whose ``ggml/include/ggml.h`` has that line
+# (``git log --reverse -G 'GGML_TYPE_X\s*=\s*id' -- ggml/include/ggml.h``) and its build number
+# (``git rev-list --count``). Types already in ik's first own build (3347, 0ceeb1172, 2024-07-27,
+# "Merge mainline llama.cpp (#3)") are absent: every ik build knows them. An older build reads a
+# GGUF with a newer type as an unknown type id and refuses the file.
+IK_TYPE_ORIGIN: dict[int, TypeOrigin] = {
+    36: TypeOrigin(3527, "400b77429", "2025-01-10", 169),  # I2_S
+    39: TypeOrigin(3834, "e23b2a7cc", "2025-08-09", 682),  # MXFP4
+    41: TypeOrigin(4382, "90ec1b80c", "2026-04-02", 1570),  # Q1_0_G128
+    97: TypeOrigin(3611, "d71e84bdc", "2025-03-27", 292),  # Q8_0_X4
+    98: TypeOrigin(3611, "d71e84bdc", "2025-03-27", 292),  # Q8_1_X4
+    99: TypeOrigin(3611, "d71e84bdc", "2025-03-27", 292),  # Q8_2_X4
+    133: TypeOrigin(3448, "104e7e26c", "2024-10-02", 77),  # Q6_0
+    134: TypeOrigin(3415, "4a5d5e207", "2024-09-09", 44),  # IQ1_BN
+    135: TypeOrigin(3415, "4a5d5e207", "2024-09-09", 44),  # IQ2_BN
+    136: TypeOrigin(3415, "4a5d5e207", "2024-09-09", 44),  # Q8_K64
+    137: TypeOrigin(3415, "4a5d5e207", "2024-09-09", 44),  # IQ2_K
+    138: TypeOrigin(3415, "4a5d5e207", "2024-09-09", 44),  # IQ3_K
+    139: TypeOrigin(3415, "4a5d5e207", "2024-09-09", 44),  # IQ4_K
+    140: TypeOrigin(3415, "4a5d5e207", "2024-09-09", 44),  # IQ5_K
+    141: TypeOrigin(3415, "4a5d5e207", "2024-09-09", 44),  # IQ6_K
+    144: TypeOrigin(3455, "a10ccd65f", "2024-10-09", 83),  # IQ4_KS
+    145: TypeOrigin(3458, "67817fb5b", "2024-10-13", 85),  # IQ2_KS
+    146: TypeOrigin(3463, "f369c6f92", "2024-10-16", 89),  # IQ4_KSS
+    147: TypeOrigin(3489, "612a20767", "2024-12-06", 124),  # Q8_K16
+    148: TypeOrigin(3492, "b39bbb040", "2024-12-08", 128),  # Q8_K32
+    149: TypeOrigin(3505, "e885c1e59", "2024-12-14", 141),  # Q8_KR8
+    150: TypeOrigin(3549, "6658922b9", "2025-02-09", 194),  # Q8_K128
+    151: TypeOrigin(3561, "1140b4568", "2025-02-19", 208),  # Q8_KV
+    152: TypeOrigin(3696, "90e53a0b8", "2025-05-15", 422),  # IQ5_KS
+    153: TypeOrigin(3707, "25d34e3d2", "2025-05-22", 441),  # IQ2_KT
+    154: TypeOrigin(3707, "25d34e3d2", "2025-05-22", 441),  # IQ3_KT
+    155: TypeOrigin(3707, "25d34e3d2", "2025-05-22", 441),  # IQ4_KT
+    156: TypeOrigin(3778, "adc28f885", "2025-07-02", 566),  # IQ3_KS
+    157: TypeOrigin(3800, "f375799f1", "2025-07-14", 602),  # IQ2_KL
+    158: TypeOrigin(3810, "e1164e1fd", "2025-07-20", 616),  # IQ1_KT
+    202: TypeOrigin(3545, "8049ffcbc", "2025-02-06", 189),  # Q4_0_R8
+    206: TypeOrigin(3486, "d9593f368", "2024-12-03", 121),  # Q5_0_R4
+    208: TypeOrigin(3545, "8049ffcbc", "2025-02-06", 189),  # Q8_0_R8
+    210: TypeOrigin(3499, "0f6621d41", "2024-12-11", 136),  # Q2_K_R4
+    211: TypeOrigin(3497, "4872f2f57", "2024-12-11", 134),  # Q3_K_R4
+    212: TypeOrigin(3493, "13126ce10", "2024-12-09", 129),  # Q4_K_R4
+    213: TypeOrigin(3496, "e78e47b85", "2024-12-10", 132),  # Q5_K_R4
+    214: TypeOrigin(3494, "b7e2f656f", "2024-12-10", 130),  # Q6_K_R4
+    216: TypeOrigin(3518, "9dfd69bd9", "2024-12-20", 154),  # IQ2_XXS_R4
+    217: TypeOrigin(3519, "6892554e4", "2024-12-21", 155),  # IQ2_XS_R4
+    218: TypeOrigin(3516, "310f8b1d2", "2024-12-20", 153),  # IQ3_XXS_R4
+    219: TypeOrigin(3542, "eb547bad1", "2025-02-05", 185),  # IQ1_S_R4
+    220: TypeOrigin(3491, "daf5f5202", "2024-12-08", 126),  # IQ4_NL_R4
+    221: TypeOrigin(3524, "da3bfd100", "2024-12-23", 162),  # IQ3_S_R4
+    222: TypeOrigin(3520, "7598ec79a", "2024-12-21", 156),  # IQ2_S_R4
+    223: TypeOrigin(3545, "8049ffcbc", "2025-02-06", 189),  # IQ4_XS_R8
+    229: TypeOrigin(3544, "7c94c3da5", "2025-02-06", 187),  # IQ1_M_R4
+    230: TypeOrigin(3506, "e811de75e", "2024-12-15", 142),  # BF16_R16
+    233: TypeOrigin(3486, "d9593f368", "2024-12-03", 121),  # Q6_0_R4
+    335: TypeOrigin(3489, "612a20767", "2024-12-06", 124),  # IQ2_BN_R4
+    337: TypeOrigin(3511, "c16d35291", "2024-12-17", 146),  # IQ2_K_R4
+    338: TypeOrigin(3510, "b52e2e293", "2024-12-17", 145),  # IQ3_K_R4
+    339: TypeOrigin(3501, "ce97b0325", "2024-12-12", 138),  # IQ4_K_R4
+    340: TypeOrigin(3514, "c208fec2f", "2024-12-18", 149),  # IQ5_K_R4
+    344: TypeOrigin(3515, "8352f1227", "2024-12-18", 150),  # IQ4_KS_R4
+    352: TypeOrigin(3699, "db111c91e", "2025-05-17", 426),  # IQ5_KS_R4
+    353: TypeOrigin(4751, "f0f6ae4bb", "2026-07-28", 2196),  # MXFP4_R8
+    397: TypeOrigin(3853, "ca8c72ff1", "2025-08-22", 710),  # Q8_K_R16
+    398: TypeOrigin(3561, "1140b4568", "2025-02-19", 208),  # Q8_KV_R8
+    399: TypeOrigin(3505, "e885c1e59", "2024-12-14", 141),  # Q8_K_R8
+}  # fmt: skip
+
+
+def ik_types_newer_than(type_ids: Iterable[int], build: int) -> list[tuple[GGMLType, TypeOrigin]]:
+    """The ik types among ``type_ids`` that ik_llama.cpp build ``build`` predates, newest first."""
+    found = []
+    for type_id in sorted(set(type_ids)):
+        origin = IK_TYPE_ORIGIN.get(type_id)
+        gtype = TYPES.get(type_id)
+        if origin is not None and gtype is not None and build < origin.build:
+            found.append((gtype, origin))
+    return sorted(found, key=lambda item: -item[1].build)

@@ -155,6 +155,24 @@ def build_command(
     """
     split = plan_layer_split(layout, plan, rig, settings)
     _check_dialect(settings, layout, len(split.devices))
+    rpc_split = [
+        d
+        for d in split.devices
+        if (dev := rig.device(d)) is not None and dev.kind is DeviceKind.RPC
+    ]
+    n_head = max(layout.hparams.head_count or (0,))
+    if settings.split_mode_graph and settings.is_ik and layout.hparams.is_mla and n_head % 4:
+        raise CommandError(
+            f"ik_llama.cpp's -sm graph splits MLA attention in groups of 4 heads and this model "
+            f"has {n_head}; the engine stops at load (GGML_ASSERT(nr % granularity == 0) in "
+            "create_split). Use -sm layer for this model."
+        )
+    if settings.split_mode_graph and rpc_split:
+        raise CommandError(
+            f"-sm graph splits layers across CUDA GPUs only; with RPC devices ({rpc_split[0]}) "
+            "ik_llama.cpp keeps every split weight twice on the first device and, in our test of "
+            "build 4840, crashed the rpc-server at warm-up. Use -sm layer with RPC devices."
+        )
     unknown = sorted({d for d in plan.used_devices() if rig.device(d) is None})
     if unknown:
         raise CommandError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moe_studio.core.errors import Cancelled, RemoteError
-from moe_studio.core.gguf.ggml_types import type_by_id
+from moe_studio.core.gguf.ggml_types import IK_TYPE_ORIGIN, ik_types_newer_than, type_by_id
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.gguf.reader import IsCancelled, Progress
 from moe_studio.core.gguf.tensors import ROUTED_EXPERT_GROUPS
@@ -54,9 +54,17 @@ class Placement:
         return "yes" if self.loadable else f"no: {self.load_problem}"
 
 
-def load_problem(layout: ModelLayout, dialect: str) -> str:
-    """Why ``dialect``'s engine cannot load ``layout``'s tensors ("" when it can)."""
+def load_problem(layout: ModelLayout, dialect: str, ik_build: int | None = None) -> str:
+    """Why ``dialect``'s engine cannot load ``layout``'s tensors ("" when it can).
+
+    ``ik_build`` is the user's ik_llama.cpp build number when known: a type that build predates
+    (:data:`~moe_studio.core.gguf.ggml_types.IK_TYPE_ORIGIN`) is a problem too.
+    """
     missing: dict[str, int] = {}
+    newer: set[int] = set()
+    if ik_build is not None:
+        ids = {t.type_id for t in layout.tensors if t.loaded}
+        newer = {g.id for g, _ in ik_types_newer_than(ids, ik_build)}
     for t in layout.tensors:
         if not t.loaded:
             continue
@@ -67,6 +75,9 @@ def load_problem(layout: ModelLayout, dialect: str) -> str:
             key = f"{gtype.name} is ik-only"
         elif dialect == "ik" and not gtype.in_ik:
             key = f"{gtype.name} is mainline-only"
+        elif dialect == "ik" and ik_build is not None and t.type_id in newer:
+            origin = IK_TYPE_ORIGIN[t.type_id]
+            key = f"{gtype.name} needs ik build {origin.build} (yours is {ik_build})"
         else:
             continue
         missing[key] = missing.get(key, 0) + t.nbytes
@@ -76,7 +87,9 @@ def load_problem(layout: ModelLayout, dialect: str) -> str:
     return ", ".join(ordered[:2]) + (f" (+{len(ordered) - 2} more)" if len(ordered) > 2 else "")
 
 
-def place_on_rig(layout: ModelLayout, rig: Rig, settings: Settings) -> Placement:
+def place_on_rig(
+    layout: ModelLayout, rig: Rig, settings: Settings, *, ik_build: int | None = None
+) -> Placement:
     """Auto-place ``layout`` on ``rig`` and measure the result."""
     planner = Planner(layout, rig, settings)
     plan = initial_plan(layout)
@@ -90,7 +103,7 @@ def place_on_rig(layout: ModelLayout, rig: Rig, settings: Settings) -> Placement
             experts_total += t.nbytes
             if plan.devices[i] != CPU_NAME:
                 experts_gpu += t.nbytes
-    problem = load_problem(layout, planner.settings.dialect)
+    problem = load_problem(layout, planner.settings.dialect, ik_build)
     return Placement(
         gpu_bytes=sum(d.total for d in gpus),
         gpu_capacity=sum(d.usable for d in gpus),
@@ -144,6 +157,7 @@ def compare_repo(
     cache: HeaderCache | None = None,
     progress: Progress | None = None,
     cancelled: IsCancelled | None = None,
+    ik_build: int | None = None,
 ) -> RepoComparison:
     """List ``repo``, read every quant's headers remotely and place each on ``rig``.
 
@@ -178,7 +192,9 @@ def compare_repo(
                 download=download_command(repo, r.quant, quants, listing.revision),
                 local_path=local_path(repo, r.quant),
                 layout=r.layout,
-                placement=None if r.layout is None else place_on_rig(r.layout, rig, settings),
+                placement=None
+                if r.layout is None
+                else place_on_rig(r.layout, rig, settings, ik_build=ik_build),
                 error=r.error,
             )
         )

@@ -44,9 +44,11 @@ read: ik_llama.cpp at 8337e4cd (2026-08-15, build 4840) and mainline llama.cpp v
 
 A device's buffer is ``masks + max(attention, FFN, logits) + offloaded weights``. The host runs
 the attention and FFN phases only for layers whose KV it holds; otherwise it holds the token
-embeddings and, when it has experts, their up/gate output. Not modelled: pipeline-parallel copies
-(``n_copies > 1``, only without tensor overrides), ``-sm graph``'s reduce buffers, CUDA pool and
-cuBLAS workspaces (the per-GPU overhead setting covers those).
+embeddings and, when it has experts, their up/gate output. ``-sm graph`` (each GPU a share of
+every layer) is :func:`graph_compute_terms`, derived from source in
+:mod:`moe_studio.core.plan.graph_split`. Not modelled: pipeline-parallel copies (``n_copies > 1``,
+only without tensor overrides), CUDA pool and cuBLAS workspaces (the per-GPU overhead setting
+covers those).
 """
 
 from __future__ import annotations
@@ -355,10 +357,13 @@ class ComputeTerms:
     logits: float = 0.0
     mask: float = 0.0
     offload_copy: float = 0.0
+    reduce: float = 0.0  # -sm graph: partial results gathered from every GPU
+    extra_alloc: float = 0.0  # -sm graph: inputs copied from other GPUs, up to -mea MiB
 
     @property
     def total(self) -> int:
-        return int(self.mask + max(self.ffn, self.attention, self.logits) + self.offload_copy)
+        peak = max(self.ffn, self.attention, self.logits)
+        return int(self.mask + peak + self.offload_copy + self.reduce + self.extra_alloc)
 
 
 def offload_terms(
@@ -451,3 +456,39 @@ def compute_terms(
         ffn = max(ffn, off_ffn)
         logits = max(logits, off_logits)
     return ComputeTerms(ffn, attention, logits, mask, copy)
+
+
+def graph_compute_terms(
+    layout: ModelLayout,
+    settings: Settings,
+    *,
+    share: float,
+    n_gpus: int,
+    layer_compute: float,
+    holds_output: bool,
+    output_split: bool,
+    reduce_size: int,
+    extra_alloc: int,
+) -> ComputeTerms:
+    """One GPU's compute buffer under ik's ``-sm graph`` (derived from source, not measured).
+
+    The GPU runs ``share`` of every layer's heads and FFN rows (the weights' ``-ts`` split) on the
+    full layer input (``2 · n_embd · T · 4``, not split), holds the whole KQ mask, receives one
+    ``n_embd · T`` partial per GPU for the sum (``reduce_size`` bytes each, ``-grt``), and with
+    split-mode-graph scheduling keeps ``extra_alloc`` bytes of copied inputs
+    (:mod:`moe_studio.core.plan.graph_split`). A split output matrix gives it ``share`` of the
+    logits; a whole one, all of them where it sits.
+    """
+    hp = layout.hparams
+    tokens = graph_tokens(settings)
+    inp = 2.0 * hp.n_embd * tokens * 4
+    attention = share * max(0.0, _attention_phase(layout, settings, tokens) - inp) + inp
+    ffn = share * max(0.0, layer_compute - inp) + inp
+    logits = float(hp.n_vocab * tokens * 4)
+    if output_split:
+        logits *= share
+    elif not holds_output:
+        logits = 0.0
+    mask = mask_bytes(layout, settings, host=False)
+    reduce = float(n_gpus * hp.n_embd * tokens * reduce_size)
+    return ComputeTerms(ffn, attention, logits, mask, 0.0, reduce, float(extra_alloc))

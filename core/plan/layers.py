@@ -325,6 +325,13 @@ def ik_tensor_split(
     return round_tensor_split(tuple(values), assign)
 
 
+def graph_tensor_split(
+    layout: ModelLayout, settings: Settings, split: LayerSplit
+) -> dict[str, float]:
+    """The ``-ts`` value of each device of ``split`` (what ``-sm graph`` splits every layer by)."""
+    return dict(zip(split.devices, ik_tensor_split(layout, settings, split), strict=True))
+
+
 def round_tensor_split(
     values: tuple[float, ...], assign: Callable[[Sequence[float]], Sequence[int]]
 ) -> tuple[float, ...]:

@@ -16,13 +16,14 @@ ik changes some settings by itself; :func:`engine_settings` applies those that m
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS
 from moe_studio.core.hardware.devices import CPU_NAME, DeviceKind, Rig
+from moe_studio.core.plan import graph_split
 from moe_studio.core.plan.compute import (
     OP_OFFLOAD_MIN_BATCH,
     ComputeTerms,
@@ -31,6 +32,7 @@ from moe_studio.core.plan.compute import (
     compute_terms,
     cuda_can_offload,
     effective_mla,
+    graph_compute_terms,
     graph_tokens,
     layer_compute_bytes,
     offload_threshold,
@@ -259,12 +261,15 @@ def estimate(
     *,
     kv_per_layer: Sequence[int] | None = None,
     layer_compute: float | None = None,
+    tensor_split: Mapping[str, float] | None = None,
 ) -> Estimate:
     """Memory per device for ``plan`` with KV on ``layer_devices`` (from
     ``moe_studio.core.plan.layers``).
 
     ``kv_per_layer`` and ``layer_compute`` may be passed in when only the plan changed, so a
-    re-estimate after a cell edit does not recompute what depends on settings alone. They are
+    re-estimate after a cell edit does not recompute what depends on settings alone.
+    ``tensor_split`` is the command's ``-ts`` per device (``layers.ik_tensor_split``), the split of
+    ``-sm graph`` (:mod:`moe_studio.core.plan.graph_split`). They are
     recomputed when the split makes ik change the settings (:func:`engine_settings`).
     """
     if settings.ctx <= 0:
@@ -301,6 +306,13 @@ def estimate(
     kv: Counter[str] = Counter()
     for il, dev in enumerate(layer_devices):
         kv[dev] += kv_layers[il]
+    split_gpus = [d.name for d in rig.devices if d.name in set(layer_devices)]
+    graph = None
+    if graph_split.applies(settings, split_gpus):
+        graph = graph_split.graph_split(
+            layout, plan, layer_devices, kv_layers, split_gpus, tensor_split
+        )
+        weights, kv = graph.weights, graph.kv
     if layer_compute is None:
         layer_compute = layer_compute_bytes(layout, settings)
     output_index = layout.index.get("output.weight", layout.index.get("token_embd.weight"))
@@ -339,6 +351,8 @@ def estimate(
             offload_target=device.name == first_cuda,
             ram=ram,
         )
+        if graph is not None and device.name in graph.shares:
+            terms = _graph_terms(layout, settings, graph, device.name, layer_compute, terms)
         overhead = settings.gpu_overhead if device.kind is DeviceKind.CUDA else 0
         overhead += derived[device.name]
         budgets.append(
@@ -362,4 +376,37 @@ def estimate(
             f"The plan uses {', '.join(unknown)}, which this rig does not have; "
             "add the device or move those cells."
         )
+    if graph is not None:
+        notes.append(graph_split.DERIVED_NOTE)
     return Estimate(tuple(budgets), tuple(layer_devices), tuple(notes))
+
+
+def _graph_terms(
+    layout: ModelLayout,
+    settings: Settings,
+    graph: graph_split.GraphSplit,
+    device: str,
+    layer_compute: float,
+    layer_terms: ComputeTerms,
+) -> ComputeTerms:
+    """One GPU's compute under ``-sm graph``; a copy of RAM weights for big batches stays where
+    the layer-mode model put it (``layer_terms``, the first CUDA device)."""
+    terms = graph_compute_terms(
+        layout,
+        settings,
+        share=graph.shares[device],
+        n_gpus=len(graph.shares),
+        layer_compute=layer_compute,
+        holds_output=layer_terms.logits > 0,
+        output_split=graph.output_split,
+        reduce_size=graph_split.reduce_bytes(layout),
+        extra_alloc=graph.extra_alloc,
+    )
+    if not layer_terms.offload_copy:
+        return terms
+    return replace(
+        terms,
+        offload_copy=layer_terms.offload_copy,
+        ffn=max(terms.ffn, layer_terms.ffn),
+        logits=max(terms.logits, layer_terms.logits),
+    )

@@ -18,7 +18,7 @@ from moe_studio.core.hardware.devices import Rig
 from moe_studio.core.plan.advisor import Advice, advise
 from moe_studio.core.plan.autoplace import AutoPlacement, auto_place
 from moe_studio.core.plan.cmdline import Command, build_command
-from moe_studio.core.plan.layers import LayerSplit, plan_layer_split
+from moe_studio.core.plan.layers import LayerSplit, graph_tensor_split, plan_layer_split
 from moe_studio.core.plan.learned import Learned
 from moe_studio.core.plan.memory import (
     Estimate,
@@ -136,6 +136,7 @@ class Planner:
             self._kv = kv_bytes(self.layout, self.settings)
             self._compute = layer_compute_bytes(self.layout, self.settings)
         split = plan_layer_split(self.layout, plan, self.rig, self.settings)
+        graph = self.settings.split_mode_graph and self.settings.is_ik and len(split.devices) > 1
         est = estimate(
             self.layout,
             plan,
@@ -144,6 +145,7 @@ class Planner:
             split.kv_devices,
             kv_per_layer=self._kv,
             layer_compute=self._compute,
+            tensor_split=graph_tensor_split(self.layout, self.settings, split) if graph else None,
         )
         if learned and self.learned is not None:
             est = self.learned.correct(est, self.settings)

@@ -259,3 +259,21 @@ def test_an_import_is_one_undo_step_and_bad_cache_types_are_refused(window: Main
     assert "not a KV cache type" in window.last_error_dialog.text()  # type: ignore[union-attr]
     assert doc.settings == before_settings
     window.last_error_dialog.close()  # type: ignore[union-attr]
+
+
+def test_graph_split_mode_shows_each_gpus_share(window: MainWindow, tmp_path: Path) -> None:
+    doc = window.document
+    doc.set_rig(rig_of(24, 24))
+    doc.replace_plan(doc.opening_plan(), "Place on both GPUs")
+    n = doc.layout.n_layer
+    doc.assign_cells([(il, G.ATTENTION) for il in range(n // 2, n)], "CUDA1")
+    doc.set_settings(doc.settings.with_(split_mode_graph=True))
+    window.show()
+    window.command_view.refresh()
+    _assert_bars_equal_estimate(window)
+    _, est = doc.estimate()
+    kv = [d.kv for d in est.devices if d.name.startswith("CUDA")]
+    assert kv[0] == kv[1] > 0  # DeepSeek's MLA cache is replicated on both GPUs
+    assert " -sm graph " in window.command_view.command_text()
+    assert "not measured on CUDA" in window.command_view.advice.text()
+    save_screenshot(window, "graph-split-mode.png", tmp_path)
