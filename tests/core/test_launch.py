@@ -196,7 +196,8 @@ def test_launch_progress_ready_prompt_stop(
     assert metrics["llamacpp:tokens_predicted_total"] == 8
 
     watch.tracker.on_stop_requested()
-    info = run.stop(timeout=5)
+    # The grace before SIGKILL only catches a hang: a busy machine may take seconds to exit.
+    info = run.stop(timeout=120)
     watch.tracker.on_exit(info)
     assert info.kind is ExitKind.STOPPED and info.normal and not info.killed
     assert watch.tracker.status.phase is Phase.STOPPED
@@ -248,7 +249,7 @@ def test_abort_at_exit_after_requested_stop_with_rpc_is_normal(
     run, watch = start(started, spec, STANDIN_ABORT_AT_EXIT="1")
     watch.until(Phase.READY)
     watch.tracker.on_stop_requested()
-    info = run.stop(timeout=5)
+    info = run.stop(timeout=120)  # a SIGKILL after a short grace on a busy machine is not an abort
     assert info.signal_name == "SIGABRT"
     assert info.kind is ExitKind.STOPPED and info.normal
     assert "normal" in info.message
