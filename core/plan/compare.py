@@ -12,14 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moe_studio.core.errors import Cancelled, RemoteError
-from moe_studio.core.gguf.ggml_types import type_by_id
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.gguf.reader import IsCancelled, Progress
 from moe_studio.core.gguf.tensors import ROUTED_EXPERT_GROUPS
 from moe_studio.core.hardware.devices import CPU_NAME, DeviceKind, Rig
 from moe_studio.core.plan.placement import initial_plan
-from moe_studio.core.plan.planning import Planner
-from moe_studio.core.plan.settings import Settings
+from moe_studio.core.plan.planning import Planner, unsupported_types
+from moe_studio.core.plan.settings import Dialect, Settings
 from moe_studio.core.remote.cache import HeaderCache
 from moe_studio.core.remote.http import RangeClient
 from moe_studio.core.remote.hub import RepoListing, hub_client, list_repo
@@ -54,26 +53,15 @@ class Placement:
         return "yes" if self.loadable else f"no: {self.load_problem}"
 
 
-def load_problem(layout: ModelLayout, dialect: str) -> str:
-    """Why ``dialect``'s engine cannot load ``layout``'s tensors ("" when it can)."""
-    missing: dict[str, int] = {}
-    for t in layout.tensors:
-        if not t.loaded:
-            continue
-        gtype = type_by_id(t.type_id)
-        if gtype is None:
-            key = f"type {t.type_id} is unknown to both engines"
-        elif dialect == "mainline" and not gtype.in_mainline:
-            key = f"{gtype.name} is ik-only"
-        elif dialect == "ik" and not gtype.in_ik:
-            key = f"{gtype.name} is mainline-only"
-        else:
-            continue
-        missing[key] = missing.get(key, 0) + t.nbytes
+def load_problem(layout: ModelLayout, dialect: Dialect) -> str:
+    """Why ``dialect``'s engine cannot load ``layout``'s tensors, short ("" when it can): the
+    table's form of :func:`~moe_studio.core.plan.planning.engine_type_problem`."""
+    missing = list(unsupported_types(layout, dialect))  # most used first
     if not missing:
         return ""
-    ordered = sorted(missing, key=lambda k: -missing[k])
-    return ", ".join(ordered[:2]) + (f" (+{len(ordered) - 2} more)" if len(ordered) > 2 else "")
+    own = "ik-only" if dialect == "mainline" else "mainline-only"
+    more = f" (+{len(missing) - 2} more)" if len(missing) > 2 else ""
+    return ", ".join(f"{name} is {own}" for name in missing[:2]) + more
 
 
 def place_on_rig(layout: ModelLayout, rig: Rig, settings: Settings) -> Placement:
