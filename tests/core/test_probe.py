@@ -8,7 +8,6 @@ the engine once the buffers are out.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from moe_studio.core.engine.calibration import read_records
 from moe_studio.core.engine.launch import LaunchSpec
 from moe_studio.core.engine.probe import probe_spec
 from moe_studio.core.units import MiB
-from tests.support.standin_tools import install_standin
+from tests.support.standin_tools import install_standin, isolate_engine_env
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +28,7 @@ def bins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for key in list(os.environ):
-        if key.startswith("STANDIN_") or key.startswith("MOE_STUDIO_ENGINE"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("STANDIN_LOAD_SECONDS", "0.05")
-    monkeypatch.setenv("STANDIN_CUDA_MIB", "8000")  # a CUDA build with one 8 GB GPU
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    return tmp_path
+    return isolate_engine_env(monkeypatch, tmp_path, STANDIN_CUDA_MIB="8000")
 
 
 def plan_json(
