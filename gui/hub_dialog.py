@@ -132,6 +132,13 @@ class CompareTableModel(QAbstractTableModel):
         return None
 
 
+def _rig_text(rig: Rig, settings: Settings) -> str:
+    gpus = ", ".join(d.name for d in rig.devices) or "no GPU"
+    return (
+        f"On {rig.name}: {gpus} and {format_bytes(rig.host.ram_total)} RAM, context {settings.ctx}."
+    )
+
+
 class HubDialog(QDialog):
     """Signals: ``open_requested(url)`` when the user chooses a quant to open."""
 
@@ -214,15 +221,26 @@ class HubDialog(QDialog):
         bottom.addWidget(close)
 
         layout = QVBoxLayout(self)
-        rig_text = f"On {rig.name}: {', '.join(d.name for d in rig.devices) or 'no GPU'} and "
-        rig_text += f"{format_bytes(rig.host.ram_total)} RAM, context {settings.ctx}."
-        layout.addWidget(QLabel(rig_text))
+        self.rig_label = QLabel(_rig_text(rig, settings))
+        layout.addWidget(self.rig_label)
         layout.addLayout(top)
         layout.addLayout(busy)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.message)
         layout.addLayout(bottom)
         self.resize(900, 420)
+
+    def set_target(self, rig: Rig, settings: Settings) -> None:
+        """Compare on ``rig`` with ``settings`` from now on (the window's, when it reopens the
+        dialog); a comparison made for others is cleared."""
+        if (rig, settings) == (self._rig, self._settings):
+            return
+        self.tasks.cancel()
+        self._rig, self._settings = rig, settings
+        self.rig_label.setText(_rig_text(rig, settings))
+        self.model.set_comparison(None)
+        self.comparison = None
+        self._update_buttons()
 
     # --- comparing -----------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ from moe_studio.gui.tensor_map.model import TensorMapModel
 from moe_studio.gui.tensor_map.view import TensorMapView
 
 if TYPE_CHECKING:
+    from moe_studio.gui.hub_dialog import HubDialog
     from moe_studio.gui.tune import TuneDialog
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class MainWindow(QMainWindow):
         self.last_error_dialog: QMessageBox | None = None
         self.legend_dialog: LegendDialog | None = None
         self.tune_dialog: TuneDialog | None = None
+        self.hub_dialog: HubDialog | None = None
         self._task_error_title = "Cannot open the model"
         # Short jobs that must not cancel an opening model (hardware detection).
         self.background = Background(self)
@@ -384,8 +386,12 @@ class MainWindow(QMainWindow):
         """Compare a Hugging Face repository's quants; the chosen one opens here."""
         from moe_studio.gui.hub_dialog import HubDialog
 
-        self.hub_dialog = HubDialog(self.document.rig, self.document.settings, self)
-        self.hub_dialog.open_requested.connect(self.open_path)
+        doc = self.document
+        if self.hub_dialog is None:  # one dialog, reused: each holds a task runner
+            self.hub_dialog = HubDialog(doc.rig, doc.settings, self)
+            self.hub_dialog.open_requested.connect(self.open_path)
+        else:
+            self.hub_dialog.set_target(doc.rig, doc.settings)
         self.hub_dialog.open()
 
     def open_catalog(self, spec: str) -> None:

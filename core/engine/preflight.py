@@ -153,15 +153,20 @@ def rpc_busy(
     if not _is_local(host):
         return None
     clients: list[int | None] = []
-    server_side = False
+    own_ports: set[int] = set()  # the client ports of our own connections
+    server_peers: list[int] = []  # the client ports the server side is connected to
     for c in connections():
         if c.status != "ESTABLISHED":
             continue
         if c.remote is not None and c.remote[1] == port and _is_local(c.remote[0]):
-            if c.pid not in own_pids:
+            if c.pid in own_pids:
+                own_ports.add(c.local[1])
+            else:
                 clients.append(c.pid)
         elif c.local[1] == port and _is_local(c.local[0]):
-            server_side = True
+            server_peers.append(c.remote[1] if c.remote is not None else -1)
+    # The server's end of one of our own connections is not another client.
+    server_side = any(p not in own_ports for p in server_peers)
     if not clients and not server_side:
         return None
     who = "another program"

@@ -31,6 +31,7 @@ from moe_studio.core.engine.discovery import EngineInfo
 from moe_studio.core.engine.launch import LaunchSpec, ServerRun
 from moe_studio.core.engine.log_events import BufferKind
 from moe_studio.core.engine.log_parser import EngineLogParser
+from moe_studio.core.errors import EngineError
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.planning import Planner
 
@@ -175,7 +176,14 @@ def run_probe(
     parser = EngineLogParser(spec.dialect if spec.dialect != "unknown" else None)
     run = ServerRun(probe, check_port_first=False)
     t0 = time.monotonic()
-    run.start()
+    try:
+        run.start()
+    except EngineError as exc:  # the executable is gone or cannot be run
+        return ProbeResult(
+            ProbeOutcome.FAILED,
+            f"The engine's dry run could not start: {exc} The figures shown are the estimate.",
+            engine=label,
+        )
     window = ""  # the output since the first compute buffer line, for the end marker
     done = False
     outcome: ProbeOutcome | None = None

@@ -348,6 +348,8 @@ class BenchPanel(QWidget):
         self.progress.show()
         self._tick_timer.start()
         self._set_status(f"Running {self._running_label}…")
+        for note in self.process.notes:  # an engine already on a GPU: in the Output tab
+            self.log.appendPlainText(f"# warning: {note}")
         self._update_buttons()
         self.run_started.emit(spec)
         return True

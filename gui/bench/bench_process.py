@@ -69,6 +69,7 @@ class BenchProcess(QObject):
         super().__init__(parent)
         self.kill_timeout_ms = KILL_TIMEOUT_MS
         self.spec: BenchSpec | None = None
+        self.notes: list[str] = []  # what the pre-launch checks warned of (GPUs in use)
         self.history = LogHistory(max_lines)
         self._stdout = LogHistory(max_lines)  # llama-bench's results (separate channels only)
         self._err = LogHistory(max_lines)
@@ -120,6 +121,7 @@ class BenchProcess(QObject):
         checked = preflight(spec.full_argv)
         if not checked.ok:
             raise EngineError(checked.sentence())
+        self.notes = list(checked.warnings)
         self.spec = spec
         self.history = LogHistory(self.history.max_lines)
         self._stdout = LogHistory(self._stdout.max_lines)

@@ -27,6 +27,7 @@ from moe_studio.core.engine.launch import build_launch_spec
 from moe_studio.core.engine.probe import ProbeOutcome, ProbeResult, run_probe
 from moe_studio.core.errors import MoeStudioError
 from moe_studio.core.plan.memory import ComputeSource
+from moe_studio.core.plan.planning import Planner
 from moe_studio.gui.budget.budget_plot import BudgetPlot
 from moe_studio.gui.document import Document
 from moe_studio.gui.tasks import TaskRunner
@@ -113,7 +114,9 @@ class EngineCheck(QWidget):
             self.status.setText("Choose a llama-server first (Server tab, Choose engine…).")
             return
         doc = self.document
-        planner, plan = doc.planner, doc.plan
+        # A planner of its own: the document's is updated in place on the GUI thread while the
+        # dry run estimates in the worker.
+        planner, plan = Planner(doc.layout, doc.rig, doc.settings), doc.plan
         try:
             spec = build_launch_spec(doc.result(), info, dialect=doc.settings.dialect)
         except MoeStudioError as exc:
@@ -130,7 +133,7 @@ class EngineCheck(QWidget):
 
         def done(result: object) -> None:
             assert isinstance(result, ProbeResult)
-            self._on_checked(result, state, info)
+            self._on_checked(result, state, planner, info)
 
         self.tasks.start(work, done)
 
@@ -140,14 +143,16 @@ class EngineCheck(QWidget):
             self._checking = False
             self._show_status()
 
-    def _on_checked(self, result: ProbeResult, state: tuple[object, ...], info: EngineInfo) -> None:
+    def _on_checked(
+        self, result: ProbeResult, state: tuple[object, ...], planner: Planner, info: EngineInfo
+    ) -> None:
         self.result = result
         self._checking = False
-        doc = self.document
         if result.measured:
             try:
+                # The settings that were checked, not the document's now (edited meanwhile).
                 record = make_record(
-                    doc.layout, doc.settings, list(result.rows), engine=info.version
+                    planner.layout, planner.settings, list(result.rows), engine=info.version
                 )
                 append_record(record, self.calibration_path)
             except MoeStudioError as exc:

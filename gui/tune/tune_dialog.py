@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from moe_studio.core.cli.tune import parse_depths
 from moe_studio.core.engine.calibration import default_path
 from moe_studio.core.engine.discovery import EngineInfo
 from moe_studio.core.engine.tune import (
@@ -54,6 +55,7 @@ from moe_studio.core.engine.tune import (
     tune,
 )
 from moe_studio.core.engine.tune_space import build_space
+from moe_studio.core.errors import CommandError
 from moe_studio.core.plan.planning import Planner
 from moe_studio.gui.document import Document
 from moe_studio.gui.tasks import TaskRunner
@@ -70,15 +72,6 @@ _OBJECTIVE_LABELS = {
     "pp": "Prompt processing (PP)",
     "tg": "Generation (TG)",
 }
-
-
-def parse_depths(text: str) -> tuple[int, ...] | None:
-    """``0, 8192`` → ``(0, 8192)``; None when it is not a list of whole numbers ≥ 0."""
-    try:
-        values = tuple(sorted({int(v) for v in text.replace(" ", "").split(",") if v}))
-    except ValueError:
-        return None
-    return values if values and all(v >= 0 for v in values) else None
 
 
 def tune_entry(
@@ -284,8 +277,9 @@ class TuneDialog(QDialog):
                 "llama-server binary; its folder must hold llama-sweep-bench or llama-bench."
             )
             return False
-        depths = parse_depths(self.depths.text())
-        if depths is None:
+        try:
+            depths = parse_depths(self.depths.text())
+        except CommandError:  # its sentence names the command-line flag
             self._fail("Depths: give whole numbers separated by commas, e.g. 0, 8192.")
             return False
         doc = self._document

@@ -23,7 +23,7 @@ from moe_studio.core.plan.placement import initial_plan
 from moe_studio.core.plan.planning import Planner
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
-from tests.support.standin_tools import clean_env, install_standin
+from tests.support.standin_tools import clean_env, install_standin, isolate_engine_env
 
 
 def free_port() -> int:
@@ -41,16 +41,7 @@ def bins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A clean environment: no STANDIN_* knobs, config and data folders in tmp_path."""
-    for key in list(os.environ):
-        if key.startswith("STANDIN_") or key in (
-            "MOE_STUDIO_ENGINE",
-            "MOE_STUDIO_ENGINE_LIBRARY_PATH",
-        ):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("STANDIN_LOAD_SECONDS", "0.05")
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    return tmp_path
+    return isolate_engine_env(monkeypatch, tmp_path)
 
 
 def base_args(model: Path, engine: Path, port: int) -> list[str]:

@@ -5,7 +5,6 @@ measured/estimated ratio (band kept); other engines, models and graph shapes are
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from moe_studio.core.plan.memory import COMPUTE_MARGIN, ComputeSource
 from moe_studio.core.plan.planning import Planner
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
-from tests.support.standin_tools import install_standin
+from tests.support.standin_tools import install_standin, isolate_engine_env
 
 
 def _free_port() -> int:
@@ -111,14 +110,7 @@ def test_records_of_other_engines_and_models_are_left_out(planner: Planner) -> N
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for key in list(os.environ):
-        if key.startswith("STANDIN_") or key.startswith("MOE_STUDIO_ENGINE"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("STANDIN_LOAD_SECONDS", "0.05")
-    monkeypatch.setenv("STANDIN_CUDA_MIB", "8000")
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    return tmp_path
+    return isolate_engine_env(monkeypatch, tmp_path, STANDIN_CUDA_MIB="8000")
 
 
 def test_after_a_launch_plan_reports_its_measured_compute(

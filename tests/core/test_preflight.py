@@ -62,16 +62,21 @@ def test_a_local_rpc_server_with_a_client_is_busy() -> None:
     assert busy is not None
     assert "RPC device 127.0.0.1:50052 is busy: llama-server (pid 4242)" in busy
     assert "one client at a time" in busy
-    # Our own server (being replaced) does not count; nor does an idle server.
-    assert (
-        rpc_busy(
-            f"127.0.0.1:{port}",
-            own_pids={4242},
-            connections=lambda: table[:1],
-            process_name=names.get,
+    # Our own server (being replaced) does not count, neither its end nor the server's end of
+    # its connection; nor does an idle server.
+    for rows in (table, table[:1]):
+        assert (
+            rpc_busy(
+                f"127.0.0.1:{port}",
+                own_pids={4242},
+                connections=lambda rows=rows: rows,
+                process_name=names.get,
+            )
+            is None
         )
-        is None
-    )
+    # A client whose own row is hidden (another user's) still shows by the server's end.
+    hidden = rpc_busy(f"127.0.0.1:{port}", connections=lambda: table[:2], process_name=names.get)
+    assert hidden is not None and "another program (of another user?)" in hidden
     # A remote endpoint's socket table is on another machine: not checked.
     assert rpc_busy("10.0.0.2:50052", connections=lambda: table, process_name=names.get) is None
 

@@ -8,17 +8,22 @@ the engine once the buffers are out.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from moe_studio.core.cli.main import main
 from moe_studio.core.engine.calibration import read_records
-from moe_studio.core.engine.launch import LaunchSpec
-from moe_studio.core.engine.probe import probe_spec
-from moe_studio.core.units import MiB
-from tests.support.standin_tools import install_standin
+from moe_studio.core.engine.discovery import probe_engine
+from moe_studio.core.engine.launch import LaunchSpec, build_launch_spec
+from moe_studio.core.engine.probe import ProbeOutcome, probe_spec, run_probe
+from moe_studio.core.gguf.model import open_model
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.plan.placement import initial_plan
+from moe_studio.core.plan.planning import Planner
+from moe_studio.core.plan.settings import Settings
+from moe_studio.core.units import GiB, MiB
+from tests.support.standin_tools import install_standin, isolate_engine_env
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +34,7 @@ def bins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for key in list(os.environ):
-        if key.startswith("STANDIN_") or key.startswith("MOE_STUDIO_ENGINE"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("STANDIN_LOAD_SECONDS", "0.05")
-    monkeypatch.setenv("STANDIN_CUDA_MIB", "8000")  # a CUDA build with one 8 GB GPU
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    return tmp_path
+    return isolate_engine_env(monkeypatch, tmp_path, STANDIN_CUDA_MIB="8000")
 
 
 def plan_json(
@@ -161,3 +159,19 @@ def test_launch_probe_out_of_memory_does_not_start(
     assert "check with the engine: The engine's dry run: CUDA0 ran out of memory" in out
     assert "not started" in out
     assert "ready:" not in out
+
+
+def test_an_engine_that_cannot_start_is_a_result_not_an_exception(
+    env: Path, tiny_qwen3moe: Path
+) -> None:
+    engine = install_standin(env / "gone", "ik", bench=False)
+    info = probe_engine(engine)
+    layout = open_model(tiny_qwen3moe)
+    rig = Rig("test", HostInfo(16 * GiB), (Device("CUDA0", DeviceKind.CUDA, 8 * GiB),))
+    planner = Planner(layout, rig, Settings(ctx=512))
+    plan = initial_plan(layout)
+    spec = build_launch_spec(planner.result(plan, executable=str(engine)), info, dialect="ik")
+    engine.unlink()  # removed after it was chosen
+    result = run_probe(spec, info, planner, plan)
+    assert result.outcome is ProbeOutcome.FAILED
+    assert result.sentence.startswith("The engine's dry run could not start:")

@@ -17,9 +17,10 @@ from pytestqt.qtbot import QtBot
 from moe_studio.core.engine.bench_results import parse_llama_bench, parse_sweep_bench
 from moe_studio.core.engine.bench_run import BenchTool, curve
 from moe_studio.core.engine.discovery import EngineInfo, probe_engine
+from moe_studio.core.engine.preflight import Preflight
 from moe_studio.core.plan.placement import expert_cells
 from moe_studio.core.profiles.schema import load_profile, save_profile
-from moe_studio.gui.bench import BenchPanel
+from moe_studio.gui.bench import BenchPanel, bench_process
 from moe_studio.gui.bench.runs import experts_summary
 from moe_studio.gui.document import Document
 from tests.support.standin_tools import clean_env, install_standin
@@ -294,6 +295,21 @@ def test_a_tool_that_cannot_start(
     assert panel.run_button.isEnabled()  # the command can be built and shown
     assert not panel.start()
     assert "is not executable" in panel.status.text() and not panel.is_running
+
+
+def test_pre_launch_warnings_are_shown_in_the_output(
+    qtbot: QtBot,
+    make_panel: MakePanel,
+    demo_document: Document,
+    engines: dict[str, EngineInfo],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # NVML is absent here: the check's answer for a GPU that a llama-server already uses.
+    warning = "CUDA0 is already used by llama-server (pid 4242); stop that process first."
+    monkeypatch.setattr(bench_process, "preflight", lambda argv: Preflight((), (warning,)))
+    panel = make_panel(demo_document, engines["ik"])
+    run_once(qtbot, panel)
+    assert panel.log.toPlainText().startswith(f"# warning: {warning}")
 
 
 def test_results_are_saved_with_the_profile_and_come_back(

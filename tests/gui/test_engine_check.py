@@ -87,6 +87,18 @@ def test_check_marks_the_bars_and_learns(
     assert budget.measured_totals(est) == {}
 
 
+def test_check_records_the_settings_it_checked(
+    qtbot: object, parts: tuple[Document, BudgetPlot, EngineCheck, TaskRunner], tmp_path: Path
+) -> None:
+    doc, _, check, _ = parts
+    check.button.click()
+    # Edited while the dry run runs: the record keeps the context that was measured.
+    doc.set_settings(doc.settings.with_(ctx=1024))
+    qtbot.waitUntil(lambda: check.result is not None, timeout=30000)  # type: ignore[attr-defined]
+    assert check.result is not None and check.result.measured, check.status.text()
+    assert read_records(tmp_path / "cal.jsonl")[-1].settings["ctx"] == 512
+
+
 def test_mainline_check_says_it_needs_ik(
     qtbot: object,
     parts: tuple[Document, BudgetPlot, EngineCheck, TaskRunner],

@@ -126,6 +126,12 @@ def test_main_window_opens_the_chosen_quant(
     assert argv[argv.index("-m") + 1].startswith("DeepSeek-V3-GGUF/IQ2_KT/DeepSeek-V3-IQ2_KT-0000")
     assert window.process_panel.launch() is False
     assert "needs the model on disk" in window.process_panel.last_error.text()
+    # Reopened: the same dialog, for the window's rig and settings of now.
+    window.document.set_settings(window.document.settings.with_(ctx=8192))
+    window.open_hub_dialog()
+    assert window.hub_dialog is dialog and dialog.model.rowCount() == 0
+    assert "context 8192" in dialog.rig_label.text()
+    dialog.reject()
 
 
 def _open_remote(qtbot: object, window: MainWindow, url: str) -> None:

@@ -149,8 +149,17 @@ def test_without_an_engine_says_what_to_do(
         dialog.start_button.click()
     assert "Choose an engine" in blocker.args[0]
     assert not dialog.running
+
+
+def test_bad_depths_are_a_sentence(
+    qtbot: QtBot, make_dialog: object, tiny_document: Document, engine: EngineInfo
+) -> None:
+    dialog: TuneDialog = make_dialog(tiny_document, engine)  # type: ignore[operator]
     dialog.depths.setText("zero")
-    assert not TuneDialog(tiny_document, lambda: None).start()
+    with qtbot.waitSignal(dialog.run_failed) as blocker:
+        assert not dialog.start()
+    assert blocker.args[0].startswith("Depths: give whole numbers")
+    assert not dialog.running
 
 
 def test_tools_menu_opens_the_tune_dialog(window: object) -> None:

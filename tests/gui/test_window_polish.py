@@ -157,11 +157,10 @@ def test_advice_has_no_absurd_rates_and_no_repeated_lines(
     QTest.keyClick(view, Qt.Key.Key_C)
     assert window.document.plan.devices.count("CPU") >= 1
     items = _advice_items(window)
-    assert any("cross PCIe" in i for i in items), items
-    rates = [
-        float(r.replace(",", "")) for i in items for r in re.findall(r"~([\d,.]+) tokens/s", i)
-    ]
-    assert all(r <= 20_000 for r in rates), items
+    pcie = next((i for i in items if "cross PCIe" in i), None)
+    assert pcie is not None, items
+    # ~100 MiB crosses in milliseconds: no tokens/s ceiling at all (it was ~911574 tokens/s).
+    assert "too little to limit prompt processing" in pcie and "tokens/s" not in pcie, items
     assert not any(re.search(r"\b0\.0 s\b", i) for i in items), items
 
     # A rig without a GPU: auto-place and the command each explain it; the advice says it once.

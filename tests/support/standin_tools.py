@@ -10,6 +10,8 @@ import stat
 import sys
 from pathlib import Path
 
+import pytest
+
 SUPPORT = Path(__file__).resolve().parent
 STANDIN = SUPPORT / "standin_engine.py"
 STANDIN_BENCH = SUPPORT / "standin_bench.py"
@@ -46,3 +48,17 @@ def clean_env(**more: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STANDIN_")}
     env.update({"STANDIN_LOAD_SECONDS": "0.05", **more})
     return env
+
+
+def isolate_engine_env(monkeypatch: pytest.MonkeyPatch, folder: Path, **knobs: str) -> Path:
+    """This process's environment for a test that runs the stand-in: no STANDIN_* knobs and no
+    MOE_STUDIO_ENGINE*, a short load plus ``knobs``, config and data folders in ``folder``
+    (calibration records land there); returns ``folder``."""
+    for key in list(os.environ):
+        if key.startswith(("STANDIN_", "MOE_STUDIO_ENGINE")):
+            monkeypatch.delenv(key)
+    for key, value in {"STANDIN_LOAD_SECONDS": "0.05", **knobs}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(folder / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(folder / "data"))
+    return folder
