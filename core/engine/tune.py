@@ -48,6 +48,7 @@ from moe_studio.core.engine.diagnosis import compare, diagnose
 from moe_studio.core.engine.discovery import EngineInfo
 from moe_studio.core.engine.log_events import FailureKind
 from moe_studio.core.engine.log_parser import EngineLogParser
+from moe_studio.core.engine.preflight import Preflight, preflight
 from moe_studio.core.engine.tune_journal import (
     OBJECTIVES,
     Journal,
@@ -60,6 +61,7 @@ from moe_studio.core.engine.tune_journal import (
 )
 from moe_studio.core.engine.tune_space import Candidate, SearchSpace
 from moe_studio.core.errors import EngineError
+from moe_studio.core.hardware.devices import DeviceKind
 from moe_studio.core.plan.cmdline import Command
 from moe_studio.core.plan.planning import Planner
 
@@ -281,6 +283,7 @@ def tune(
     on_trial: Callable[[Trial], None] = lambda trial: None,
     progress: Callable[[str], None] = lambda text: None,
     calibration: str | os.PathLike[str] | None = None,
+    check: Callable[[Sequence[str]], Preflight] | None = preflight,
 ) -> TuneResult:
     """Measure ``space`` and return the best configuration (see the module docstring).
 
@@ -294,10 +297,13 @@ def tune(
         on_trial: Called after each trial (measured or reused).
         progress: A line of what is happening now.
         calibration: The calibration file (None: no records).
+        check: The pre-launch check of the rig's RPC endpoints (None skips it): an endpoint that
+            does not answer, or a single-client rpc-server that already serves someone, would
+            make every trial fail or wait forever.
 
     Raises:
-        EngineError: the engine has no benchmark tool, or the first trials fail for a reason
-            other than memory (a broken engine, a model it cannot load).
+        EngineError: the engine has no benchmark tool, an RPC device is not usable, or the first
+            trials fail for a reason other than memory (a broken engine, a model it cannot load).
     """
     dialect = planner.settings.dialect
     if engine.helper("sweep-bench") is None and engine.helper("bench") is None:
@@ -305,6 +311,10 @@ def tune(
             f"Neither llama-sweep-bench nor llama-bench was found beside {engine.path}; build "
             "one of them (target llama-sweep-bench on ik_llama.cpp) to tune."
         )
+    endpoints = [d.endpoint for d in planner.rig.devices if d.kind is DeviceKind.RPC and d.endpoint]
+    ready = check(["--rpc", ",".join(endpoints)]) if endpoints and check is not None else None
+    if ready is not None and not ready.ok:
+        raise EngineError(f"Not tuned: {ready.sentence()}")
     if journal is None:
         journal = Journal(None, fingerprint(planner, engine, options.n_gen), resume=False)
     ctx = _Context(
@@ -320,6 +330,8 @@ def tune(
         Path(calibration) if calibration is not None else None,
     )
     ctx.loads = journal.loads
+    if ready is not None:
+        ctx.notes.extend(ready.warnings)
     if journal.note:
         ctx.notes.append(journal.note)
     screen_tool = options.screen_tool or (

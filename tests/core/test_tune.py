@@ -7,7 +7,9 @@ and one expert layer on the CPU (3 of the tiny model's 4 on CUDA0), with 2 % see
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,9 @@ from moe_studio.core.engine.tune import (
     tune,
 )
 from moe_studio.core.engine.tune_space import Knobs, build_space, fits_with_margin, no_larger
+from moe_studio.core.errors import EngineError
 from moe_studio.core.gguf import catalog
-from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig, rpc_name
 from moe_studio.core.plan.planning import Planner, apply_pin
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB, MiB
@@ -350,3 +353,19 @@ def test_mainline_uses_llama_bench_with_depths(
     runs = logged_runs(bench_env)
     assert all(r[0] == "bench" for r in runs) and result.loads == len(runs)
     assert result.loads < len(result.measured)
+
+
+def test_an_rpc_device_that_does_not_answer_stops_the_run_before_any_trial(
+    engines: dict[str, EngineInfo], tiny_qwen3moe: Path, bench_env: Path
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on once this socket is closed
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{probe.getsockname()[1]}"
+    planner = planner_for(tiny_qwen3moe)
+    rpc = Device(rpc_name(endpoint), DeviceKind.RPC, 1 * GiB, endpoint=endpoint)
+    planner = Planner(planner.layout, replace(planner.rig, devices=(*planner.rig.devices, rpc)),
+                      planner.settings)  # fmt: skip
+    space = build_space(planner, planner.initial())
+    with pytest.raises(EngineError, match=f"Not tuned: .*RPC device {endpoint} does not answer"):
+        tune(space, planner, engines["both"], TuneOptions(max_trials=10))
+    assert logged_runs(bench_env) == []  # no benchmark was started
