@@ -58,6 +58,7 @@ from moe_studio.core.engine.tune_space import build_space
 from moe_studio.core.errors import CommandError
 from moe_studio.core.plan.planning import Planner
 from moe_studio.gui.document import Document
+from moe_studio.gui.messages import error_text
 from moe_studio.gui.tasks import TaskRunner
 from moe_studio.gui.tune.trials_model import TrialsModel
 from moe_studio.gui.tune.tune_plot import TunePlot
@@ -392,7 +393,8 @@ class TuneDialog(QDialog):
 
     def _on_tasks_failed(self, error: object) -> None:
         self._drain()
-        self._fail(str(error))
+        # Ours read as their sentence; anything else as an internal error (logged with its trace).
+        self._fail(error_text(error)[0] if isinstance(error, BaseException) else str(error))
 
     def _on_run_done(self, result: object) -> None:
         assert isinstance(result, TuneResult)
