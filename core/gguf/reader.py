@@ -656,6 +656,24 @@ def split_paths(path: str | os.PathLike[str], count: int) -> list[Path]:
     return [p.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
 
 
+def _shard_count(first: GGUFHeader) -> int:
+    """The first shard's ``split.count`` (1 when absent).
+
+    Raises:
+        GGUFFormatError: more than :data:`MAX_SHARDS`, a corrupt header (checked before any path
+            is built from it).
+    """
+    count = _split_key(first, "split.count") or 1
+    if count > MAX_SHARDS:
+        raise GGUFFormatError(
+            first.path,
+            f"field split.count says the model is split into {count} files; a split model has "
+            f"at most {MAX_SHARDS} shards, so the header is corrupt",
+            offset=first.offset_of("split.count"),
+        )
+    return count
+
+
 def _split_key(header: GGUFHeader, key: str) -> int | None:
     value = header.metadata.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -676,14 +694,7 @@ def read_model(
         Cancelled: ``cancelled()`` returned true between shards.
     """
     first = read_header(path, load_arrays=load_arrays)
-    count = _split_key(first, "split.count") or 1
-    if count > MAX_SHARDS:
-        raise GGUFFormatError(
-            first.path,
-            f"field split.count says the model is split into {count} files; a split model has "
-            f"at most {MAX_SHARDS} shards, so the header is corrupt",
-            offset=first.offset_of("split.count"),
-        )
+    count = _shard_count(first)
     if count <= 1 or not isinstance(path, str | os.PathLike):
         if count > 1:
             raise ShardError(
@@ -740,14 +751,7 @@ def assemble_model(shards: Sequence[GGUFHeader]) -> GGUFModel:
         GGUFFormatError: an absurd split.count.
     """
     first = shards[0]
-    count = _split_key(first, "split.count") or 1
-    if count > MAX_SHARDS:
-        raise GGUFFormatError(
-            first.path,
-            f"field split.count says the model is split into {count} files; a split model has "
-            f"at most {MAX_SHARDS} shards, so the header is corrupt",
-            offset=first.offset_of("split.count"),
-        )
+    count = _shard_count(first)
     if count != len(shards):
         raise ShardError(
             first.path,
