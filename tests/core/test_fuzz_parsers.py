@@ -61,6 +61,8 @@ def test_override_regex_that_could_backtrack_is_refused_before_it_runs(pattern: 
         r".*ffn_.*_exps.*",
         r"(?:up|down|gate)+_exps",
         r"blk\.[0-9]+\.ffn",
+        r".*blk\..*\.ffn.*exps.*",  # four repeats, literal text between each
+        r"blk\.([0-9]|[1-5][0-9])\.ffn_.*_exps\..*=",
     ],
 )
 def test_override_regexes_people_write_still_compile(pattern: str) -> None:
