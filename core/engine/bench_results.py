@@ -128,6 +128,16 @@ def _lines(source: str | Iterable[str]) -> list[str]:
     return [line.rstrip("\r\n") for line in source]
 
 
+def _unreadable(tool: str, exc: Exception) -> BenchFormatError:
+    """A value the parser could not convert: a number C never prints (``1e400`` as a count,
+    ``18'550.17``, thousands of digits) or JSON nested too deeply."""
+    reason = "its JSON is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+    return BenchFormatError(
+        f"The {tool} output has a value MoE Studio cannot read ({reason}); "
+        "was it edited, or cut and pasted from two runs?"
+    )
+
+
 def parse_sweep_bench(source: str | Iterable[str]) -> SweepResult:
     """Read ``llama-sweep-bench`` output (table or jsonl), the loader's lines around it ignored.
 
@@ -137,6 +147,13 @@ def parse_sweep_bench(source: str | Iterable[str]) -> SweepResult:
     Raises:
         BenchFormatError: no sweep rows were found, or a row has the wrong number of cells.
     """
+    try:
+        return _parse_sweep_bench(source)
+    except (ValueError, OverflowError, RecursionError) as exc:
+        raise _unreadable("llama-sweep-bench", exc) from None
+
+
+def _parse_sweep_bench(source: str | Iterable[str]) -> SweepResult:
     header: SweepHeader | None = None
     rows: list[SweepRow] = []
     fmt = "md"
@@ -403,6 +420,13 @@ def parse_llama_bench(source: str | Iterable[str]) -> tuple[BenchRow, ...]:
     Raises:
         BenchFormatError: no results, or a format that contradicts itself.
     """
+    try:
+        return _parse_llama_bench(source)
+    except (ValueError, OverflowError, RecursionError) as exc:
+        raise _unreadable("llama-bench", exc) from None
+
+
+def _parse_llama_bench(source: str | Iterable[str]) -> tuple[BenchRow, ...]:
     lines = _lines(source)
     text = "\n".join(lines)
     stripped = text.lstrip()

@@ -250,7 +250,7 @@ def read_records(path: str | os.PathLike[str] | None = None) -> list[Calibration
             continue
         try:
             record = CalibrationRecord.from_json(json.loads(line))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError, RecursionError):
             record = None
         if record is None:
             log.info("%s:%d: skipped a line that is not a calibration record", target, n)

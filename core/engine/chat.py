@@ -37,9 +37,10 @@ def sse_events(lines: Iterable[bytes]) -> Iterator[object]:
         if payload == "[DONE]":
             return
         try:
-            yield json.loads(payload)
-        except ValueError:
+            event = json.loads(payload)
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode
             continue
+        yield event
 
 
 def _delta_text(event: dict[str, object]) -> str:

@@ -313,7 +313,16 @@ class PromptResult:
 
 def _number(d: dict[str, object], key: str) -> float:
     value = d.get(key)
-    return float(value) if isinstance(value, (int, float)) else math.nan
+    try:
+        return float(value) if isinstance(value, (int, float)) else math.nan
+    except OverflowError:  # an int too large for a float
+        return math.inf
+
+
+def _count(d: dict[str, object], key: str) -> int:
+    """A token count; 0 when the server sent none, or no finite number."""
+    value = _number(d, key)
+    return int(value) if math.isfinite(value) else 0
 
 
 def send_test_prompt(
@@ -357,9 +366,9 @@ def result_from_timings(content: str, timings: dict[str, object]) -> PromptResul
     """A :class:`PromptResult` from the server's ``timings`` object (both engines write one)."""
     return PromptResult(
         content=content,
-        prompt_tokens=int(_number(timings, "prompt_n") if "prompt_n" in timings else 0),
+        prompt_tokens=_count(timings, "prompt_n"),
         prompt_tokens_per_second=_number(timings, "prompt_per_second"),
-        predicted_tokens=int(_number(timings, "predicted_n") if "predicted_n" in timings else 0),
+        predicted_tokens=_count(timings, "predicted_n"),
         predicted_tokens_per_second=_number(timings, "predicted_per_second"),
         total_ms=_number(timings, "prompt_ms") + _number(timings, "predicted_ms"),
     )

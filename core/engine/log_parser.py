@@ -178,7 +178,12 @@ class EngineLogParser:
             self._fit_dry_run = True
         elif lp.FIT_END.match(line):
             self._fit_dry_run = False
-        events.extend(self._parse(line))
+        try:
+            events.extend(self._parse(line))
+        except (ValueError, OverflowError):
+            # A number too long to convert (Python refuses ints of over 4,300 digits): the engine
+            # never prints one, so the line is noise, not an event.
+            log.debug("skipped an engine log line with an unreadable number: %.200s", line)
         kept: list[Event] = []
         for event in events:
             if self._fit_dry_run and isinstance(event, _DRY_RUN_EVENTS):

@@ -117,7 +117,7 @@ class Trial:
                 argv=tuple(str(a) for a in obj.get("argv") or ()),
                 reused=True,
             )
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
 
 
@@ -180,6 +180,12 @@ class Journal:
                 f"The tuning journal {self.path} could not be read ({exc}); starting afresh."
             )
             return
+        except RecursionError:
+            self.note = (
+                f"The tuning journal {self.path} is nested too deeply to be a journal; "
+                "starting afresh."
+            )
+            return
         if not isinstance(data, dict) or data.get("v") != JOURNAL_VERSION:
             self.note = (
                 f"The tuning journal {self.path} is not one this version reads; starting afresh."
@@ -191,7 +197,8 @@ class Journal:
                 "engine; its trials are not reused."
             )
             return
-        for obj in data.get("trials") or ():
+        trials = data.get("trials")
+        for obj in trials if isinstance(trials, list) else ():
             trial = Trial.from_json(obj)
             if trial is not None:
                 self.trials[trial.key] = trial

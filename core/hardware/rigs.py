@@ -427,6 +427,9 @@ def parse_rig(text: str, *, source: str, default_name: str, location: str = "") 
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise HardwareError(f"{where}: not valid TOML: {exc}; fix that line.") from None
+    except (ValueError, RecursionError) as exc:  # a number of 4,300+ digits, deep nesting
+        reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise HardwareError(f"{where}: not a rig file MoE Studio can read: {reason}.") from None
     reader.check_keys(data, "", 0, TOP_KEYS)
     if "host" not in data:
         raise HardwareError(

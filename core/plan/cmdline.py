@@ -576,7 +576,7 @@ def rig_for_command(imported: ImportedCommand, rig: Rig) -> Rig:
             names.add(name)
     wanted = {b for _, b in imported.overrides.rules} | set(imported.devices)
     for name in sorted(wanted):
-        m = re.fullmatch(r"CUDA(\d+)", name)
+        m = re.fullmatch(r"CUDA(\d{1,4})", name)
         if m and name not in names:
             devices.append(
                 Device(name, DeviceKind.CUDA, 0, label="(not in rig)", index=int(m.group(1)))

@@ -15,9 +15,11 @@ with layer numbers compressed into ranges (``blk\\.(1[0-9]|2[0-4])\\.ffn_(up|gat
 from __future__ import annotations
 
 import re
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from moe_studio.core.errors import CommandError
 from moe_studio.core.gguf.model import ModelLayout
@@ -49,16 +51,114 @@ class Resolution:
     notes: tuple[str, ...] = field(default=())
 
 
-def _compile(rules: Sequence[Rule]) -> list[tuple[re.Pattern[str], str]]:
-    compiled = []
-    for pattern, buft in rules:
-        try:
-            compiled.append((re.compile(pattern), buft))
-        except re.error as exc:
-            raise CommandError(
-                f"The override regex {pattern!r} is not valid: {exc}. Fix the -ot value."
-            ) from None
+# An imported -ot regex is matched against every tensor name (thousands). Python's regex engine,
+# like std::regex in the engines, backtracks: a nested quantifier such as (a+)+$ takes time
+# exponential in the name's length, and many .* in a row a high power of it. Such patterns are
+# refused before they run (no timeout needed): -ot regexes never need them. Repeats with literal
+# text between them (.*blk\..*ffn.*exps.*, as users write) cost little and are kept.
+MAX_REGEX_LENGTH = 2000
+# Repeats that can take many lengths (*, +, {m,n} with n > 1) with no literal character between
+# them (.*.*.*.*Q took 1.7 s per 1,000 tensor names; each more multiplies that by a name's length).
+MAX_WIDE_REPEATS = 3
+
+
+def _regex_parse(pattern: str) -> object:
+    from re import _parser  # type: ignore[attr-defined]  # the stdlib's own regex parser
+
+    return _parser.parse(pattern)
+
+
+def _first_literals(branches: Sequence[Any]) -> bool:
+    """Whether every alternative starts with its own literal character (no two can both match)."""
+    from re import _constants  # type: ignore[attr-defined]
+
+    firsts = []
+    for branch in branches:
+        items = list(branch)
+        if not items or items[0][0] is not _constants.LITERAL:
+            return False
+        firsts.append(items[0][1])
+    return len(set(firsts)) == len(firsts)
+
+
+def _backtracking_risk(pattern: str) -> str:
+    """Why ``pattern`` could backtrack for ever on a tensor name, or "" when it cannot."""
+    from re import _constants  # type: ignore[attr-defined]
+
+    repeats = (_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.POSSESSIVE_REPEAT)
+    wide = 0  # repeats since the last literal character
+
+    def walk(items: Any, in_repeat: bool) -> str:
+        nonlocal wide
+        for op, av in items:
+            if op is _constants.LITERAL:
+                wide = 0
+            if op in repeats:
+                _, high, body = av
+                if high > 1:
+                    if in_repeat:
+                        return "it repeats a part that itself repeats, like (a+)+"
+                    wide += 1
+                    if wide > MAX_WIDE_REPEATS:
+                        return (
+                            f"it has more than {MAX_WIDE_REPEATS} repeats (*, +, {{m,n}}) with no "
+                            "literal text between them, like .*.*.*.*"
+                        )
+                found = walk(body, in_repeat or high > 1)
+            elif op is _constants.SUBPATTERN:
+                found = walk(av[3], in_repeat)
+            elif op is _constants.BRANCH:
+                if in_repeat and not _first_literals(av[1]):
+                    return "it repeats alternatives that can match the same text, like (a|a)*"
+                found = next((f for b in av[1] if (f := walk(b, in_repeat))), "")
+            elif op in (_constants.ASSERT, _constants.ASSERT_NOT):
+                found = walk(av[1], in_repeat)
+            elif op is _constants.ATOMIC_GROUP:
+                found = walk(av, in_repeat)
+            elif op is _constants.GROUPREF_EXISTS:
+                found = walk(av[1], in_repeat) or (walk(av[2], in_repeat) if av[2] else "")
+            else:
+                found = ""
+            if found:
+                return found
+        return ""
+
+    return walk(_regex_parse(pattern), False)
+
+
+def compile_override(pattern: str) -> re.Pattern[str]:
+    """Compile an ``-ot`` regex, refusing one that is invalid or could backtrack without end.
+
+    Raises:
+        CommandError: the pattern is not valid, too long, or could take exponential time.
+    """
+    shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
+    if len(pattern) > MAX_REGEX_LENGTH:
+        raise CommandError(
+            f"The override regex {shown!r} is {len(pattern)} characters long; MoE Studio reads "
+            f"-ot regexes of up to {MAX_REGEX_LENGTH}. Split it into several -ot rules."
+        )
+    try:
+        with warnings.catch_warnings():
+            # "Possible nested set" FutureWarnings: the pattern is the user's, not our code.
+            warnings.simplefilter("ignore", FutureWarning)
+            compiled = re.compile(pattern)
+            risk = _backtracking_risk(pattern)
+    except (re.error, OverflowError, RecursionError) as exc:
+        reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise CommandError(
+            f"The override regex {shown!r} is not valid: {reason}. Fix the -ot value."
+        ) from None
+    if risk:
+        raise CommandError(
+            f"The override regex {shown!r} could take hours to match a tensor name: {risk}. "
+            "Write it without the nested or repeated repeats (e.g. blk\\.[0-9]+\\.ffn_.*_exps)."
+        )
     return compiled
+
+
+def _compile(rules: Sequence[Rule]) -> list[tuple[re.Pattern[str], str]]:
+    return [(compile_override(pattern), buft) for pattern, buft in rules]
 
 
 def _ncmoe_rules(

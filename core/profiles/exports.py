@@ -662,6 +662,7 @@ def merge_llama_swap_config(
     _check_model_id(model_id)
     if not existing.strip():
         return _new_llama_swap_config(model_id, model, health_check_timeout)
+    _check_yaml_shape(existing)
     rt = _round_trip_yaml()
     try:
         document = rt.load(existing)
@@ -678,6 +679,15 @@ def merge_llama_swap_config(
             f"The existing llama-swap config is not valid YAML ({exc}); it was left unchanged.",
             details=str(exc),
         ) from exc
+    except (RecursionError, ValueError, AttributeError, TypeError) as exc:
+        # ruamel.yaml's own failures on hostile text: nesting deeper than Python's stack, an int
+        # of over 4,300 digits, and (AttributeError) an anchor on a node it cannot refer to.
+        reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ExportError(
+            f"The existing llama-swap config cannot be read ({reason}); it was left unchanged. "
+            "Fix it or export to a new file.",
+            details=f"{type(exc).__name__}: {exc}",
+        ) from None
     if document is None:
         new = _new_llama_swap_config(model_id, model, health_check_timeout)
         if all(not line.strip() or line.lstrip().startswith("#") for line in existing.split("\n")):
@@ -716,6 +726,40 @@ def merge_llama_swap_config(
     out = io.StringIO()
     rt.dump(document, out)
     return out.getvalue()
+
+
+# A llama-swap config is a few kilobytes of shallow mappings. ruamel.yaml's time grows faster than
+# the text with flow nesting and with anchors merged into many entries, so text far outside that
+# shape is refused before it is parsed (a hostile or corrupted file must not freeze the export).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_FLOW_DEPTH = 64
+MAX_ANCHORS = 1000
+
+
+def _check_yaml_shape(text: str) -> None:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ExportError(
+            f"The existing llama-swap config is {len(text) / 2**20:.1f} MiB, more than any "
+            f"config ({MAX_CONFIG_BYTES // 2**20} MiB at most); it was left unchanged. "
+            "Export to a new file."
+        )
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    if deepest > MAX_FLOW_DEPTH:
+        raise ExportError(
+            f"The existing llama-swap config nests brackets {deepest} deep (at most "
+            f"{MAX_FLOW_DEPTH} are read); it was left unchanged. Fix it or export to a new file."
+        )
+    if text.count("&") > MAX_ANCHORS and text.count("*") > MAX_ANCHORS:
+        raise ExportError(
+            f"The existing llama-swap config has over {MAX_ANCHORS} anchors and aliases; it was "
+            "left unchanged. Export to a new file."
+        )
 
 
 def _yaml_kind(value: Any) -> str:

@@ -465,6 +465,8 @@ def from_json(text: str, *, source: str = "the profile") -> Profile:
         ) from None
     except RecursionError:
         raise ProfileError(f"{source} is not a profile: its JSON is nested too deeply.") from None
+    except ValueError as exc:  # a number of over 4,300 digits
+        raise ProfileError(f"{source} is not a profile: {exc}.") from None
     if not isinstance(raw, dict):
         raise ProfileError(
             f"{source} is not a MoE Studio profile: its JSON is {_describe(raw)}, not an object."

@@ -28,7 +28,9 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 # An error page is read for its message only up to this size.
 _ERROR_BODY = 64 * 1024
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+# At most 20 digits (2^64 is 20): a longer number is not a file size, and int() of one over 4,300
+# digits raises ValueError.
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20}|\*)$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ stem). Projector and imatrix files are not models and are left out.
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import shlex
@@ -23,7 +24,13 @@ from moe_studio.core.gguf.reader import IsCancelled, Progress
 from moe_studio.core.remote.cache import HeaderCache
 from moe_studio.core.remote.http import RangeClient
 from moe_studio.core.remote.hub import RepoFile, RepoListing
-from moe_studio.core.remote.urls import HF_SCHEME, parse_remote, shard_names, split_siblings
+from moe_studio.core.remote.urls import (
+    HF_SCHEME,
+    parse_remote,
+    shard_names,
+    split_siblings,
+    unsafe_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,9 @@ def group_quants(files: Sequence[RepoFile]) -> list[Quant]:
     for f in files:
         if not f.path.lower().endswith(".gguf") or _NOT_MODELS.search(f.path):
             continue
+        if unsafe_path(f.path):
+            log.debug("left out a listed file with an unsafe path: %.200r", f.path)
+            continue
         folder, _, name = f.path.rpartition("/")
         split = split_siblings(name)
         if split:
@@ -106,11 +116,11 @@ def group_quants(files: Sequence[RepoFile]) -> list[Quant]:
         quants.append(
             Quant(label, folder, stem, tuple(f for _, f in members), counts[(folder, stem)])
         )
-    labels = [q.label for q in quants]
+    labels = collections.Counter(q.label for q in quants)
     # Two quants with one label (two folders with Q4_K_M files): tell them apart by path.
     quants = [
         q
-        if labels.count(q.label) == 1
+        if labels[q.label] == 1
         else Quant(f"{q.folder or q.stem}/{q.label}", q.folder, q.stem, q.files, q.expected)
         for q in quants
     ]

@@ -59,6 +59,16 @@ class RemoteRef:
         return hub_file(self.repo, self.path, revision) if self.repo else self
 
 
+def unsafe_path(path: str) -> bool:
+    """Whether a repository path could name something outside the repository (``..``, ``.``,
+    an empty segment, a backslash or a control character): never a file the Hub lists."""
+    return (
+        any(part in ("", ".", "..") for part in path.split("/"))
+        or "\\" in path
+        or any(ord(c) < 32 for c in path)
+    )
+
+
 def hub_file(repo: str, path: str, revision: str = "main") -> RemoteRef:
     url = f"{hub_endpoint()}/{repo}/resolve/{quote(revision, safe='')}/{quote(path)}"
     return RemoteRef(url, repo, revision, path)
@@ -90,10 +100,20 @@ def parse_remote(spec: str) -> RemoteRef:
                 f"(or `moe-studio compare {rest.rstrip('/')}` to see the repository's quants).",
             )
         owner, name, path = parts
+        if unsafe_path(path):
+            raise RemoteError(
+                spec,
+                f"{spec} has a path with '..', '.', '//' or a control character; "
+                "write the file's path as the repository lists it.",
+            )
         name, _, revision = name.partition("@")
         ref = hub_file(check_repo(f"{owner}/{name}", spec), path, revision or "main")
     else:
-        split = urlsplit(spec)
+        try:
+            split = urlsplit(spec)
+            split.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise RemoteError(spec, f"{spec} is not a URL MoE Studio can read ({exc}).") from None
         if split.scheme not in ("http", "https") or not split.netloc:
             raise RemoteError(spec, f"{spec} is not an http(s) URL.")
         endpoint = urlsplit(hub_endpoint())
@@ -117,7 +137,10 @@ def split_siblings(name: str) -> tuple[str, int, int] | None:
     m = _SPLIT.search(name)
     if not m:
         return None
-    return name[: m.start()], int(m.group(1)), int(m.group(2))
+    index, count = int(m.group(1)), int(m.group(2))
+    if not 1 <= index <= count:
+        return None  # "-00001-of-00000", "-00003-of-00002": not a gguf-split name
+    return name[: m.start()], index, count
 
 
 def shard_names(name: str, count: int) -> list[str]:
