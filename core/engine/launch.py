@@ -592,6 +592,8 @@ class ManagedProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._threads: list[threading.Thread] = []
         self._queue: queue.Queue[Output | None] = queue.Queue()
+        # Output collected when the process ended (_drain), not yet handed out by output().
+        self._pending: list[Output] = []
         self._open_streams = 0
         self._stdout: list[str] = []
         self._stop_requested = False
@@ -679,8 +681,8 @@ class ManagedProcess:
         Each piece also goes to :attr:`history`. An empty list: nothing new (or all streams ended,
         see :attr:`output_done`).
         """
-        out: list[Output] = []
-        block = timeout > 0
+        out, self._pending = self._pending, []
+        block = timeout > 0 and not out
         while self._open_streams:
             try:
                 item = self._queue.get(block=block, timeout=timeout if block else None)
@@ -774,7 +776,9 @@ class ManagedProcess:
             if t.is_alive():
                 # A grandchild still holds the pipe open; stop waiting rather than hang.
                 log.warning("%s: output pipe still open after exit", self.name)
-        self.output()
+        # Kept for the next output() call: whoever watches the log (a parser) must still get the
+        # last lines, often the ones that say why the engine ended.
+        self._pending = self.output()
 
     @property
     def exit(self) -> ExitInfo | None:

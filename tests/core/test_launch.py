@@ -36,6 +36,7 @@ from moe_studio.core.engine.launch import (
     ExitKind,
     LaunchSpec,
     LogHistory,
+    ManagedProcess,
     ServerRun,
     build_launch_spec,
     check_port,
@@ -482,3 +483,16 @@ def test_log_history_decodes_utf8_split_across_chunks() -> None:
     for i in range(len(data)):
         h.feed_bytes(data[i : i + 1])
     assert h.lines() == ["µ-Größe"]
+
+
+def test_the_last_lines_are_handed_out_after_the_process_ended() -> None:
+    """A watcher that learns of the end (poll/wait) before reading the rest still gets the lines
+    that say why it ended: ending must not swallow them into the history alone."""
+    script = "import sys\nfor i in range(200): print(f'line {i}')\nprint('the reason')\nsys.exit(3)"
+    run = ManagedProcess([sys.executable, "-c", script], name="child")
+    run.start()
+    info = run.wait(120)  # ended, and nothing read yet
+    assert info is not None and info.returncode == 3
+    texts = "".join(text for _, text in run.output())
+    assert "line 0" in texts and texts.rstrip().endswith("the reason")
+    assert run.output() == [] and run.output_done
