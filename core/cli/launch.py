@@ -226,6 +226,9 @@ def prepare(
             f"--dialect {dialect} does not match {engine.path}, which is {engine.label}; "
             "leave --dialect out to follow the engine."
         )
+    build = getattr(args, "engine_build", None)
+    if build is None and engine.flavour == "ik":
+        build = args.engine_build = engine.build  # plan for the build that will run
     if planner is None:
         from moe_studio.core.cli.plan import make_plan
 
@@ -237,6 +240,8 @@ def prepare(
             f"{dialect}, the engine's dialect."
         )
         planner.update(settings=planner.settings.with_(dialect=dialect))
+    if planner.settings.engine_build != build:
+        planner.update(settings=planner.settings.with_(engine_build=build))
     return engine, planner, plan, notes
 
 

@@ -78,6 +78,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--mla", type=int, choices=(0, 1, 2, 3), help="ik -mla mode")
     run.add_argument("--amb", type=int, help="ik -amb MiB")
     run.add_argument(
+        "--engine-build",
+        type=int,
+        metavar="N",
+        help="the ik_llama.cpp build to plan for, as `llama-server --version` prints it (default: "
+        "--engine's build, else the newest); older builds have other defaults, flags and buffers",
+    )
+    run.add_argument(
         "--split-mode",
         "-sm",
         choices=("layer", "graph"),
@@ -210,6 +217,8 @@ def _settings(args: argparse.Namespace, base: Settings) -> Settings:
         changes["mla"] = args.mla
     if args.amb is not None:
         changes["amb"] = args.amb
+    if getattr(args, "engine_build", None) is not None:
+        changes["engine_build"] = args.engine_build
     split_mode = getattr(args, "split_mode", None)
     if split_mode == "graph" and (args.dialect or base.dialect) == "mainline":
         raise DialectError(
@@ -227,12 +236,22 @@ def _settings(args: argparse.Namespace, base: Settings) -> Settings:
     return base.with_(**changes)
 
 
+def _engine_build(path: str) -> int | None:
+    """The build number ``path --version`` prints, for an ik_llama.cpp engine (None otherwise)."""
+    from moe_studio.core.engine.discovery import probe_engine
+
+    info = probe_engine(path)
+    return info.build if info.usable and info.flavour == "ik" else None
+
+
 def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
     """Everything ``plan`` and ``launch`` share: layout, rig, settings, pins, auto-placement."""
     from moe_studio.core.remote.model import load
 
     layout = load(args.model)
     rig = _rig(args)
+    if getattr(args, "engine_build", None) is None and getattr(args, "engine", None):
+        args.engine_build = _engine_build(args.engine)
     notes: list[str] = []
     base = Settings(dialect=args.dialect or "ik")
     plan = initial_plan(layout)

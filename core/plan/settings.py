@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 from moe_studio.core.errors import CommandError
+from moe_studio.core.plan import engine_builds as builds
 from moe_studio.core.units import MiB
 
 Dialect = Literal["ik", "mainline"]
@@ -28,6 +29,7 @@ LIMITS: dict[str, tuple[str, int, int]] = {
     "port": ("--port", 1, 65535),
     "mla": ("-mla", 0, 3),
     "amb": ("--amb", 0, INT32_MAX),
+    "engine_build": ("--engine-build", 0, INT32_MAX),
     "gpu_overhead": ("gpu overhead", 0, 2**50),
     "reserve": ("reserve", 0, 2**50),
 }
@@ -173,6 +175,10 @@ class Settings:
     split_mode_graph: bool = False
     merge_qkv: bool = False
     # Estimator knobs (not on the command line)
+    # The engine build the plan is for, as its --version prints it (ik: the commit count, e.g.
+    # 4840); None: the newest. Old ik builds have other defaults, flag syntax and buffers
+    # (core/plan/engine_builds.py).
+    engine_build: int | None = None
     gpu_overhead: int = 450 * MiB  # CUDA context, cuBLAS workspace, pool slack per GPU
     reserve: int = 256 * MiB  # memory kept free on every GPU-like device
     extra_args: tuple[str, ...] = field(default=())
@@ -186,11 +192,19 @@ class Settings:
 
     @property
     def effective_mla(self) -> int:
-        return 3 if self.mla is None else self.mla
+        if self.mla is not None:
+            return self.mla
+        return 0 if self.is_ik and not self.has(builds.MLA_DEFAULT_3) else 3
 
     @property
     def effective_amb(self) -> int:
-        return 256 if self.amb is None else self.amb
+        if self.amb is not None:
+            return self.amb
+        return 0 if self.is_ik and not self.has(builds.AMB_DEFAULT_256) else 256
+
+    def has(self, change: builds.BuildChange) -> bool:
+        """Whether the ik build these settings are for includes ``change`` (mainline: no)."""
+        return self.is_ik and builds.has(self.engine_build, change)
 
     @property
     def kv_padding(self) -> int:
