@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from moe_studio.core.gguf.ggml_types import GGMLType, type_by_name
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
+from moe_studio.core.plan import engine_builds
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import MiB
 
@@ -76,8 +77,11 @@ MODELLED_BUILDS = {
 }
 
 
-def describes_build(engine: str, date: str) -> bool:
-    """Whether the model claims to describe a build of ``engine`` dated ``date`` (ISO)."""
+def describes_build(engine: str, date: str, build: int | None = None) -> bool:
+    """Whether the model claims to describe a build of ``engine`` dated ``date`` (ISO), or
+    numbered ``build`` when the engine printed one (ik: :data:`engine_builds.OLDEST_DESCRIBED`)."""
+    if engine == "ik_llama.cpp" and build is not None:
+        return build >= engine_builds.OLDEST_DESCRIBED
     since = MODELLED_BUILDS.get(engine)
     return since is not None and bool(date) and date >= since[0]
 

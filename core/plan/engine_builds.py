@@ -72,3 +72,21 @@ IK_CHANGES = (
 def has(build: int | None, change: BuildChange) -> bool:
     """Whether ik build ``build`` (None: the newest) includes ``change``."""
     return build is None or build >= change.build
+
+
+# The oldest ik build whose compute buffers the model claims to describe (the corpus targets of
+# tests/data/cuda_corpus apply from here on).
+OLDEST_DESCRIBED = MLA_PROMPT_SPLIT.build
+
+
+def newest_by(date: str) -> int | None:
+    """A build number that behaves like every ik build out on ``date`` (ISO): the last one
+    before the first change made after that day (None: no change since, the newest)."""
+    later = [c.build for c in IK_CHANGES if c.date > date]
+    return min(later) - 1 if later else None
+
+
+def plausible(build: int, date: str) -> bool:
+    """Whether ik could have printed ``build`` by ``date``: it does not claim a change made later
+    (a build number from another history, e.g. a mainline checkout, claims them all)."""
+    return all(c.date <= date for c in IK_CHANGES if c.build <= build)

@@ -22,6 +22,7 @@ the error distribution per term.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.model import ModelLayout, classify_tensors, hyperparams_from_metadata
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
+from moe_studio.core.plan import engine_builds
 from moe_studio.core.plan.cmdline import import_command, imported_split
 from moe_studio.core.plan.compute import describes_build
 from moe_studio.core.plan.memory import estimate
@@ -79,6 +81,17 @@ def layout_for(model: str) -> ModelLayout:
     return catalog.load_catalog(model)
 
 
+def build_number(run: Run) -> int | None:
+    """The ik build the run used: the number the engine printed (``"3737 (58f08e43)"`` → 3737)
+    when ik could have printed it by the post's date; otherwise one that behaves like every ik
+    build out that day (a mainline-numbered build, or none printed)."""
+    match = re.match(r"(\d+) \(", run.get("build", ""))
+    printed = int(match.group(1)) if match else 0
+    if printed and engine_builds.plausible(printed, run["date"]):
+        return printed
+    return engine_builds.newest_by(run["date"])
+
+
 def points_of(run: Run) -> list[Point]:
     """Import the run's command on its GPUs, estimate, and pair every printed figure with ours."""
     layout = layout_for(run["model"])
@@ -89,9 +102,14 @@ def points_of(run: Run) -> list[Point]:
     rig = Rig("corpus", HostInfo(ram_total=1024 * GiB), gpus)
     dialect = "ik" if run["engine"] == "ik_llama.cpp" else "mainline"
     plan, imported, full_rig = import_command(run["command"], layout, rig, dialect=dialect)
+    build = build_number(run)
+    settings = imported.settings
+    if dialect == "ik":
+        settings = settings.with_(engine_build=build)  # plan for the build that printed the log
+    imported = replace(imported, settings=settings)
     split = imported_split(layout, imported, full_rig)
-    est = estimate(layout, plan, full_rig, imported.settings, split.kv_devices)
-    claimed = describes_build(run["engine"], run["date"])
+    est = estimate(layout, plan, full_rig, settings, split.kv_devices)
+    claimed = describes_build(run["engine"], run["date"], build if dialect == "ik" else None)
     out = []
     for term in TERMS:
         for device, reported in run["reported"].get(term, {}).items():
