@@ -7,7 +7,8 @@ module models that peak term by term; each term names the engine code it comes f
 read: ik_llama.cpp at 8337e4cd (2026-08-15, build 4840) and mainline llama.cpp via engines.md §0.
 
 * **mask** (ik ``llm_build_context::build_inp_KQ_mask``, ``src/llama-build-context.cpp``):
-  ``kv × pad16(T)``, created as f16 when flash attention is on and f32 without. It is a graph
+  ``kv × pad16(T)``, created as f16 when flash attention is on and f32 without (builds before
+  3907, PR #825: always f32 on the host, cast to f16 on the device for flash attention). It is a graph
   input, so the host builds it and every backend that runs attention gets a copy.
   **SWA mask** (``build_inp_KQ_mask_swa``, used by ``build_openai.cpp`` for gpt-oss and by the
   other sliding-window graphs): a second mask of the same shape — ik keeps full-context rows for
@@ -60,6 +61,7 @@ from moe_studio.core.gguf.ggml_types import GGMLType, type_by_name
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
 from moe_studio.core.plan import engine_builds
+from moe_studio.core.plan.legacy_mla import MlaShape, legacy_mla_peak
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import MiB
 
@@ -134,6 +136,8 @@ def attention_max_batch(settings: Settings) -> int:
     """``-amb`` as ik applies it: a value below 128 MiB is raised to 128 (the ``-amb`` parser in
     ik ``common/common.cpp``: "amb = %d is too low. Changing to 128"); 0 turns the split off."""
     amb = settings.effective_amb
+    if not settings.has(engine_builds.AMB_MIN_128):
+        return amb  # older builds took any value (build 4550, PR #1899, added the floor)
     return 128 if 0 < amb < 128 else amb
 
 
@@ -256,6 +260,26 @@ def mla_prompt_attention_bytes(layout: ModelLayout, settings: Settings, tokens: 
     rope = hp.n_rot
     nope = (hp.key_length_mla or hp.key_length) - rope
     v_head = hp.value_length_mla or hp.value_length
+    if not settings.has(engine_builds.MLA_PROMPT_SPLIT):
+        # Older builds: replayed through ggml-alloc (legacy_mla); the replay holds the masks.
+        shape = MlaShape(
+            n_embd=hp.n_embd,
+            n_head=n_head,
+            q_lora=hp.q_lora_rank,
+            kv_lora=hp.kv_lora_rank,
+            rope=rope,
+            nope=nope,
+            v_head=v_head,
+            rope_cast=settings.cache_type_k.lower() != "f16",
+        )
+        peak = legacy_mla_peak(
+            shape,
+            tokens,
+            kv,
+            attention_max_batch(settings),
+            mask_f32=not settings.has(engine_builds.HOST_MASK_F16),
+        )
+        return max(0, peak - int(mask_bytes(layout, settings, host=False)))
     full_mib = n_head * (nope + v_head) * kv * 4 // MiB
     heads = _head_chunk(n_head, full_mib, attention_max_batch(settings))
     if heads == n_head:
@@ -312,6 +336,14 @@ def _attention_phase(layout: ModelLayout, settings: Settings, tokens: int) -> fl
     return float(worst)
 
 
+def output_phase_bytes(layout: ModelLayout, tokens: int) -> float:
+    """The output phase: logits ``n_vocab · T · 4`` beside the last layer's output and its norm
+    (``2 · n_embd · T · 4``). Published Qwen3-235B logs print exactly this on the GPU that holds
+    the output matrix (312.75 MiB at -ub 512, 2502 MiB at -ub 4096, whatever the context)."""
+    hp = layout.hparams
+    return float((hp.n_vocab + 2 * hp.n_embd) * tokens * 4)
+
+
 def offload_threshold(layout: ModelLayout, settings: Settings) -> int:
     """Smallest ubatch at which the GPU takes over MoE matmuls of RAM-resident experts."""
     hp = layout.hparams
@@ -332,7 +364,14 @@ def mask_bytes(layout: ModelLayout, settings: Settings, *, host: bool) -> float:
     rows = -(-tokens // KQ_MASK_PAD) * KQ_MASK_PAD
     kv = settings.kv_size
     if settings.is_ik:
-        return float(mask_count(layout) * kv * rows * (2 if settings.flash_attn else 4))
+        if settings.has(engine_builds.HOST_MASK_F16) or not settings.flash_attn:
+            size = 2 if settings.flash_attn else 4
+        else:
+            # Older builds: an f32 mask on the host, cast to f16 where attention runs; the f32
+            # copy and the cast are both live at the device's peak (build 3737 on an RPC device:
+            # +6 bytes per mask element when the context doubles, tests/data/mla_dryrun_3737.json).
+            size = 4 if host else 6
+        return float(mask_count(layout) * kv * rows * size)
     size = 4 if host or not settings.flash_attn else 2
     total = float(kv * rows * size)
     if mask_count(layout) == 2:
@@ -366,8 +405,11 @@ class ComputeTerms:
 
     @property
     def total(self) -> int:
-        peak = max(self.ffn, self.attention, self.logits)
-        return int(self.mask + peak + self.offload_copy + self.reduce + self.extra_alloc)
+        # The mask is freed after the last layer's attention, so the output phase does not
+        # carry it (published Qwen3 logs print the same buffer at -c 16384 and 32768 when the
+        # logits are the peak).
+        peak = max(self.mask + max(self.ffn, self.attention), self.logits)
+        return int(peak + self.offload_copy + self.reduce + self.extra_alloc)
 
 
 def offload_terms(
@@ -383,7 +425,7 @@ def offload_terms(
     if tokens >= OP_OFFLOAD_MIN_BATCH:
         if ram.output:
             copy = max(copy, float(ram.output))
-            logits = float(hp.n_vocab * tokens * 4)
+            logits = output_phase_bytes(layout, tokens)
         if ram.dense_max:
             copy = max(copy, 2.0 * ram.dense_max)
             ffn = layer_compute
@@ -449,7 +491,7 @@ def compute_terms(
                 ffn = ffn + exps if ram.has_cuda else max(ffn, exps)
         else:
             ffn = layer_compute
-    logits = float(hp.n_vocab * tokens * 4) if holds_output else 0.0
+    logits = output_phase_bytes(layout, tokens) if holds_output else 0.0
     if is_host and ram.output and tokens >= OP_OFFLOAD_MIN_BATCH:
         # A CUDA device takes the output matmul of the RAM-resident output matrix (the caller
         # sets ``ram.output`` only when there is one); the logits live there.
@@ -488,7 +530,7 @@ def graph_compute_terms(
     inp = 2.0 * hp.n_embd * tokens * 4
     attention = share * max(0.0, _attention_phase(layout, settings, tokens) - inp) + inp
     ffn = share * max(0.0, layer_compute - inp) + inp
-    logits = float(hp.n_vocab * tokens * 4)
+    logits = output_phase_bytes(layout, tokens)
     if output_split:
         logits *= share
     elif not holds_output:

@@ -54,6 +54,9 @@ MLA_PROMPT_SPLIT = BuildChange(
     1211,
     "MLA prompt path: -amb head split by any divisor and buffer reuse",
 )
+AMB_MIN_128 = BuildChange(
+    4550, "8960c5ba5", "2026-05-29", 1899, "-amb below 128 is raised to 128 (common.cpp)"
+)
 AMB_DEFAULT_256 = BuildChange(
     4832, "37d82c231", "2026-08-13", 2312, "-amb 256 by default (before 0)"
 )
@@ -65,6 +68,7 @@ IK_CHANGES = (
     MLA_DEFAULT_3,
     FA_TAKES_VALUE,
     MLA_PROMPT_SPLIT,
+    AMB_MIN_128,
     AMB_DEFAULT_256,
 )
 

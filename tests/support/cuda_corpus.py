@@ -163,10 +163,16 @@ def attention_layout(model: str = "deepseek-v3") -> ModelLayout:
     )
 
 
-def dryrun_points(model: str | None = None) -> list[Point]:
-    """Every compute and KV figure of ``mla_dryrun.json`` (of one ``model``, or all) paired with
-    our estimate (RPC devices; the build is the one the compute model cites)."""
-    doc = json.loads(MLA_DRYRUN.read_text())
+MLA_3737 = CORPUS.parent / "mla_dryrun_3737.json"
+
+
+def dryrun_points(model: str | None = None, path: Path = MLA_DRYRUN) -> list[Point]:
+    """Every compute and KV figure of ``path`` (``mla_dryrun.json``: the newest build's dry runs;
+    ``mla_dryrun_3737.json``: build 3737's loads) of one ``model``, or all, paired with our
+    estimate for the build that printed them (RPC devices)."""
+    doc = json.loads(path.read_text())
+    match = re.match(r"(\d+) \(", doc["build"])
+    build = int(match.group(1)) if match else None
     out = []
     for i, run in enumerate(doc["runs"]):
         if model is not None and run["model"] != model:
@@ -177,6 +183,7 @@ def dryrun_points(model: str | None = None) -> list[Point]:
         full_rig = replace(
             full_rig, devices=tuple(replace(d, memory_total=24 * GiB) for d in full_rig.devices)
         )
+        imported = replace(imported, settings=imported.settings.with_(engine_build=build))
         split = imported_split(layout, imported, full_rig)
         est = estimate(layout, plan, full_rig, imported.settings, split.kv_devices)
         for term in ("kv", "compute"):
@@ -184,6 +191,6 @@ def dryrun_points(model: str | None = None) -> list[Point]:
                 budget = est.device(device)
                 assert budget is not None, f"run {i}: {device} is not a device of the command"
                 ours = getattr(budget, term) / MiB
-                name = f"dryrun{i}-{run['model']}"
+                name = f"{path.stem}:{i}-{run['model']}"
                 out.append(Point(name, term, device, reported, ours, None, True))
     return out
