@@ -75,10 +75,13 @@ def test_targets_on_described_builds() -> None:
 # - MLA prompt-path chunk rebuilt from ik 8337e4cd's printed buffers (tests/data/mla_dryrun.json,
 #   median error there 12.1 % -> 3.6 %): 24.0 %, 13, 267 % / 44.8 %, 5, 154 % (these builds
 #   predate PR #1211 and kept larger MLA buffers on the GPUs; the -ngl 0 host point grows).
+# - five runs from ik builds 3933-3964 (Oct/Nov 2025: Qwen3-235B-2507 -rtr, Qwen3-VL-235B at
+#   182k context, Qwen3-VL-30B, gpt-oss-120b twice) added to the corpus, model unchanged:
+#   25.2 %, 15, 267 % / 44.6 %, 8, 154 % (their GPU compute misses are +58, +40, +31, +5 and 0 %).
 REGRESSION_BOUND = {
-    "kv": (56, 1.1, 52, 51.5),
-    "compute GPU": (56, 24.1, 13, 267.4),
-    "compute host": (37, 44.8, 5, 154.0),
+    "kv": (61, 0.1, 57, 51.5),
+    "compute GPU": (61, 25.3, 15, 267.4),
+    "compute host": (42, 44.7, 8, 154.0),
 }
 
 
