@@ -13,7 +13,9 @@ in for the user's file has other quant types. A point whose build
 (``date`` is the day the log was posted, so the build is at least that old).
 
 Most runs come from the ik_llama.cpp threads archived in the engine's repository
-(``github-data/``, issues and discussions up to July 2025); their URLs point at the thread.
+(``github-data/``, issues and discussions up to July 2025); a few from a later copy of that
+archive (issues and PRs of October/November 2025, builds 3933-3964). Their URLs point at the
+thread.
 
 ``tests/core/test_cuda_corpus.py`` asserts the tolerances; ``benchmarks/cuda_corpus.py`` prints
 the error distribution per term.
