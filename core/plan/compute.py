@@ -8,8 +8,8 @@ read: ik_llama.cpp at 8337e4cd (2026-08-15, build 4840) and mainline llama.cpp v
 
 * **mask** (ik ``llm_build_context::build_inp_KQ_mask``, ``src/llama-build-context.cpp``):
   ``kv × pad16(T)``, created as f16 when flash attention is on and f32 without (builds before
-  3907, PR #825: always f32 on the host, cast to f16 on the device for flash attention). It is a graph
-  input, so the host builds it and every backend that runs attention gets a copy.
+  3907, PR #825: always f32 on the host, cast to f16 on the device for flash attention). It is a
+  graph input, so the host builds it and every backend that runs attention gets a copy.
   **SWA mask** (``build_inp_KQ_mask_swa``, used by ``build_openai.cpp`` for gpt-oss and by the
   other sliding-window graphs): a second mask of the same shape — ik keeps full-context rows for
   sliding-window layers. Mainline (``llm_graph_input_attn_kv_iswa``) sizes it to the SWA cache.
@@ -416,7 +416,6 @@ def offload_terms(
     layout: ModelLayout, settings: Settings, ram: RamWeights, layer_compute: float
 ) -> tuple[float, float, float]:
     """(weight copy, FFN activations, logits) the first CUDA device takes on for RAM weights."""
-    hp = layout.hparams
     tokens = graph_tokens(settings)
     copy = ffn = logits = 0.0
     if ram.expert_max and tokens >= offload_threshold(layout, settings):
