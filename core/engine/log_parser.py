@@ -423,7 +423,7 @@ class EngineLogParser:
             ):
                 m = rx.match(line)
                 if m:
-                    return [BufferSize(kind, m.group(1), lp.mib_bytes(m.group(2)))]
+                    return [BufferSize(kind, _buffer_name(m.group(1)), lp.mib_bytes(m.group(2)))]
         m = lp.IK_KV_TOTAL.match(line)
         if m:
             return [KvTotal(lp.mib_bytes(m.group(1)), _kv_parts(m.group(2)))]
@@ -692,3 +692,10 @@ def parse_log(lines: Iterable[str], dialect: Engine | None = None) -> LoadReport
         parser.feed(line)
     parser.finish()
     return parser.report()
+
+
+def _buffer_name(name: str) -> str:
+    """A buffer's device as the plan names it: ik builds before the RPC backend numbered its
+    devices (build 3737 prints ``RPC[127.0.0.1:50052]``) meant device 0 of that server."""
+    m = lp.OLD_RPC_NAME.match(name)
+    return f"RPC0[{m.group(1)}]" if m else name

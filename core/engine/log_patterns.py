@@ -37,6 +37,7 @@ MODEL_BUF = re.compile(
 )
 KV_BUF = re.compile(r"^\w+:\s+(\S+) KV buffer size =\s*(" + NUM + ") MiB")
 OUT_BUF = re.compile(r"^\w+:\s+(\S+)\s+output buffer size =\s*(" + NUM + ") MiB")
+OLD_RPC_NAME = re.compile(r"^RPC\[(.+)\]$")  # ik build 3737: "RPC[127.0.0.1:50052]"
 COMPUTE_BUF = re.compile(r"^\w+:\s+(\S+) compute buffer size =\s*(" + NUM + ") MiB")
 IK_KV_TOTAL = re.compile(r"^\w+: KV self size\s*=\s*(" + NUM + r") MiB(.*)$")
 ML_KV_TOTAL = re.compile(

@@ -546,3 +546,16 @@ def test_older_mainline_ready_lines() -> None:
     report = parser.report()
     assert report.ready and report.listening is not None
     assert (report.listening.host, report.listening.port) == ("127.0.0.1", 8081)
+
+
+def test_old_ik_rpc_buffer_names_are_device_0_of_their_server() -> None:
+    # ik build 3737 (2025-06) printed RPC buffers without the device number.
+    text = (
+        "llm_load_tensors: RPC[127.0.0.1:50123] buffer size =     1.30 MiB\n"
+        "llama_kv_cache_init: RPC[127.0.0.1:50123] KV buffer size =     0.75 MiB\n"
+        "llama_new_context_with_model: RPC[127.0.0.1:50123] compute buffer size =     2.29 MiB\n"
+    )
+    parser = EngineLogParser("ik")
+    parser.feed_text(text)
+    device = parser.report().devices["RPC0[127.0.0.1:50123]"]
+    assert (device.model, device.kv, device.compute) == (mib(1.30), mib(0.75), mib(2.29))
