@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 ALIGNMENT = 32  # the CPU/RPC buffer alignment (TENSOR_ALIGNMENT); CUDA's 128 changes < 0.01 %
 
@@ -385,14 +386,32 @@ def _split_starts(layers: Sequence[MlaLayer]) -> list[int]:
     return starts
 
 
+def compressed(layers: Sequence[MlaLayer]) -> tuple[MlaLayer, ...]:
+    """``layers`` with each run of more than four equal consecutive layers cut to its first
+    three and its last: from the second equal layer on, ggml-alloc repeats the same placement
+    (each layer frees what it allocated), so the peak is reached within the first few."""
+    out: list[MlaLayer] = []
+    i = 0
+    while i < len(layers):
+        j = i
+        while j + 1 < len(layers) and layers[j + 1] == layers[i]:
+            j += 1
+        run = list(layers[i : j + 1])
+        out += run if len(run) <= 4 else [*run[:3], run[-1]]
+        i = j + 1
+    return tuple(out)
+
+
+@lru_cache(maxsize=256)
 def device_peak(
-    shape: MlaShape, run: MlaRun, layers: Sequence[MlaLayer], *, holds_last: bool = False
+    shape: MlaShape, run: MlaRun, layers: tuple[MlaLayer, ...], *, holds_last: bool = False
 ) -> int:
     """Bytes ``ggml-alloc`` reserves on a device running the attention and FFN of ``layers`` (its
     KV layers, in order). ``holds_last``: the last of them is the model's last layer, whose
     ``inp_out_ids`` (``T`` int32) is copied in at the start of its split and whose attention output
     and input are gathered to the output rows (``ggml_get_rows``; all ``T`` rows in the
     worst-case graph) before its FFN."""
+    layers = compressed(layers)
     alloc = DynAllocator()
     t, e = run.tokens, shape.n_embd
     last = len(layers) - 1
