@@ -35,9 +35,11 @@ from moe_studio.core.plan.compute import (
     graph_compute_terms,
     graph_tokens,
     layer_compute_bytes,
+    mla_device_attention,
     offload_threshold,
     rebuilt_kv_b_bytes,
 )
+from moe_studio.core.plan.mla_alloc import Ffn, MlaLayer
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.settings import Settings
 
@@ -252,6 +254,41 @@ def compute_margin(compute: int) -> int:
     return int(compute * COMPUTE_MARGIN)
 
 
+def mla_layers(
+    layout: ModelLayout,
+    plan: Plan,
+    layer_devices: Sequence[str],
+    device: str,
+    *,
+    experts_offloaded_to: str | None,
+) -> tuple[MlaLayer, ...]:
+    """The KV layers ``device`` runs, in order, as :mod:`~moe_studio.core.plan.mla_alloc` replays
+    them: whether each one's input comes from another backend, and where its FFN runs (routed
+    experts here, on the CPU, or on another device; ``experts_offloaded_to``: the CUDA device
+    that takes the matmuls of RAM-resident experts, ``compute.offload_terms``)."""
+    hp = layout.hparams
+    experts: dict[int, str] = {}
+    for t, d in zip(layout.tensors, plan.devices, strict=True):
+        if d and t.group in ROUTED_EXPERT_GROUPS and t.layer != GLOBAL_LAYER:
+            experts.setdefault(t.layer, d)
+    layers = []
+    for il in range(min(hp.n_layer_kv, len(layer_devices))):
+        if layer_devices[il] != device:
+            continue
+        copied = il == 0 or layer_devices[il - 1] != device
+        where = experts.get(il)
+        if where == CPU_NAME and experts_offloaded_to:
+            where = experts_offloaded_to
+        if where is None:
+            ffn = Ffn.DENSE
+        elif where == device:
+            ffn = Ffn.MOE
+        else:
+            ffn = Ffn.MOE_CPU if where == CPU_NAME else Ffn.MOE_OTHER
+        layers.append(MlaLayer(copied, ffn))
+    return tuple(layers)
+
+
 def estimate(
     layout: ModelLayout,
     plan: Plan,
@@ -335,9 +372,28 @@ def estimate(
         dense_max=cpu_dense_max,
         has_cuda=first_cuda is not None,
     )
+    offload_experts = (
+        first_cuda
+        if first_cuda
+        and cpu_expert_max
+        and graph_tokens(settings) >= offload_threshold(layout, settings)
+        else None
+    )
+    n_kv = min(layout.hparams.n_layer_kv, len(layer_devices))
     budgets = []
     for device in (*rig.devices, rig.cpu):
         is_cpu = device.kind is DeviceKind.CPU
+        mla_attention = None
+        if device.name in layer_set and effective_mla(layout, settings) and graph is None:
+            mla_attention = mla_device_attention(
+                layout,
+                settings,
+                mla_layers(
+                    layout, plan, layer_devices, device.name, experts_offloaded_to=offload_experts
+                ),
+                holds_last=n_kv > 0 and layer_devices[n_kv - 1] == device.name,
+                gpu_backends=bool(rig.devices),
+            )
         terms = compute_terms(
             layout,
             settings,
@@ -350,6 +406,7 @@ def estimate(
             is_host=is_cpu,
             offload_target=device.name == first_cuda,
             ram=ram,
+            mla_attention=mla_attention,
         )
         if graph is not None and device.name in graph.shares:
             terms = _graph_terms(layout, settings, graph, device.name, layer_compute, terms)
