@@ -68,7 +68,6 @@ from moe_studio.core.gguf.ggml_types import GGMLType, type_by_name
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
 from moe_studio.core.plan import engine_builds, mla_alloc
-from moe_studio.core.plan.legacy_mla import MlaShape, legacy_mla_peak
 from moe_studio.core.plan.mla_alloc import MlaLayer
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import MiB
@@ -269,25 +268,18 @@ def mla_prompt_attention_bytes(layout: ModelLayout, settings: Settings, tokens: 
     nope = (hp.key_length_mla or hp.key_length) - rope
     v_head = hp.value_length_mla or hp.value_length
     if not settings.has(engine_builds.MLA_PROMPT_SPLIT):
-        # Older builds: replayed through ggml-alloc (legacy_mla); the replay holds the masks.
-        shape = MlaShape(
-            n_embd=hp.n_embd,
-            n_head=n_head,
-            q_lora=hp.q_lora_rank,
-            kv_lora=hp.kv_lora_rank,
-            rope=rope,
-            nope=nope,
-            v_head=v_head,
-            rope_cast=settings.cache_type_k.lower() != "f16",
+        # Older builds: the replay of a typical first GPU (a dense layer, then MoE layers whose
+        # experts run elsewhere); estimate() replays each device's own layers instead.
+        layers = (
+            MlaLayer(True, mla_alloc.Ffn.DENSE),
+            MlaLayer(False, mla_alloc.Ffn.MOE_CPU),
+            MlaLayer(False, mla_alloc.Ffn.MOE_CPU),
         )
-        peak = legacy_mla_peak(
-            shape,
-            tokens,
-            kv,
-            attention_max_batch(settings),
-            mask_f32=not settings.has(engine_builds.HOST_MASK_F16),
+        replay = mla_device_attention(
+            layout, settings, layers, holds_last=False, first_attention=True
         )
-        return max(0, peak - int(mask_bytes(layout, settings, host=False)))
+        if replay is not None:
+            return int(replay)
     full_mib = n_head * (nope + v_head) * kv * 4 // MiB
     heads = _head_chunk(n_head, full_mib, attention_max_batch(settings))
     if heads == n_head:
@@ -379,6 +371,8 @@ def mla_device_attention(
     *,
     holds_last: bool,
     gpu_backends: bool = True,
+    first_attention: bool = False,
+    holds_output: bool = False,
 ) -> float | None:
     """The attention term of a device running the MLA ``layers``: ik's allocation of the whole
     device graph replayed by :func:`mla_alloc.device_peak`, less the mask (a term of its own).
@@ -387,11 +381,31 @@ def mla_device_attention(
 
     ``gpu_backends``: other backends than the CPU exist, so the prompt path decompresses K and V
     as f16; a CPU-only run keeps the cache type (``kv_type`` in ``build_deepseek2``).
+
+    Builds before 4161 (:class:`mla_alloc.Legacy`, flash-attention prompt path only): the device
+    that runs the model's first attention (``first_attention``) casts the f32 mask of builds
+    before 3907; a device that ``holds_output`` has the logits in the replay, which then covers
+    the output phase too (:func:`compute_terms` ``mla_output``).
     """
     mla = effective_mla(layout, settings)
-    if not layers or not mla or not settings.has(engine_builds.MLA_PROMPT_SPLIT):
+    if not layers or not mla or not settings.is_ik:
         return None
     mask = mask_bytes(layout, settings, host=False)
+    legacy = None
+    if not settings.has(engine_builds.MLA_PROMPT_SPLIT):
+        if not (settings.flash_attn and mla > 1 and graph_tokens(settings) >= MLA_PP_MIN_TOKENS):
+            return None
+        cast = first_attention and not settings.has(engine_builds.HOST_MASK_F16)
+        fused = settings.has(engine_builds.FA_FMOE_DEFAULT) or any(
+            a in ("-fmoe", "--fused-moe") for a in settings.extra_args
+        )
+        legacy = mla_alloc.Legacy(
+            mask_cast=cast,
+            fused_moe=fused,
+            n_vocab=layout.hparams.n_vocab if holds_output else 0,
+        )
+        rows = -(-graph_tokens(settings) // KQ_MASK_PAD) * KQ_MASK_PAD
+        mask_in = settings.kv_size * rows * (4 if cast else 2)
     # The latent cache's type: -ctk, but -ctv for -mla 2/3 without flash attention (ik then
     # keeps c^KV in kv_self.k_l with the V type; memory.kv_layer_bytes sizes it the same way).
     k_type = cache_type(
@@ -404,7 +418,7 @@ def mla_device_attention(
         mla=mla,
         flash_attn=settings.flash_attn,
         amb=attention_max_batch(settings),
-        mask_bytes=int(mask),
+        mask_bytes=int(mask) if legacy is None else mask_in,
         kv_elt=2.0 if gpu_backends else cache_elt,
         cache_elt=cache_elt,
         rope_cast=gpu_backends and k_type != cache_type("f16"),
@@ -412,7 +426,8 @@ def mla_device_attention(
     shape = mla_shape(layout)
     if not mla_alloc.covered(shape, run):
         return None
-    return float(mla_alloc.device_peak(shape, run, layers, holds_last=holds_last)) - mask
+    peak = mla_alloc.device_peak(shape, run, layers, holds_last=holds_last, legacy=legacy)
+    return float(peak) - mask
 
 
 def offload_threshold(layout: ModelLayout, settings: Settings) -> int:
@@ -473,13 +488,20 @@ class ComputeTerms:
     offload_copy: float = 0.0
     reduce: float = 0.0  # -sm graph: partial results gathered from every GPU
     extra_alloc: float = 0.0  # -sm graph: inputs copied from other GPUs, up to -mea MiB
+    host: bool = False  # the CPU, whose mask is a graph input of its own
+    host_logits: float = 0.0  # the host's output phase: n_vocab · T · 4
 
     @property
     def total(self) -> int:
-        # The mask is freed after the last layer's attention, so the output phase does not
+        # A device's mask copy is freed after its last attention, so its output phase does not
         # carry it (published Qwen3 logs print the same buffer at -c 16384 and 32768 when the
-        # logits are the peak).
-        peak = max(self.mask + max(self.ffn, self.attention), self.logits)
+        # logits are the peak). The host's mask is allocated first, as a graph input, and the
+        # logits land above it (tiny-deepseek2 at 1024 cells: tests/data/mla_tiny_grid.json).
+        if self.host:
+            # the output phase as the host holds it: the logits alone (tiny-model calibration)
+            peak = self.mask + max(self.ffn, self.attention, self.host_logits)
+        else:
+            peak = max(self.mask + max(self.ffn, self.attention), self.logits)
         return int(peak + self.offload_copy + self.reduce + self.extra_alloc)
 
 
@@ -516,6 +538,7 @@ def compute_terms(
     offload_target: bool | None = None,
     ram: RamWeights | None = None,
     mla_attention: float | None = None,
+    mla_output: bool = False,
 ) -> ComputeTerms:
     """Compute-buffer model for one device (see the module docstring).
 
@@ -533,6 +556,7 @@ def compute_terms(
         ram: Every kind of RAM-resident weight (default: just ``cpu_expert_tensor_max``).
         mla_attention: :func:`mla_device_attention` for this device, where the caller knows its
             layers (replaces the closed-form attention phase).
+        mla_output: ``mla_attention`` covers the output phase too (older builds' replay).
     """
     runs_attention = holds_layers if hosts_kv is None else hosts_kv
     if offload_target is None:
@@ -568,7 +592,7 @@ def compute_terms(
                 ffn = ffn + exps if ram.has_cuda else max(ffn, exps)
         else:
             ffn = layer_compute
-    logits = output_phase_bytes(layout, tokens) if holds_output else 0.0
+    logits = output_phase_bytes(layout, tokens) if holds_output and not mla_output else 0.0
     if is_host and ram.output and tokens >= OP_OFFLOAD_MIN_BATCH:
         # A CUDA device takes the output matmul of the RAM-resident output matrix (the caller
         # sets ``ram.output`` only when there is one); the logits live there.
@@ -578,7 +602,8 @@ def compute_terms(
         copy, off_ffn, off_logits = offload_terms(layout, settings, ram, layer_compute)
         ffn = max(ffn, off_ffn)
         logits = max(logits, off_logits)
-    return ComputeTerms(ffn, attention, logits, mask, copy)
+    host_logits = float(hp.n_vocab * tokens * 4) if logits else 0.0
+    return ComputeTerms(ffn, attention, logits, mask, copy, host=is_host, host_logits=host_logits)
 
 
 def graph_compute_terms(

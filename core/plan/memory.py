@@ -39,6 +39,7 @@ from moe_studio.core.plan.compute import (
     offload_threshold,
     rebuilt_kv_b_bytes,
 )
+from moe_studio.core.plan.engine_builds import MLA_PROMPT_SPLIT
 from moe_studio.core.plan.mla_alloc import Ffn, MlaLayer
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.settings import Settings
@@ -393,6 +394,8 @@ def estimate(
                 ),
                 holds_last=n_kv > 0 and layer_devices[n_kv - 1] == device.name,
                 gpu_backends=bool(rig.devices),
+                first_attention=n_kv > 0 and layer_devices[0] == device.name,
+                holds_output=output_device == device.name,
             )
         terms = compute_terms(
             layout,
@@ -407,6 +410,9 @@ def estimate(
             offload_target=device.name == first_cuda,
             ram=ram,
             mla_attention=mla_attention,
+            mla_output=mla_attention is not None
+            and output_device == device.name
+            and not settings.has(MLA_PROMPT_SPLIT),
         )
         if graph is not None and device.name in graph.shares:
             terms = _graph_terms(layout, settings, graph, device.name, layer_compute, terms)

@@ -404,13 +404,19 @@ def compressed(layers: Sequence[MlaLayer]) -> tuple[MlaLayer, ...]:
 
 @lru_cache(maxsize=256)
 def device_peak(
-    shape: MlaShape, run: MlaRun, layers: tuple[MlaLayer, ...], *, holds_last: bool = False
+    shape: MlaShape,
+    run: MlaRun,
+    layers: tuple[MlaLayer, ...],
+    *,
+    holds_last: bool = False,
+    legacy: Legacy | None = None,
 ) -> int:
     """Bytes ``ggml-alloc`` reserves on a device running the attention and FFN of ``layers`` (its
     KV layers, in order). ``holds_last``: the last of them is the model's last layer, whose
     ``inp_out_ids`` (``T`` int32) is copied in at the start of its split and whose attention output
     and input are gathered to the output rows (``ggml_get_rows``; all ``T`` rows in the
-    worst-case graph) before its FFN."""
+    worst-case graph) before its FFN. ``legacy``: replay the order of ik builds before 4161
+    (:class:`Legacy`)."""
     layers = compressed(layers)
     alloc = DynAllocator()
     t, e = run.tokens, shape.n_embd
@@ -431,8 +437,23 @@ def device_peak(
                 alloc.alloc("mask", run.mask_bytes)
         if out_ids_at == 2 * il:
             alloc.alloc("out_ids", t * 4)
-        events = list(_attention(shape, run, il, resid, output_rows=holds_last and il == last))
-        for op, name, size in (*events, *_ffn(shape, run, il, layer.ffn)):
+        if legacy is None:
+            events = list(_attention(shape, run, il, resid, output_rows=holds_last and il == last))
+            ffn = _ffn(shape, run, il, layer.ffn)
+        else:
+            events = list(
+                _attention_legacy(
+                    shape,
+                    run,
+                    il,
+                    resid,
+                    legacy,
+                    output_rows=holds_last and il == last,
+                    last=il == last,
+                )
+            )
+            ffn = _ffn_legacy(shape, run, il, layer.ffn, legacy.fused_moe)
+        for op, name, size in (*events, *ffn):
             if op == "R":  # a tensor that later events call by another name
                 old, new = name.split(">")
                 alias[new] = old
@@ -444,4 +465,192 @@ def device_peak(
             else:
                 alloc.free(alias.pop(name, name))
         resid = f"l_out-{il}"
+    if legacy is not None and legacy.n_vocab and resid:
+        # the output: result_norm (rms_norm of the last layer's output), then the logits
+        alloc.alloc("result_norm", e * t * 4)
+        alloc.free(resid)
+        alloc.alloc("result_output", legacy.n_vocab * t * 4)
     return alloc.max_size
+
+
+# --- ik builds before 4161 (PR #1211) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Legacy:
+    """How an ik build before 4161 differs in the replay (``build_deepseek2`` in ``src/llama.cpp``
+    at 58f08e43, build 3737; the order below is that build's own allocation trace, replayed to the
+    byte: ``tests/data/mla_dryrun_3737.json``).
+
+    * The ``-amb`` head split halves the heads while their number is even (``while
+      (n_max_head%2 == 0 && kv_f32_size > attn_max_batch) n_max_head /= 2``).
+    * Only ``k_nope``, ``v`` and ``k`` of each head chunk are expanded into the graph inside the
+      loop; the chunks' flash attention and the concatenation of their outputs follow after the
+      loop (``ggml_build_forward_expand(gf, cur)``), so every chunk's K and V are live together.
+    * The K path (``kv_rope_compressed`` → cache copy) runs before the Q path.
+    * Before build 3907 the mask arrives as f32 and is cast to f16 at the first flash attention
+      (``mask_cast``: the device running the model's first attention; later devices receive the
+      f16 cast); it is freed at the device's last attention, like ``inp_pos`` after its last RoPE.
+    * Fused MoE was an option (``-fmoe``) before build 3928.
+    * ``n_vocab``: the device computes the logits (``result_norm``, then ``result_output``).
+    """
+
+    mask_cast: bool = False
+    fused_moe: bool = True
+    n_vocab: int = 0
+
+
+def legacy_head_chunk(shape: MlaShape, run: MlaRun) -> int:
+    """Heads per pass before PR #1211: halved while even and above ``-amb`` MiB."""
+    kv_f32_mib = shape.n_head * (shape.nope + shape.v_head) * run.kv * 4 // (1 << 20)
+    heads = shape.n_head
+    if run.amb > 0 and kv_f32_mib > run.amb:
+        while heads % 2 == 0 and kv_f32_mib > run.amb:
+            heads //= 2
+            kv_f32_mib //= 2
+    return heads
+
+
+def _attention_legacy(
+    s: MlaShape,
+    r: MlaRun,
+    il: int,
+    resid: str,
+    legacy: Legacy,
+    *,
+    output_rows: bool,
+    last: bool,
+) -> Iterator[Event]:
+    """One layer's attention in an ik build before 4161 (flash attention, prompt path)."""
+    t, h, f, kv = r.tokens, s.n_head, 4, r.kv
+    n = f"-{il}"
+    yield "A", "attn_norm" + n, s.n_embd * t * f
+    yield "A", "kvrc" + n, (s.kv_lora + s.rope) * t * f  # ggml_mul_mat(wkv_a_mqa, cur)
+    yield "A", "k_rope" + n, s.rope * t * f  # ggml_rope_ext
+    yield "A", "kv_compressed" + n, s.kv_lora * t * f  # llm_build_norm
+    yield "F", "kvrc" + n, 0
+    yield "A", "kvr" + n, (s.kv_lora + s.rope) * t * f  # ggml_concat, copied into the cache
+    yield "F", "k_rope" + n, 0
+    yield "F", "kv_compressed" + n, 0
+    yield "F", "kvr" + n, 0
+    yield "A", "q_a" + n, s.q_lora * t * f  # ggml_mul_mat(wq_a, cur)
+    yield "F", "attn_norm" + n, 0
+    yield "A", "q_a_norm" + n, s.q_lora * t * f
+    yield "F", "q_a" + n, 0
+    yield "A", "q" + n, h * (s.nope + s.rope) * t * f  # ggml_mul_mat(wq_b, q)
+    yield "F", "q_a_norm" + n, 0
+    yield "A", "q_rope" + n, h * s.rope * t * f
+    if last:
+        yield "F", "inp_pos", 0  # the device's last RoPE has run
+    yield "A", "q_concat" + n, h * (s.nope + s.rope) * t * f  # ggml_concat(q_rope, q_nope)
+    yield "F", "q_rope" + n, 0
+    yield "F", "q" + n, 0
+    heads = legacy_head_chunk(s, r)
+    passes = h // heads
+    for i in range(passes):
+        p = f"{n}.{i}"
+        yield "A", "kv_f32" + p, heads * (s.nope + s.v_head) * kv * f
+        yield "A", "k_nope" + p, int(heads * s.nope * kv * r.kv_elt)
+        yield "A", "v" + p, int(heads * s.v_head * kv * r.kv_elt)
+        yield "F", "kv_f32" + p, 0
+        if i == 0:
+            if r.rope_cast:
+                yield "A", "k_rope_f16" + n, s.rope * kv * 2
+            yield "A", "k_rope_rep" + n, int(heads * s.rope * kv * r.kv_elt)
+            if r.rope_cast:
+                yield "F", "k_rope_f16" + n, 0
+        yield "A", "k" + p, int(heads * (s.rope + s.nope) * kv * r.kv_elt)
+        if i == passes - 1:
+            yield "F", "k_rope_rep" + n, 0
+        yield "F", "k_nope" + p, 0
+    if il == 0 and legacy.mask_cast:
+        yield "A", "mask_f16", kv * (-(-t // 16) * 16) * 2  # ggml_cast(KQ_mask, F16)
+        yield "F", "mask", 0
+    for i in range(passes):
+        p = f"{n}.{i}"
+        yield "A", "kqv" + p, heads * s.v_head * t * f  # ggml_flash_attn_ext
+        if i == passes - 1:
+            yield "F", "q_concat" + n, 0
+        yield "F", "k" + p, 0
+        yield "F", "v" + p, 0
+        if i == passes - 1 and last:
+            yield "F", "mask_f16" if legacy.mask_cast else "mask", 0
+        if i > 0:
+            yield "A", "cur" + p, (i + 1) * heads * s.v_head * t * f  # ggml_concat(cur, kqv)
+            yield "F", ("kqv" + n + ".0") if i == 1 else ("cur" + f"{n}.{i - 1}"), 0
+            yield "F", "kqv" + p, 0
+    out = "kqv" + n + ".0" if passes == 1 else "cur" + f"{n}.{passes - 1}"
+    yield "A", "kqv_out" + n, s.n_embd * t * f  # ggml_mul_mat(wo, cur)
+    yield "F", out, 0
+    if output_rows:
+        yield "A", "last_attn" + n, s.n_embd * t * f
+        yield "F", "kqv_out" + n, 0
+        yield "A", "last_ffn_inp" + n, s.n_embd * t * f
+        yield "F", resid, 0
+        yield "F", "out_ids", 0
+        yield "F", "last_ffn_inp" + n, 0
+        yield "R", "last_attn" + n + ">kqv_out" + n, 0
+        return
+    yield "F", resid, 0
+
+
+def _ffn_legacy(s: MlaShape, r: MlaRun, il: int, kind: Ffn, fused: bool) -> Iterator[Event]:
+    """One layer's FFN in an ik build before 4161: the router's weights are gathered after the
+    experts' down projection, and without ``-fmoe`` up and gate are separate matmuls."""
+    t, f, e = r.tokens, 4, s.n_embd
+    n = f"-{il}"
+    yield "A", "ffn_norm" + n, e * t * f
+    if kind is Ffn.DENSE:
+        yield "A", "gate" + n, s.n_ff_dense * t * f
+        yield "A", "up" + n, s.n_ff_dense * t * f
+        yield "F", "ffn_norm" + n, 0
+        yield "A", "up_gate" + n, s.n_ff_dense * t * f
+        yield "F", "gate" + n, 0
+        yield "F", "up" + n, 0
+        yield "A", "l_out" + n, e * t * f
+        yield "F", "up_gate" + n, 0
+        yield "F", "kqv_out" + n, 0
+        return
+    x, u = s.n_expert, s.n_expert_used
+    yield "A", "logits" + n, x * t * f  # ggml_mul_mat(gate_inp, cur); sigmoid in place
+    yield "A", "probs_biased" + n, x * t * f
+    yield "A", "argsort" + n, x * t * f
+    yield "F", "probs_biased" + n, 0
+    if kind is Ffn.MOE:
+        if not fused:
+            yield "A", "moe_gate" + n, s.n_ff_exp * u * t * f
+            yield "A", "moe_up" + n, s.n_ff_exp * u * t * f
+        yield "A", "gate_par" + n, s.n_ff_exp * u * t * f
+        if not fused:
+            yield "F", "moe_gate" + n, 0
+            yield "F", "moe_up" + n, 0
+        yield "A", "down" + n, e * u * t * f
+        yield "F", "gate_par" + n, 0
+    yield "A", "weights" + n, u * t * f  # ggml_get_rows(probs, selected_experts)
+    yield "F", "logits" + n, 0
+    yield "F", "argsort" + n, 0
+    yield "A", "weights_sum" + n, t * f
+    yield "A", "weights_norm" + n, u * t * f
+    yield "F", "weights" + n, 0
+    yield "F", "weights_sum" + n, 0
+    yield "A", "weights_scaled" + n, u * t * f
+    yield "F", "weights_norm" + n, 0
+    yield "F", "weights_scaled" + n, 0
+    yield "A", "l_out" + n, e * t * f  # moe_out (or the experts' sum copied back); in place after
+    if kind is Ffn.MOE:
+        yield "F", "down" + n, 0
+    else:
+        yield "O", "split start", 0
+    if s.n_ff_shexp:
+        yield "A", "sh_gate" + n, s.n_ff_shexp * t * f
+        yield "A", "sh_up" + n, s.n_ff_shexp * t * f
+        yield "F", "ffn_norm" + n, 0
+        yield "A", "sh_up_gate" + n, s.n_ff_shexp * t * f
+        yield "F", "sh_gate" + n, 0
+        yield "F", "sh_up" + n, 0
+        yield "A", "shexp" + n, e * t * f
+        yield "F", "sh_up_gate" + n, 0
+        yield "F", "shexp" + n, 0
+    else:
+        yield "F", "ffn_norm" + n, 0
+    yield "F", "kqv_out" + n, 0
