@@ -43,6 +43,11 @@ Behaviour knobs (environment variables):
 ``STANDIN_GEN_TPS``               simulated generation speed, tokens/s (default 200)
 ================================  =============================================================
 
+``-sm graph`` (ik, two or more ``STANDIN_CUDA_MIB`` devices, no ``--rpc``): the offloaded layers'
+weights and KV go to one ``CUDA_Split`` buffer, matrices split by ``-ts`` and 1-D tensors copied to
+every GPU, with ik's ``Estimated model buffer size per device:`` and ``KV cache size per device:``
+blocks (the output stays whole on its device).
+
 ``--dry-run`` (ik): the buffer lines as usual, then the stand-in waits for a signal without
 loading or serving (a probe must stop it once the buffers are printed).
 
