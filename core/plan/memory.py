@@ -172,6 +172,10 @@ class DeviceBudget:
 
     ``margin`` is the known error of the estimate (:data:`COMPUTE_MARGIN` of an estimated compute
     buffer): the device fits only when ``total + margin`` fits its usable capacity.
+    ``unprinted_compute`` is the part of ``compute`` the engine allocates only when it first runs
+    a graph, after its ``compute buffer size`` lines (ik ``-sm graph``'s copied inputs, up to
+    ``-mea`` MiB: ``ggml_sched_prepare_graph`` from ``ggml_backend_sched_alloc_graph``,
+    ``ggml/src/ggml-backend.cpp`` 2661-2755); a dry run or a log never shows it.
     """
 
     name: str
@@ -185,6 +189,12 @@ class DeviceBudget:
     label: str = ""
     margin: int = 0
     compute_source: ComputeSource = ComputeSource.ESTIMATED
+    unprinted_compute: int = 0
+
+    @property
+    def printed_compute(self) -> int:
+        """The compute the engine's ``compute buffer size`` lines should show."""
+        return self.compute - self.unprinted_compute
 
     @property
     def total(self) -> int:
@@ -430,6 +440,7 @@ def estimate(
                 overhead=overhead,
                 label=device.label,
                 margin=compute_margin(terms.total),
+                unprinted_compute=int(terms.extra_alloc),
             )
         )
     notes = []
