@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from functools import cache
 
+import pytest
+
 from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.plan import engine_builds as builds
@@ -159,3 +161,22 @@ def test_mainline_builds_are_described_from_the_mla_cache_on() -> None:
     assert not describes_build("llama.cpp", "2025-05-09", 5331, mla=True)
     assert describes_build("llama.cpp", "2025-05-01")  # no build printed: by date
     assert not describes_build("llama.cpp", "2025-03-01")
+
+
+def test_an_engine_gives_its_build_to_plans_of_its_own_dialect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``plan --engine`` plans for the build that engine prints, mainline's too; a build number
+    from the other engine's history is not taken (the numbers are not comparable)."""
+    from moe_studio.core.cli import plan as plan_cli
+    from moe_studio.core.engine import discovery
+
+    info = {
+        "ml": discovery.EngineInfo("ml", flavour="mainline", build=5331),
+        "ik": discovery.EngineInfo("ik", flavour="ik", build=3737),
+    }
+    monkeypatch.setattr(discovery, "probe_engine", lambda path: info[path])
+    assert plan_cli._engine_build("ml", "mainline") == 5331
+    assert plan_cli._engine_build("ik", "ik") == 3737
+    assert plan_cli._engine_build("ml", "ik") is None
+    assert plan_cli._engine_build("ik", "mainline") is None
