@@ -230,13 +230,16 @@ class Settings:
     def for_dialect(self, dialect: Dialect) -> Settings:
         """These settings for ``dialect``: switching to mainline turns the ik-only options off
         (``-mla``, ``-amb``, ``-rtr``, ``-sm graph``, ``--merge-qkv``) and replaces ik-only cache
-        types with q8_0, so the command can be built."""
+        types with q8_0, so the command can be built. A build number belongs to one engine's
+        history, so switching forgets it (the newest build of the other engine)."""
+        build = self.engine_build if dialect == self.dialect else None
         if dialect == "ik":
-            return replace(self, dialect=dialect)
+            return replace(self, dialect=dialect, engine_build=build)
         ik_only_cache = ("q6_0", "q8_kv")
         return replace(
             self,
             dialect=dialect,
+            engine_build=build,
             mla=None,
             amb=None,
             rtr=False,

@@ -180,3 +180,12 @@ def test_an_engine_gives_its_build_to_plans_of_its_own_dialect(
     assert plan_cli._engine_build("ik", "ik") == 3737
     assert plan_cli._engine_build("ml", "ik") is None
     assert plan_cli._engine_build("ik", "mainline") is None
+
+
+def test_switching_dialect_forgets_the_other_engines_build() -> None:
+    """ik build 4840 is not mainline b4840 (which predates mainline's MLA cache)."""
+    ik = Settings(engine_build=4840)
+    assert ik.for_dialect("ik").engine_build == 4840
+    assert ik.for_dialect("mainline").engine_build is None
+    assert mainline(5331).for_dialect("ik").engine_build is None
+    assert mainline(5331).for_dialect("mainline").engine_build == 5331
