@@ -85,19 +85,14 @@ MODELLED_BUILDS = {
 }
 
 
-def describes_build(engine: str, date: str, build: int | None = None, *, mla: bool = False) -> bool:
+def describes_build(engine: str, date: str, build: int | None = None) -> bool:
     """Whether the model claims to describe a build of ``engine`` dated ``date`` (ISO), or
     numbered ``build`` when the engine printed one (ik: :data:`engine_builds.OLDEST_DESCRIBED`,
-    mainline: :data:`engine_builds.MAINLINE_OLDEST_DESCRIBED`). Mainline's MLA attention
-    (absorbed ``q_nope``, ``build_deepseek2``) is not derived, so no mainline build is described
-    for an ``mla`` model."""
+    mainline: :data:`engine_builds.MAINLINE_OLDEST_DESCRIBED`)."""
     if engine == "ik_llama.cpp" and build is not None:
         return build >= engine_builds.OLDEST_DESCRIBED
-    if engine == "llama.cpp":
-        if mla:
-            return False
-        if build is not None:
-            return build >= engine_builds.MAINLINE_OLDEST_DESCRIBED
+    if engine == "llama.cpp" and build is not None:
+        return build >= engine_builds.MAINLINE_OLDEST_DESCRIBED
     since = MODELLED_BUILDS.get(engine)
     return since is not None and bool(date) and date >= since[0]
 
@@ -286,12 +281,40 @@ def mla_prompt_attention_bytes(layout: ModelLayout, settings: Settings, tokens: 
     return heads * kv * per_cell + rows
 
 
+def mainline_mla_attention_bytes(layout: ModelLayout, tokens: int) -> int:
+    """Peak of mainline's MLA attention with flash attention (a GGUF with ``attn_k_b``), one
+    layer, without the mask.
+
+    ``llm_build_deepseek2`` (src/llama-model.cpp at b5331; src/models/deepseek2.cpp in the newest
+    source, the same tensors) builds, in graph order and f32: the layer input and its norm
+    (``n_embd`` each, live until ``wkv_a_mqa`` and the residual add), ``q_a`` (``q_lora_rank``,
+    absent for Lite), ``q`` (``n_head · (nope + rope)``), the roped ``q_pe`` (``n_head · rope``),
+    ``q_nope_absorbed`` (``n_head · kv_lora_rank``) and ``Qcur`` = concat (``n_head ·
+    (kv_lora_rank + rope)``). ggml-alloc frees ``q_a`` and ``q`` before ``Qcur`` is allocated,
+    but its best-fit allocator (``ggml_dyn_tallocr_alloc``, ggml/src/ggml-alloc.c) cannot put
+    the larger ``Qcur`` into their hole, so the peak is the sum of all of them. DeepSeek-V3 at
+    ``-ub 1024``: 734 MiB + the 32 MiB mask = 766 MiB; b5331 printed 788 MiB on the three GPUs
+    of ik PR #394 that take no weight copy (-2.8 %; the rest is the previous layers' holes).
+    Without flash attention the K·Q scores dominate; that path keeps the generic rows.
+    """
+    hp = layout.hparams
+    n_head = max(hp.head_count or (1,))
+    rope = hp.n_rot
+    nope = hp.key_length_mla - rope
+    latent = hp.kv_lora_rank
+    per_token = 2 * hp.n_embd + hp.q_lora_rank
+    per_token += n_head * ((nope + rope) + rope + latent + (latent + rope))
+    return per_token * tokens * 4
+
+
 def _attention_phase(layout: ModelLayout, settings: Settings, tokens: int) -> float:
     """Bytes live while one layer's attention runs (see the module docstring)."""
     hp = layout.hparams
     kv = settings.kv_size
     n_head = max(hp.head_count or (1,))
     inp = 2 * hp.n_embd * tokens * 4
+    if not settings.is_ik and hp.is_mla and hp.key_length_mla and settings.flash_attn:
+        return float(mainline_mla_attention_bytes(layout, tokens))
     mla = effective_mla(layout, settings)
     if mla:
         if mla >= 2 and settings.flash_attn and tokens >= MLA_PP_MIN_TOKENS:
@@ -394,9 +417,16 @@ class ComputeTerms:
     # mainline: the output matmul after the last layer, when the mask and the layers' weight
     # copies are already freed (:func:`mainline_output_phase`); ik keeps the logits in ``logits``
     output: float = 0.0
+    # mainline: a weight copy is a split input of its own matmul's split, live in the FFN phase
+    # only (:func:`offload_terms`), not beside the attention of a layer
+    copy_with_ffn_only: bool = False
 
     @property
     def total(self) -> int:
+        if self.copy_with_ffn_only:
+            peak = max(self.ffn + self.offload_copy, self.attention, self.logits)
+            layers = int(self.mask + peak + self.reduce + self.extra_alloc)
+            return max(layers, int(self.output))
         peak = max(self.ffn, self.attention, self.logits)
         layers = int(self.mask + peak + self.offload_copy + self.reduce + self.extra_alloc)
         return max(layers, int(self.output))
@@ -520,7 +550,7 @@ def compute_terms(
     if settings.is_ik:
         return ComputeTerms(ffn, attention, logits, mask, copy)
     output = mainline_output_phase(layout, settings, logits, output_copy)
-    return ComputeTerms(ffn, attention, 0.0, mask, copy, output=output)
+    return ComputeTerms(ffn, attention, 0.0, mask, copy, output=output, copy_with_ffn_only=True)
 
 
 def graph_compute_terms(

@@ -20,6 +20,7 @@ from moe_studio.core.plan.compute import (
     describes_build,
     layer_compute_bytes,
     mainline_mask_rows,
+    mainline_mla_attention_bytes,
     mask_bytes,
 )
 from moe_studio.core.plan.layers import engine_layer_devices
@@ -144,6 +145,30 @@ def test_mainline_output_phase_does_not_carry_the_mask() -> None:
     assert terms.total == int(304.75 * MiB)
 
 
+def test_mainline_mla_attention_follows_its_graph() -> None:
+    """b5331 with flash attention, DeepSeek-V3 at -ub 1024 (ik PR #394): the GPUs without a
+    weight copy printed 788 MiB; the sum of the layer's attention tensors up to Qcur (which
+    fits no freed hole) is 734 MiB, + the 32 MiB mask. On CUDA0 the expert copy sits on the FFN
+    phase only, not on the attention."""
+    ds = layout("deepseek-v3@Q4_K_M")
+    per_token = 2 * 7168 + 1536 + 128 * (192 + 64 + 512 + 576)
+    assert mainline_mla_attention_bytes(ds, 1024) == per_token * 1024 * 4 == 734 * MiB
+    settings = mainline(5331, ctx=16384, ubatch=1024)
+    lc = layer_compute_bytes(ds, settings)
+    args = {"holds_layers": True, "holds_output": False, "is_cuda": True, "layer_compute": lc}
+    plain = compute_terms(ds, settings, cpu_expert_tensor_max=0, offload_target=False, **args)
+    assert plain.total == 766 * MiB
+    copy = 2940 * MiB
+    ram = RamWeights(expert_max=copy, has_cuda=True)
+    first = compute_terms(
+        ds, settings, cpu_expert_tensor_max=copy, offload_target=True, ram=ram, **args
+    )
+    assert first.total == int(32 * MiB + lc + copy)
+    no_fa = settings.with_(flash_attn=False)
+    bare = compute_terms(ds, no_fa, cpu_expert_tensor_max=0, offload_target=False, **args)
+    assert bare.attention > plain.attention  # the K·Q scores: generic rows
+
+
 def test_mainline_splits_layers_by_the_free_memory_itself() -> None:
     """llama_model::load_tensors: "default split, by free memory" (splits[i] = free); ik keeps
     a 1 GiB margin. The b5331 log of ik PR #394 put 15/12/12/22 layers on its four GPUs."""
@@ -158,7 +183,7 @@ def test_mainline_builds_are_described_from_the_mla_cache_on() -> None:
     assert describes_build("llama.cpp", "2025-05-02", 5269)
     assert describes_build("llama.cpp", "2025-04-30", 5192)
     assert not describes_build("llama.cpp", "2025-04-01", 5000)
-    assert not describes_build("llama.cpp", "2025-05-09", 5331, mla=True)
+    assert describes_build("llama.cpp", "2025-05-09", 5331)
     assert describes_build("llama.cpp", "2025-05-01")  # no build printed: by date
     assert not describes_build("llama.cpp", "2025-03-01")
 

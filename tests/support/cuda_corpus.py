@@ -122,7 +122,7 @@ def points_of(run: Run) -> list[Point]:
     imported = replace(imported, settings=settings)
     split = imported_split(layout, imported, full_rig)
     est = estimate(layout, plan, full_rig, settings, split.kv_devices)
-    claimed = describes_build(run["engine"], run["date"], build, mla=layout.hparams.is_mla)
+    claimed = describes_build(run["engine"], run["date"], build)
     out = []
     for term in TERMS:
         for device, reported in run["reported"].get(term, {}).items():
