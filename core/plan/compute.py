@@ -29,7 +29,8 @@ read: ik_llama.cpp at 8337e4cd (2026-08-15, build 4840) and mainline llama.cpp v
   backend whose ``offload_op`` accepts it — the first CUDA device, one GPU only. The weight is
   then copied into that backend's compute buffer as a split input at full size
   (``ggml_dup_tensor_layout``; ik's "offload only active experts" transfers only the active
-  experts' rows but allocates the whole tensor). Up and gate are live together (fused MoE).
+  experts' rows but allocates the whole tensor). Up and gate are live together (fused MoE);
+  mainline copies one weight at a time (:func:`offload_terms`).
   ik's ``ggml_backend_cuda_offload_op`` (``ggml/src/ggml-cuda.cu``) offloads a MoE matmul when
   ``T · n_used ≥ 32 · n_expert`` and any other matmul when ``T ≥ 32``; mainline offloads when
   ``T ≥ GGML_OP_OFFLOAD_MIN_BATCH`` (32). So a RAM-resident output matrix sends the output matmul
@@ -50,7 +51,10 @@ read: ik_llama.cpp at 8337e4cd (2026-08-15, build 4840) and mainline llama.cpp v
   much as the per-cell ones (tiny-deepseek2: −19…−22 % and +20…+52 % before, within ±0.3 % now
   on every RPC device; DeepSeek-V3 attention: 48 of 49 dry-run figures within ±10 %).
 
-A device's buffer is ``masks + max(attention, FFN, logits) + offloaded weights``. The host runs
+A device's buffer is ``masks + max(attention, FFN, logits) + offloaded weights``; mainline's
+output matmul runs after the mask is freed (:func:`mainline_output_phase`), and its mask and
+KV terms follow the build (``engine_builds.MAINLINE_CHANGES``, read at b5269, b5331 and the
+newest source). The host runs
 the attention and FFN phases only for layers whose KV it holds; otherwise it holds the token
 embeddings and, when it has experts, their up/gate output. ``-sm graph`` (each GPU a share of
 every layer) is :func:`graph_compute_terms`, derived from source in
@@ -79,18 +83,25 @@ MLA_PP_MIN_TOKENS = 128  # ik's MLA prompt path (pp_opt) starts at this many tok
 
 # The engine builds this model describes. Published logs from older builds are reported, not
 # asserted (tests/data/cuda_corpus): ik changed the MLA compute buffers in PR #1211
-# (2026-01-31) and the -amb head split with it.
+# (2026-01-31) and the -amb head split with it. Mainline's terms follow its build
+# (engine_builds.MAINLINE_CHANGES) back to its MLA cache (b5137, 2025-04-15).
 MODELLED_BUILDS = {
     "ik_llama.cpp": ("2026-02-01", "ik_llama.cpp after PR #1211 (MLA -amb head split)"),
-    "llama.cpp": ("2025-08-01", "mainline llama.cpp with the unified KV cache and --n-cpu-moe"),
+    "llama.cpp": (
+        engine_builds.ML_MLA.date,
+        f"mainline llama.cpp from b{engine_builds.MAINLINE_OLDEST_DESCRIBED} (DeepSeek MLA cache)",
+    ),
 }
 
 
 def describes_build(engine: str, date: str, build: int | None = None) -> bool:
     """Whether the model claims to describe a build of ``engine`` dated ``date`` (ISO), or
-    numbered ``build`` when the engine printed one (ik: :data:`engine_builds.OLDEST_DESCRIBED`)."""
+    numbered ``build`` when the engine printed one (ik: :data:`engine_builds.OLDEST_DESCRIBED`,
+    mainline: :data:`engine_builds.MAINLINE_OLDEST_DESCRIBED`)."""
     if engine == "ik_llama.cpp" and build is not None:
         return build >= engine_builds.OLDEST_DESCRIBED
+    if engine == "llama.cpp" and build is not None:
+        return build >= engine_builds.MAINLINE_OLDEST_DESCRIBED
     since = MODELLED_BUILDS.get(engine)
     return since is not None and bool(date) and date >= since[0]
 
@@ -294,12 +305,40 @@ def mla_prompt_attention_bytes(layout: ModelLayout, settings: Settings, tokens: 
     return heads * kv * per_cell + rows
 
 
+def mainline_mla_attention_bytes(layout: ModelLayout, tokens: int) -> int:
+    """Peak of mainline's MLA attention with flash attention (a GGUF with ``attn_k_b``), one
+    layer, without the mask.
+
+    ``llm_build_deepseek2`` (src/llama-model.cpp at b5331; src/models/deepseek2.cpp in the newest
+    source, the same tensors) builds, in graph order and f32: the layer input and its norm
+    (``n_embd`` each, live until ``wkv_a_mqa`` and the residual add), ``q_a`` (``q_lora_rank``,
+    absent for Lite), ``q`` (``n_head · (nope + rope)``), the roped ``q_pe`` (``n_head · rope``),
+    ``q_nope_absorbed`` (``n_head · kv_lora_rank``) and ``Qcur`` = concat (``n_head ·
+    (kv_lora_rank + rope)``). ggml-alloc frees ``q_a`` and ``q`` before ``Qcur`` is allocated,
+    but its best-fit allocator (``ggml_dyn_tallocr_alloc``, ggml/src/ggml-alloc.c) cannot put
+    the larger ``Qcur`` into their hole, so the peak is the sum of all of them. DeepSeek-V3 at
+    ``-ub 1024``: 734 MiB + the 32 MiB mask = 766 MiB; b5331 printed 788 MiB on the three GPUs
+    of ik PR #394 that take no weight copy (-2.8 %; the rest is the previous layers' holes).
+    Without flash attention the K·Q scores dominate; that path keeps the generic rows.
+    """
+    hp = layout.hparams
+    n_head = max(hp.head_count or (1,))
+    rope = hp.n_rot
+    nope = hp.key_length_mla - rope
+    latent = hp.kv_lora_rank
+    per_token = 2 * hp.n_embd + hp.q_lora_rank
+    per_token += n_head * ((nope + rope) + rope + latent + (latent + rope))
+    return per_token * tokens * 4
+
+
 def _attention_phase(layout: ModelLayout, settings: Settings, tokens: int) -> float:
     """Bytes live while one layer's attention runs (see the module docstring)."""
     hp = layout.hparams
     kv = settings.kv_size
     n_head = max(hp.head_count or (1,))
     inp = 2 * hp.n_embd * tokens * 4
+    if not settings.is_ik and hp.is_mla and hp.key_length_mla and settings.flash_attn:
+        return float(mainline_mla_attention_bytes(layout, tokens))
     mla = effective_mla(layout, settings)
     if mla:
         if mla >= 2 and settings.flash_attn and tokens >= MLA_PP_MIN_TOKENS:
@@ -444,6 +483,17 @@ def mask_count(layout: ModelLayout) -> int:
     return 2 if hp.sliding_window and any(hp.swa_layers) else 1
 
 
+def mainline_mask_rows(settings: Settings) -> int:
+    """Rows of mainline's KQ mask: ``GGML_PAD(n_tokens, GGML_KQ_MASK_PAD)``
+    (``build_attn_inp_kv_unified``, ``src/llama-graph.cpp``), the pad 32 before #11583, 64 from
+    it and 1 from #17505 (:data:`engine_builds.ML_KQ_MASK_PAD_64`, ``ML_KQ_MASK_PAD_1``)."""
+    tokens = graph_tokens(settings)
+    if settings.has_mainline(engine_builds.ML_KQ_MASK_PAD_1):
+        return tokens
+    pad = 64 if settings.has_mainline(engine_builds.ML_KQ_MASK_PAD_64) else 32
+    return -(-tokens // pad) * pad
+
+
 def mask_bytes(layout: ModelLayout, settings: Settings, *, host: bool) -> float:
     """Bytes of the KQ mask(s) one backend holds (see the module docstring)."""
     tokens = graph_tokens(settings)
@@ -458,6 +508,7 @@ def mask_bytes(layout: ModelLayout, settings: Settings, *, host: bool) -> float:
             # +6 bytes per mask element when the context doubles, tests/data/mla_dryrun_3737.json).
             size = 4 if host else 6
         return float(mask_count(layout) * kv * rows * size)
+    rows = mainline_mask_rows(settings)
     size = 4 if host or not settings.flash_attn else 2
     total = float(kv * rows * size)
     if mask_count(layout) == 2:
@@ -490,19 +541,29 @@ class ComputeTerms:
     extra_alloc: float = 0.0  # -sm graph: inputs copied from other GPUs, up to -mea MiB
     host: bool = False  # the CPU, whose mask is a graph input of its own
     host_logits: float = 0.0  # the host's output phase: n_vocab · T · 4
+    # mainline: the output matmul after the last layer, when the mask and the layers' weight
+    # copies are already freed (:func:`mainline_output_phase`); ik keeps the logits in ``logits``
+    output: float = 0.0
+    # mainline: a weight copy is a split input of its own matmul's split, live in the FFN phase
+    # only (:func:`offload_terms`), not beside the attention of a layer
+    copy_with_ffn_only: bool = False
 
     @property
     def total(self) -> int:
-        # A device's mask copy is freed after its last attention, so its output phase does not
-        # carry it (published Qwen3 logs print the same buffer at -c 16384 and 32768 when the
-        # logits are the peak). The host's mask is allocated first, as a graph input, and the
-        # logits land above it (tiny-deepseek2 at 1024 cells: tests/data/mla_tiny_grid.json).
+        if self.copy_with_ffn_only:
+            peak = max(self.ffn + self.offload_copy, self.attention, self.logits)
+            layers = int(self.mask + peak + self.reduce + self.extra_alloc)
+            return max(layers, int(self.output))
+        # ik: a device's mask copy is freed after its last attention, so its output phase does
+        # not carry it (published Qwen3 logs print the same buffer at -c 16384 and 32768 when
+        # the logits are the peak). The host's mask is allocated first, as a graph input, and
+        # the logits land above it (tiny-deepseek2 at 1024 cells: tests/data/mla_tiny_grid.json).
         if self.host:
-            # the output phase as the host holds it: the logits alone (tiny-model calibration)
             peak = self.mask + max(self.ffn, self.attention, self.host_logits)
         else:
             peak = max(self.mask + max(self.ffn, self.attention), self.logits)
-        return int(peak + self.offload_copy + self.reduce + self.extra_alloc)
+        layers = int(peak + self.offload_copy + self.reduce + self.extra_alloc)
+        return max(layers, int(self.output))
 
 
 def offload_terms(
@@ -511,17 +572,43 @@ def offload_terms(
     """(weight copy, FFN activations, logits) the first CUDA device takes on for RAM weights."""
     tokens = graph_tokens(settings)
     copy = ffn = logits = 0.0
+    # ik: up and gate live together (fused MoE). Mainline multiplies up, gate and down apart
+    # (``build_moe_ffn``/``build_ffn``, src/llama-graph.cpp), and ``ggml_backend_sched_split_graph``
+    # (ggml/src/ggml-backend.cpp, at b5269 and b7800 alike) starts a new split at each weight from
+    # another backend "so that the memory of the previously offloaded weights can be reused": one
+    # weight copy at a time. The output matrix's copy is :func:`mainline_output_phase`'s there.
+    pair = 2.0 if settings.is_ik else 1.0
     if ram.expert_max and tokens >= offload_threshold(layout, settings):
-        copy = 2.0 * ram.expert_max  # up and gate live together (fused MoE)
+        copy = pair * ram.expert_max
         ffn = layer_compute
     if tokens >= OP_OFFLOAD_MIN_BATCH:
         if ram.output:
-            copy = max(copy, float(ram.output))
-            logits = output_phase_bytes(layout, tokens)
+            if settings.is_ik:
+                copy = max(copy, float(ram.output))
+                logits = output_phase_bytes(layout, tokens)
+            else:
+                logits = float(layout.hparams.n_vocab * tokens * 4)
         if ram.dense_max:
-            copy = max(copy, 2.0 * ram.dense_max)
+            copy = max(copy, pair * ram.dense_max)
             ffn = layer_compute
     return copy, ffn, logits
+
+
+def mainline_output_phase(
+    layout: ModelLayout, settings: Settings, logits: float, output_copy: float
+) -> float:
+    """Mainline's peak while the output matmul runs (bytes): the logits, their input
+    (``result_norm``, ``n_embd · T · 4``) and, for a RAM output matrix, its copy.
+
+    ggml-alloc (``ggml_gallocr_alloc_graph_impl``, ggml/src/ggml-alloc.c) frees a tensor after
+    its last consumer, so by then the KQ mask (used by the layers' attention only) and the
+    layers' weight copies are gone: the output phase does not sit on top of them. Checked on
+    the b5269 Qwen3-235B log of ik discussion #357 (2x3090, CUDA1 holds the output): 296.75 MiB
+    of logits + 8 MiB of input = 304.75 MiB printed.
+    """
+    if not logits:
+        return 0.0
+    return logits + layout.hparams.n_embd * graph_tokens(settings) * 4 + output_copy
 
 
 def compute_terms(
@@ -598,12 +685,20 @@ def compute_terms(
         # sets ``ram.output`` only when there is one); the logits live there.
         logits = 0.0
     copy = 0.0
+    output_copy = 0.0
     if offloads:
         copy, off_ffn, off_logits = offload_terms(layout, settings, ram, layer_compute)
         ffn = max(ffn, off_ffn)
-        logits = max(logits, off_logits)
-    host_logits = float(hp.n_vocab * tokens * 4) if logits else 0.0
-    return ComputeTerms(ffn, attention, logits, mask, copy, host=is_host, host_logits=host_logits)
+        if off_logits > logits:
+            logits, output_copy = off_logits, float(ram.output)
+    if settings.is_ik:
+        host_logits = float(hp.n_vocab * tokens * 4) if logits else 0.0
+        return ComputeTerms(
+            ffn, attention, logits, mask, copy, host=is_host, host_logits=host_logits
+        )
+    raw_logits = float(hp.n_vocab * tokens * 4) if logits else 0.0
+    output = mainline_output_phase(layout, settings, raw_logits, output_copy)
+    return ComputeTerms(ffn, attention, 0.0, mask, copy, output=output, copy_with_ffn_only=True)
 
 
 def graph_compute_terms(

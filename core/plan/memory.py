@@ -23,6 +23,7 @@ from enum import StrEnum
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS
 from moe_studio.core.hardware.devices import CPU_NAME, DeviceKind, Rig
+from moe_studio.core.plan import engine_builds as builds
 from moe_studio.core.plan import graph_split
 from moe_studio.core.plan.compute import (
     OP_OFFLOAD_MIN_BATCH,
@@ -121,19 +122,27 @@ def kv_layer_bytes(layout: ModelLayout, settings: Settings, layer: int) -> int:
             key, value, n_kv = hp.key_length_mla, hp.value_length_mla, max(hp.head_count)
         # ik keeps full-context rows for sliding-window layers (no SWA compression here).
         return tk.row_bytes(key) * n_kv * cells + tv.row_bytes(value * n_kv) * cells
-    # mainline: context padded to 256; one stream when unified (server default) or -np 1.
+    # mainline: context padded (Settings.kv_padding: 256, or by build 256/32 or none); one stream
+    # when unified (server default) or -np 1.
     n_seq = max(1, settings.parallel)
-    pad = 256
+    pad = settings.kv_padding
     if n_seq == 1:
         cells = -(-settings.ctx // pad) * pad
     else:
         cells = n_seq * (-(-(settings.ctx // n_seq) // pad) * pad)
     if hp.is_swa(layer) and hp.sliding_window:
         swa = hp.sliding_window + settings.ubatch
-        cells = min(cells, -(-swa // pad) * pad)
+        cells = min(cells, -(-swa // 256) * 256)
     if hp.is_mla and hp.key_length_mla:
-        # MLA GGUF: only the latent K (kv_lora_rank + rope, 1 head) is stored (engines.md §5.2).
-        return tk.row_bytes(hp.key_length * hp.head_count_kv[layer]) * cells
+        # MLA GGUF: the latent K (kv_lora_rank + rope, 1 head; engines.md §5.2). Builds before
+        # #19067 (ML_MLA_V_LESS) also allocate V, n_embd_v_gqa = kv_lora_rank wide
+        # (llama_kv_cache_unified at 1d36b367: ``ggml_new_tensor_1d(ctx, type_v,
+        # n_embd_v_gqa*kv_size)`` for every layer; "K (f16): 1098.00 MiB, V (f16): 976.00 MiB"
+        # in the b5331 log of ik PR #394).
+        k = tk.row_bytes(hp.key_length * hp.head_count_kv[layer]) * cells
+        if settings.has_mainline(builds.ML_MLA_V_LESS):
+            return k
+        return k + tv.row_bytes(hp.value_length * hp.head_count_kv[layer]) * cells
     n_kv = hp.head_count_kv[layer]
     return tk.row_bytes(hp.key_length * n_kv) * cells + tv.row_bytes(hp.value_length * n_kv) * cells
 

@@ -15,7 +15,14 @@ import pytest
 
 from moe_studio.core.plan.compute import attention_max_batch, cuda_can_offload
 from moe_studio.core.plan.settings import Settings
-from tests.support.cuda_corpus import KINDS, Point, all_points, load_runs, points_of
+from tests.support.cuda_corpus import (
+    KINDS,
+    Point,
+    all_points,
+    build_number,
+    load_runs,
+    points_of,
+)
 
 RUNS = load_runs()
 REQUIRED = {"id", "url", "date", "engine", "build", "gpus", "model", "command", "reported"}
@@ -81,6 +88,10 @@ def test_targets_on_described_builds() -> None:
 # - a Kimi-K2 llama-perplexity run on 2 GPUs (ik PR #616, build 3808) added, with the importer
 #   now sizing llama-perplexity's context as it does (n_batch / -c chunks at once):
 #   22.8 %, 17, 267 % / 44.8 %, 8, 154 %.
+# - mainline by build (engine_builds.MAINLINE_CHANGES: MLA V cache before #19067, one weight copy
+#   at a time, the output phase without the mask, the split by free memory; ik PR #394's run
+#   re-read from its log; mainline's MLA attention from its graph): KV 0.0 %, 56, worst 3.3 % /
+#   compute GPU 21.7 %, 19, 267 %.
 REGRESSION_BOUND = {
     "kv": (63, 0.1, 59, 51.5),
     "compute GPU": (63, 22.8, 17, 267.4),
@@ -104,6 +115,15 @@ def test_error_distribution_does_not_get_worse(kind: str) -> None:
     assert median <= bound_median, f"{kind}: median |error| {median:.1f} % > {bound_median} %"
     assert within >= bound_within, f"{kind}: {within} points within ±10 % < {bound_within}"
     assert worst <= bound_worst, f"{kind}: worst |error| {worst:.1f} % > {bound_worst} %"
+
+
+def test_mainline_logs_are_planned_for_their_build() -> None:
+    """A mainline log's printed build (``5269 (1d36b367)``) is the plan's engine_build, and
+    mainline runs from described builds (b5137 on) count towards the targets."""
+    mainline = [r for r in RUNS if r["engine"] == "llama.cpp"]
+    assert {build_number(r) for r in mainline} == {5192, 5269, 5331}
+    claimed = {p.run for r in mainline for p in points_of(r) if p.claimed}
+    assert claimed == {r["id"] for r in mainline}
 
 
 def test_corpus_size() -> None:
