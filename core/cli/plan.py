@@ -260,7 +260,9 @@ def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
     if args.import_command:
         from moe_studio.core.plan.cmdline import import_command
 
-        plan, imported, rig = import_command(args.import_command, layout, rig, dialect=args.dialect)
+        plan, imported, rig = import_command(
+            args.import_command, layout, rig, dialect=args.dialect, engine_build=args.engine_build
+        )
         base = imported.settings
         notes += imported.notes
     settings = _settings(args, base)

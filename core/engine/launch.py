@@ -59,7 +59,7 @@ from types import MappingProxyType, TracebackType
 
 from moe_studio.core.engine.discovery import EngineInfo, Flavour
 from moe_studio.core.errors import EngineError
-from moe_studio.core.plan.cmdline import shell_join
+from moe_studio.core.plan.cmdline import shell_join, unlisted_options
 from moe_studio.core.plan.planning import PlanResult
 from moe_studio.core.plan.settings import Dialect
 
@@ -189,6 +189,9 @@ def build_launch_spec(
         )
     notes: list[str] = []
     argv = [engine.path, *command.argv[1:]]
+    unlisted = unlisted_options(argv, engine.options, dialect)
+    if unlisted:
+        notes.append(unlisted)
     if dialect == "mainline" and not any(a in _VERBOSITY_FLAGS for a in argv):
         if engine.has_option("-lv") is False:
             notes.append(

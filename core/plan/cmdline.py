@@ -4,7 +4,11 @@ A command is an argv list, never a shell string (display it with :func:`shell_jo
 follows engines.md §10: ``-m`` is the first shard, ``-c`` always, ``-fa on`` (never a bare ``-fa``,
 never ``-fmoe``), ``--rpc`` before any rule that names an RPC buffer, ``-fit off`` for mainline
 with a manual placement. An option the dialect lacks is a :class:`DialectError`, never a
-silently dropped flag. Import parses a pasted command (quotes, line continuations, several
+silently dropped flag. For an older ik build (:attr:`Settings.engine_build`) each flag is written
+the way that build accepts it (``engine_builds.IK_FLAGS``): a bare ``-fa`` and ``-fmoe`` before
+build 3928, ``-no-fa`` until 3985, ``RPC[host:port]`` buffer names before 4033; a flag the build
+lacks is left out with a note, or refused when the placement depends on it (``-ot``, ``-dev``,
+``-sm graph``). Import parses a pasted command (quotes, line continuations, several
 ``-ot``, comma lists, ``-cmoe``/``--n-cpu-moe``, ``-ngl``, ``-ts``, ``-dev``, ``--rpc`` …) back into
 plan and settings; flags we do not model are kept verbatim and re-emitted.
 """
@@ -21,6 +25,8 @@ from moe_studio.core.errors import CommandError, DialectError
 from moe_studio.core.gguf.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.hardware.devices import CPU_NAME, Device, DeviceKind, Rig, rpc_name
+from moe_studio.core.plan import engine_builds as builds
+from moe_studio.core.plan.engine_options import split_options
 from moe_studio.core.plan.layers import (
     LayerSplit,
     engine_layer_devices,
@@ -119,6 +125,138 @@ def _check_dialect(settings: Settings, layout: ModelLayout, gpu_like: int) -> No
         )
 
 
+def _build_name(build: int | None) -> str:
+    return f"ik_llama.cpp build {build}" if build is not None else "the newest ik_llama.cpp"
+
+
+def _change(change: builds.BuildChange) -> str:
+    return f"build {change.build}, {change.date}, PR #{change.pr}"
+
+
+def _lacks(build: int | None, flag: str, change: builds.BuildChange) -> str:
+    return f"{_build_name(build)} has no {flag} (it came with {_change(change)})"
+
+
+def _check_build(settings: Settings, layout: ModelLayout) -> None:
+    """Refuse what an old ik build cannot do when the plan depends on it."""
+    build = settings.engine_build
+    if not settings.is_ik or build is None:
+        return
+    for change, name in ((builds.Q6_0_CACHE, "q6_0"), (builds.Q8_KV_CACHE, "q8_kv")):
+        if not builds.has(build, change) and name in (
+            settings.cache_type_k.lower(),
+            settings.cache_type_v.lower(),
+        ):
+            raise CommandError(
+                f"{_lacks(build, f'KV cache type {name}', change)}; choose another cache type "
+                "or plan for a newer build."
+            )
+    if settings.split_mode_graph and not builds.has(build, builds.SPLIT_MODE_GRAPH):
+        raise CommandError(
+            f"{_lacks(build, '-sm graph', builds.SPLIT_MODE_GRAPH)}; turn the graph split off "
+            "(-sm layer) or plan for a newer build."
+        )
+    if settings.mla is not None and layout.hparams.is_mla:
+        if not builds.has(build, builds.MLA_TAKES_VALUE):
+            raise CommandError(
+                f"{_lacks(build, '-mla N', builds.MLA_TAKES_VALUE)}; leave MLA at the engine's "
+                "default or plan for a newer build."
+            )
+        if settings.mla == 3 and not builds.has(build, builds.MLA_3):
+            raise CommandError(
+                f"{_lacks(build, '-mla 3', builds.MLA_3)}; use -mla 1 or 2, or plan for a "
+                "newer build."
+            )
+
+
+_RPC_BUFFER = re.compile(r"RPC(\d+)\[(.*)\]")
+_OLD_RPC_BUFFER = re.compile(r"RPC\[(.*)\]")
+
+
+def _engine_rpc_name(name: str, build: int | None) -> str:
+    """``name`` as ``build`` calls an RPC buffer: ``RPC[host:port]`` before build 4033."""
+    m = _RPC_BUFFER.fullmatch(name)
+    if m is None or builds.has(build, builds.RPC_DEVICE_NAMES):
+        return name
+    if m.group(1) != "0":
+        raise CommandError(
+            f"{name} is device {m.group(1)} of an rpc-server; {_build_name(build)} uses one "
+            f"device per rpc-server (several came with {_change(builds.RPC_DEVICE_NAMES)}). "
+            "Plan for a newer build."
+        )
+    return f"RPC[{m.group(2)}]"
+
+
+# Spellings of the build-dependent flags (engine_builds.IK_FLAGS) that extra arguments may use.
+_IK_FLAG_ALIASES = {
+    "--run-time-repack": "-rtr",
+    "--fused-moe": "-fmoe",
+    "--override-tensor": "-ot",
+    "--attention-max-batch": "-amb",
+    "--cpu-moe": "-cmoe",
+    "-ncmoe": "--n-cpu-moe",
+    "--offload-only-active-experts": "-ooae",
+    "--no-offload-only-active-experts": "-no-ooae",
+    "--grouped-expert-routing": "-ger",
+    "--no-flash-attn": "-no-fa",
+    "--no-fused-moe": "-no-fmoe",
+    "--device": "-dev",
+    "-mqkv": "--merge-qkv",
+    "--cuda-params": "-cuda",
+}
+
+
+def _left_out(build: int | None, shown: str, flag: str) -> str:
+    """Why ``build`` does not get ``shown`` (an option and its values)."""
+    since, until = builds.IK_FLAGS[flag]
+    if not builds.has(build, since):
+        return f"{shown} left out: {_lacks(build, flag, since)}."
+    assert until is not None
+    return (
+        f"{shown} left out: {_build_name(build)} no longer accepts {flag} "
+        f"({_change(until)}: {until.what})."
+    )
+
+
+def _extra_for_build(extra: Sequence[str], build: int | None) -> tuple[list[str], list[str]]:
+    """Extra arguments an ik build accepts, and a note for each one left out."""
+    kept: list[str] = []
+    notes: list[str] = []
+    for group in split_options(list(extra), "ik"):
+        flag = group[0].partition("=")[0] if group[0].startswith("--") else group[0]
+        flag = _IK_FLAG_ALIASES.get(flag, flag)
+        if flag in builds.IK_FLAGS and not builds.accepts(build, flag):
+            notes.append(_left_out(build, " ".join(group), flag))
+        else:
+            kept += group
+    return kept, notes
+
+
+def unlisted_options(argv: Sequence[str], options: frozenset[str], dialect: Dialect) -> str:
+    """A note naming the options of ``argv`` (executable first) that an engine's ``--help``
+    does not list (``options``), or "" (also when the help was not read).
+
+    A note, not a refusal: a help text can omit options the engine accepts (ik build 3737
+    accepts ``-ot`` and ``-rtr`` and lists neither).
+    """
+    if not options:
+        return ""
+    missing: list[str] = []
+    for group in split_options(list(argv[1:]), dialect):
+        token = group[0]
+        if not token.startswith("-") or token[1:2].isdigit():
+            continue
+        name = token.partition("=")[0] if token.startswith("--") else token
+        if name not in options and name not in missing:
+            missing.append(name)
+    if not missing:
+        return ""
+    return (
+        f"The engine's --help does not list {', '.join(missing)}, which the command uses; "
+        "if it stops with 'unknown argument', plan for that engine's build or remove them."
+    )
+
+
 def _dev_names(split: LayerSplit, rig: Rig, dialect: Dialect, rpc: Sequence[str]) -> list[str]:
     if dialect == "ik":
         return list(split.devices)
@@ -133,9 +271,14 @@ def _dev_names(split: LayerSplit, rig: Rig, dialect: Dialect, rpc: Sequence[str]
     return names
 
 
-def default_device_list(rig: Rig, rpc_endpoints: Sequence[str]) -> list[str]:
-    """The engine's device list without ``-dev``: RPC servers first, then the GPUs."""
-    return [rpc_name(e) for e in rpc_endpoints] + [d.name for d in rig.gpus]
+def default_device_list(
+    rig: Rig, rpc_endpoints: Sequence[str], *, rpc_first: bool = True
+) -> list[str]:
+    """The engine's device list without ``-dev``: RPC servers first, then the GPUs (ik builds
+    before 4027: the GPUs, then the RPC servers)."""
+    rpcs = [rpc_name(e) for e in rpc_endpoints]
+    gpus = [d.name for d in rig.gpus]
+    return rpcs + gpus if rpc_first else gpus + rpcs
 
 
 def build_command(
@@ -155,6 +298,7 @@ def build_command(
     """
     split = plan_layer_split(layout, plan, rig, settings)
     _check_dialect(settings, layout, len(split.devices))
+    _check_build(settings, layout)
     rpc_split = [
         d
         for d in split.devices
@@ -189,20 +333,64 @@ def build_command(
             '"duplicate key"); ik_llama.cpp reads it (first value wins). Use ik_llama.cpp, '
             "or rewrite the file without the repeated key."
         )
-    overrides = generate(layout, plan, split, dialect, graph_mode=settings.split_mode_graph)
+    ik = dialect == "ik"
+    build = settings.engine_build if ik else None
+
+    def ik_has(change: builds.BuildChange) -> bool:
+        return ik and builds.has(build, change)
+
+    overrides = generate(
+        layout,
+        plan,
+        split,
+        dialect,
+        graph_mode=settings.split_mode_graph,
+        cpu_moe_flags=not ik or ik_has(builds.CPU_MOE_FLAGS),
+    )
+    if ik and overrides.rules and not ik_has(builds.OVERRIDE_TENSOR):
+        raise CommandError(
+            f"{_lacks(build, '-ot', builds.OVERRIDE_TENSOR)}, and this plan moves tensors off "
+            "their layer's device; keep each layer whole or plan for a newer build."
+        )
+    rpc_first = not ik or ik_has(builds.RPC_FIRST)
     rpc = [d.endpoint for d in rig.rpc_devices if d.name in split.devices]
+    if not rpc_first:
+        # Old ik builds put the RPC servers after the GPUs in --rpc order: follow the plan's.
+        rpc = [
+            dev.endpoint
+            for d in split.devices
+            if (dev := rig.device(d)) is not None and dev.kind is DeviceKind.RPC
+        ]
     argv: list[str] = [executable, "-m", model_path or model_argument(layout)]
     if rpc:
         argv += ["--rpc", ",".join(rpc)]
     argv += ["-ngl", str(split.ngl)]
     if split.devices:
-        default = default_device_list(rig, rpc)
+        default = default_device_list(rig, rpc, rpc_first=rpc_first)
+        has_dev = not ik or ik_has(builds.DEVICE_FLAG)
         if (
-            rpc
+            (rpc and has_dev)
             or list(split.devices) != default[: len(split.devices)]
             or len(default) != len(split.devices)
         ):
-            names = _dev_names(split, rig, dialect, rpc)
+            if not has_dev:
+                raise CommandError(
+                    f"{_lacks(build, '-dev', builds.DEVICE_FLAG)}: it uses every GPU, then the "
+                    f"RPC servers ({', '.join(default)}), and this plan uses "
+                    f"{', '.join(split.devices)}. Use every device in that order, or plan for a "
+                    "newer build."
+                )
+            kinds = [getattr(rig.device(d), "kind", None) for d in split.devices]
+            if not rpc_first and DeviceKind.RPC in kinds[: -kinds.count(DeviceKind.RPC) or None]:
+                raise CommandError(
+                    f"{_build_name(build)} puts RPC devices after the GPUs whatever -dev says "
+                    f"(fixed in {_change(builds.RPC_FIRST)}), and this plan puts an RPC device "
+                    "first; give the first layers to a GPU or plan for a newer build."
+                )
+            names = [
+                _engine_rpc_name(n, build) if ik else n
+                for n in _dev_names(split, rig, dialect, rpc)
+            ]
             if dialect == "ik" and any("-" in n for n in names):
                 notes.append(
                     "ik_llama.cpp rejects -dev values containing '-' (a host name with a dash); "
@@ -228,8 +416,15 @@ def build_command(
         else:
             argv += ["--n-cpu-moe", str(overrides.n_cpu_moe)]
     for regex, buft in overrides.rules:
-        argv += ["-ot", f"{regex}={buft}"]
-    argv += ["-c", str(settings.ctx), "-fa", "on" if settings.flash_attn else "off"]
+        argv += ["-ot", f"{regex}={_engine_rpc_name(buft, build) if ik else buft}"]
+    argv += ["-c", str(settings.ctx)]
+    if ik and not ik_has(builds.FA_TAKES_VALUE):
+        if ik_has(builds.FA_FMOE_DEFAULT):  # 3928-3984: on by default, -no-fa turns it off
+            argv += [] if settings.flash_attn else ["-no-fa"]
+        elif settings.flash_attn:  # older: off by default, a bare -fa turns it on
+            argv.append("-fa")
+    else:
+        argv += ["-fa", "on" if settings.flash_attn else "off"]
     if settings.cache_type_k != "f16":
         argv += ["-ctk", settings.cache_type_k]
     if settings.cache_type_v != "f16":
@@ -242,14 +437,20 @@ def build_command(
     if settings.numa:
         argv += ["--numa", settings.numa]
     if dialect == "ik":
+        if layout.expert_layers and builds.accepts(build, "-fmoe"):
+            argv.append("-fmoe")  # builds 3571-3927 fuse MoE only when asked
         if settings.mla is not None and layout.hparams.is_mla:
             argv += ["-mla", str(settings.mla)]
-        if settings.amb is not None:
-            argv += ["-amb", str(settings.amb)]
-        if settings.rtr:
-            argv.append("-rtr")
-        if settings.merge_qkv:
-            argv.append("--merge-qkv")
+        wanted: tuple[tuple[bool, str, list[str]], ...] = (
+            (settings.amb is not None, "-amb", [str(settings.amb)]),
+            (settings.rtr, "-rtr", []),
+            (settings.merge_qkv, "--merge-qkv", []),
+        )
+        for on, flag, values in wanted:
+            if on and builds.accepts(build, flag):
+                argv += [flag, *values]
+            elif on:
+                notes.append(_left_out(build, " ".join([flag, *values]), flag))
         if settings.split_mode_graph:
             argv += ["-sm", "graph"]
         if settings.no_mmap:
@@ -263,7 +464,12 @@ def build_command(
         argv += ["--api-key", settings.api_key]
     if settings.metrics:
         argv.append("--metrics")
-    argv += list(settings.extra_args)
+    if ik:
+        extra, extra_notes = _extra_for_build(settings.extra_args, build)
+        argv += extra
+        notes += extra_notes
+    else:
+        argv += list(settings.extra_args)
     return Command(tuple(argv), {}, tuple(notes), split, overrides)
 
 
@@ -368,10 +574,22 @@ def split_command(text: str) -> list[str]:
         ) from None
 
 
+def _buffer_name(name: str) -> str:
+    """An RPC buffer as old ik builds name it (``RPC[host:port]``) in today's form."""
+    m = _OLD_RPC_BUFFER.fullmatch(name)
+    return rpc_name(m.group(1)) if m else name
+
+
 def parse_command(
-    command: str | Sequence[str], *, dialect: Dialect | None = None
+    command: str | Sequence[str],
+    *,
+    dialect: Dialect | None = None,
+    engine_build: int | None = None,
 ) -> ImportedCommand:
     """Parse a ``llama-server`` command (string or argv) into its parts.
+
+    ``engine_build`` is the ik build the command was written for (None: the newest): before
+    build 3928 flash attention is off unless a bare ``-fa`` is given, and ``-fmoe`` is a flag.
 
     Raises:
         CommandError: the command has no model, a flag lacks its value, or a value is malformed.
@@ -409,7 +627,11 @@ def parse_command(
             )
             else "ik"
         )
-    values: dict[str, object] = {}
+    build = engine_build if dialect == "ik" else None
+    fa_flag_era = dialect == "ik" and not builds.has(build, builds.FA_FMOE_DEFAULT)
+    values: dict[str, object] = {"engine_build": build}
+    if fa_flag_era:
+        values["flash_attn"] = False  # off by default before build 3928
     rules: list[Rule] = []
     ncmoe = 0
     ncmoe_at = -1
@@ -457,7 +679,7 @@ def parse_command(
                 regex, sep, buft = piece.partition("=")
                 if not sep or not buft:
                     raise CommandError(f"-ot {piece!r} is not REGEX=BUFFER_TYPE.")
-                rules.append((regex, buft))
+                rules.append((regex, _buffer_name(buft)))
         elif flag == "-cmoe":
             ncmoe, ncmoe_at = 999, len(rules)
         elif flag == "--n-cpu-moe":
@@ -468,7 +690,7 @@ def parse_command(
             except ValueError:
                 raise CommandError("-ts expects numbers separated by commas.") from None
         elif flag == "-dev":
-            devices = tuple(d for d in take(flag).split(",") if d)
+            devices = tuple(_buffer_name(d) for d in take(flag).split(",") if d)
         elif flag == "--rpc":
             rpc = tuple(e for e in take(flag).split(",") if e)
         elif flag == "-sm":
@@ -498,7 +720,8 @@ def parse_command(
                 values["flash_attn"] = take(flag) in ("on", "auto", "1")
             else:
                 values["flash_attn"] = True
-                notes.append("A bare -fa now needs a value; it is written as -fa on.")
+                if not fa_flag_era:
+                    notes.append("A bare -fa now needs a value; it is written as -fa on.")
         elif flag == "-no-fa":
             values["flash_attn"] = False
         elif flag == "-t":
@@ -530,9 +753,13 @@ def parse_command(
         elif flag == "--metrics":
             values["metrics"] = True
         elif flag == "-fmoe":
-            notes.append(
-                "-fmoe was dropped: ik_llama.cpp fuses MoE by default and no longer accepts it."
-            )
+            if builds.has(build, builds.FA_FMOE_DEFAULT):
+                notes.append(
+                    "-fmoe was dropped: ik_llama.cpp fuses MoE by default from build 3928 "
+                    "(PR #863), which no longer accepts it."
+                )
+            elif not builds.has(build, builds.FUSED_MOE_FLAG):
+                notes.append(f"-fmoe was dropped: {_lacks(build, '-fmoe', builds.FUSED_MOE_FLAG)}.")
         elif flag == "-fit":
             nxt = argv[i + 1] if i + 1 < len(argv) else ""
             if nxt in ("on", "off"):
@@ -627,10 +854,16 @@ def imported_split(layout: ModelLayout, imported: ImportedCommand, rig: Rig) -> 
 
 
 def import_command(
-    command: str | Sequence[str], layout: ModelLayout, rig: Rig, *, dialect: Dialect | None = None
+    command: str | Sequence[str],
+    layout: ModelLayout,
+    rig: Rig,
+    *,
+    dialect: Dialect | None = None,
+    engine_build: int | None = None,
 ) -> tuple[Plan, ImportedCommand, Rig]:
-    """Turn a pasted command into a plan (every cell pinned), its parts, and the rig it needs."""
-    imported = parse_command(command, dialect=dialect)
+    """Turn a pasted command into a plan (every cell pinned), its parts, and the rig it needs
+    (``engine_build``: the ik build it was written for, None: the newest)."""
+    imported = parse_command(command, dialect=dialect, engine_build=engine_build)
     if imported.settings.ctx <= 0 < layout.hparams.n_ctx_train:
         train = layout.hparams.n_ctx_train
         imported = replace(

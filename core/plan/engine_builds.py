@@ -7,7 +7,9 @@ or given with ``--engine-build``) uses that build's defaults, flag syntax and bu
 ``None`` means the newest build, which is what a fresh install gets.
 
 Every entry was found in ik's history (``git log -S`` on the line that changed) and names the
-commit, its date and pull request.
+commit, its date and pull request. :data:`IK_FLAGS` says, for every flag the command builder
+writes, from which build ik accepts it in the form we write; the flags older than
+:data:`IK_BASE` (ik's first merge of mainline) are in every ik build.
 
 Mainline llama.cpp numbers its builds the same way (``version: 5331 (33eff402)``; its release
 tags are ``b<build>``); :data:`MAINLINE_CHANGES` lists the mainline changes, found in mainline's
@@ -32,6 +34,67 @@ class BuildChange:
     what: str
 
 
+# The command line. Flags that came from mainline before ik's first merge of it (-m -ngl -c -b
+# -ub -t -tb -ts -sm layer -ctk -ctv -np --numa --no-mmap --rpc --host --port --api-key
+# --metrics, a bare -fa) are in every ik build: common/common.cpp at 0ceeb1172 has them all.
+IK_BASE = BuildChange(
+    3347, "0ceeb1172", "2024-07-27", 3, "first merge of mainline llama.cpp: the base flags"
+)
+Q6_0_CACHE = BuildChange(3448, "104e7e26c", "2024-10-02", 77, "the q6_0 type (-ctk/-ctv q6_0)")
+RUN_TIME_REPACK = BuildChange(
+    3512, "a648191c2", "2024-12-17", 147, "-rtr (repack CPU tensors at load)"
+)
+Q8_KV_CACHE = BuildChange(3561, "1140b4568", "2025-02-19", 208, "the q8_KV type (-ctk/-ctv q8_KV)")
+FUSED_MOE_FLAG = BuildChange(
+    3571, "b50efcc9d", "2025-02-23", 229, "-fmoe (fused MoE up/gate; off unless given)"
+)
+OVERRIDE_TENSOR = BuildChange(
+    3573, "85c6152e8", "2025-02-25", 232, "-ot REGEX=BUFFER (before: no tensor overrides)"
+)
+MLA_TAKES_VALUE = BuildChange(
+    3575, "472b4c37c", "2025-02-27", 235, "-mla takes 0|1|2 (before: a bare -mla, from 3551)"
+)
+AMB_FLAG = BuildChange(3576, "e787c0014", "2025-03-01", 237, "-amb N (attention max batch)")
+MLA_3 = BuildChange(3599, "24e780ba7", "2025-03-21", 273, "-mla 3 (FlashMLA-3)")
+CPU_MOE_FLAGS = BuildChange(
+    3833, "6bda22a4d", "2025-08-08", 672, "-cmoe and --n-cpu-moe N (ported from mainline)"
+)
+ACTIVE_EXPERTS_FLAG = BuildChange(
+    3877, "13c3b6412", "2025-09-04", 698, "-ooae (offload only active experts; off unless given)"
+)
+GROUPED_EXPERT_ROUTING = BuildChange(
+    3912, "cde642e59", "2025-10-16", 836, "-ger (grouped expert routing)"
+)
+DEVICE_FLAG = BuildChange(
+    3933,
+    "904e994bf",
+    "2025-10-27",
+    866,
+    "-dev (before: every GPU, then the RPC servers; RPC devices stay after the GPUs whatever "
+    "-dev says until RPC_FIRST)",
+)
+MERGE_QKV = BuildChange(3940, "56fc5454f", "2025-10-30", 878, "--merge-qkv / -mqkv")
+CUDA_PARAMS = BuildChange(
+    3961, "532a05e46", "2025-11-07", 910, "-cuda key=value (offload-batch-size=N, …)"
+)
+RPC_FIRST = BuildChange(
+    4027,
+    "8c39ff966",
+    "2025-11-26",
+    1011,
+    "RPC servers first in the default device order, and -dev's order holds for them (before: "
+    "every GPU, then the RPC servers)",
+)
+RPC_DEVICE_NAMES = BuildChange(
+    4033,
+    "15771072c",
+    "2025-11-30",
+    1024,
+    "RPC buffer types are named RPC<device>[host:port] (before: RPC[host:port], one device per "
+    "rpc-server)",
+)
+SPLIT_MODE_GRAPH = BuildChange(4035, "a71934998", "2025-12-01", 1022, "-sm graph")
+
 # Builds before MLA_PROMPT_SPLIT allocated the MLA prompt path the older way (see
 # ``compute.mla_prompt_attention_bytes``); builds before HOST_MASK_F16 built the KQ mask as f32
 # on the host and cast it to f16 on each device with flash attention.
@@ -46,8 +109,13 @@ HOST_MASK_F16 = BuildChange(
 ACTIVE_EXPERTS_DEFAULT = BuildChange(
     3917, "36f9601e8", "2025-10-20", 842, "offload only active experts (-ooae) on by default"
 )
+# Also -ooae became the default: the flag went, -no-ooae came.
 FA_FMOE_DEFAULT = BuildChange(
-    3928, "41d6c42b9", "2025-10-25", 863, "flash attention and fused MoE (-fmoe) on by default"
+    3928,
+    "41d6c42b9",
+    "2025-10-25",
+    863,
+    "flash attention and fused MoE on by default: -fa and -fmoe went, -no-fa and -no-fmoe came",
 )
 MLA_DEFAULT_3 = BuildChange(3983, "ddc88bac1", "2025-11-12", 943, "-mla 3 by default (before 0)")
 FA_TAKES_VALUE = BuildChange(
@@ -68,15 +136,60 @@ AMB_DEFAULT_256 = BuildChange(
 )
 
 IK_CHANGES = (
+    IK_BASE,
+    Q6_0_CACHE,
+    RUN_TIME_REPACK,
+    Q8_KV_CACHE,
+    FUSED_MOE_FLAG,
+    OVERRIDE_TENSOR,
+    MLA_TAKES_VALUE,
+    AMB_FLAG,
+    MLA_3,
+    CPU_MOE_FLAGS,
+    ACTIVE_EXPERTS_FLAG,
     HOST_MASK_F16,
+    GROUPED_EXPERT_ROUTING,
     ACTIVE_EXPERTS_DEFAULT,
     FA_FMOE_DEFAULT,
+    DEVICE_FLAG,
+    MERGE_QKV,
+    CUDA_PARAMS,
     MLA_DEFAULT_3,
     FA_TAKES_VALUE,
+    RPC_FIRST,
+    RPC_DEVICE_NAMES,
+    SPLIT_MODE_GRAPH,
     MLA_PROMPT_SPLIT,
     AMB_MIN_128,
     AMB_DEFAULT_256,
 )
+
+# ik flags whose acceptance depends on the build: (first build that accepts it, first build that
+# no longer does). Everything the command builder writes is here or in IK_BASE.
+IK_FLAGS: dict[str, tuple[BuildChange, BuildChange | None]] = {
+    "-rtr": (RUN_TIME_REPACK, None),
+    "-fmoe": (FUSED_MOE_FLAG, FA_FMOE_DEFAULT),
+    "-ot": (OVERRIDE_TENSOR, None),
+    "-amb": (AMB_FLAG, None),
+    "-cmoe": (CPU_MOE_FLAGS, None),
+    "--n-cpu-moe": (CPU_MOE_FLAGS, None),
+    "-ooae": (ACTIVE_EXPERTS_FLAG, ACTIVE_EXPERTS_DEFAULT),
+    "-no-ooae": (ACTIVE_EXPERTS_DEFAULT, None),
+    "-ger": (GROUPED_EXPERT_ROUTING, None),
+    "-no-fa": (FA_FMOE_DEFAULT, None),
+    "-no-fmoe": (FA_FMOE_DEFAULT, None),
+    "-dev": (DEVICE_FLAG, None),
+    "--merge-qkv": (MERGE_QKV, None),
+    "-mqkv": (MERGE_QKV, None),
+    "-cuda": (CUDA_PARAMS, None),
+}
+
+
+def accepts(build: int | None, flag: str) -> bool:
+    """Whether ik build ``build`` (None: the newest) accepts ``flag`` (a flag not in
+    :data:`IK_FLAGS` is taken as accepted)."""
+    since, until = IK_FLAGS.get(flag, (IK_BASE, None))
+    return has(build, since) and (until is None or not has(build, until))
 
 
 def has(build: int | None, change: BuildChange) -> bool:

@@ -433,8 +433,10 @@ def generate(
     dialect: Dialect,
     *,
     graph_mode: bool = False,
+    cpu_moe_flags: bool = True,
 ) -> Overrides:
-    """The shortest override list we find that resolves to exactly ``plan`` under ``split``."""
+    """The shortest override list we find that resolves to exactly ``plan`` under ``split``
+    (``-ot`` rules only when ``cpu_moe_flags`` is False: an engine without ``-cmoe``)."""
     if not split.devices:
         return Overrides()
     present: dict[tuple[int, str], set[str]] = defaultdict(set)
@@ -464,7 +466,8 @@ def generate(
     for device in sorted(expert_devices):
         rules = _rules_for(layout, needs(device), present)
         candidates.append(Overrides((*rules, (EXPERT_RULE, device))))
-    candidates.extend(_ncmoe_candidates(layout, plan, split, dialect))
+    if cpu_moe_flags:
+        candidates.extend(_ncmoe_candidates(layout, plan, split, dialect))
     best = min(candidates, key=_cost)
     expected = {t.name: d for t, d in zip(layout.tensors, plan.devices, strict=True) if d}
     for cand in sorted(candidates, key=_cost):
