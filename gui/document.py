@@ -80,6 +80,9 @@ class Document(QObject):
         self.profile_path: str | None = None
         # Benchmark results kept with the profile (Profile.benchmarks), oldest first.
         self._benchmarks: list[Mapping[str, Any]] = []
+        # The build of the engine the Server tab runs (follow_engine), once one is known: every
+        # settings value the document takes is planned for it.
+        self._engine_build: tuple[int | None] | None = None
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -188,7 +191,21 @@ class Document(QObject):
         finally:
             self.undo_stack.endMacro()
 
+    def follow_engine(self, build: int | None) -> None:
+        """Plan for the engine the Server tab runs: ik build ``build`` (None: the newest, or an
+        engine that is not ik). Not an undo step: which engine runs is a fact, and Undo keeps
+        it."""
+        self._engine_build = (build,)
+        if self._for_engine(self.settings) != self.settings:
+            self.restore_settings(self.settings)
+
+    def _for_engine(self, settings: Settings) -> Settings:
+        if self._engine_build is None or settings.engine_build == self._engine_build[0]:
+            return settings
+        return settings.with_(engine_build=self._engine_build[0])
+
     def set_settings(self, settings: Settings, text: str = "Change settings") -> None:
+        settings = self._for_engine(settings)
         if settings != self.settings:
             self.undo_stack.push(SettingsCommand(self, self.settings, settings, text))
 
@@ -213,7 +230,7 @@ class Document(QObject):
     ) -> None:
         """Load another model; the undo history starts afresh."""
         self._layout = layout
-        self._planner = Planner(layout, self.rig, settings or self.settings)
+        self._planner = Planner(layout, self.rig, self._for_engine(settings or self.settings))
         self._plan = plan if plan is not None else initial_plan(layout)
         self._opening = (self.rig, self._plan)
         self._estimate_cache = None
@@ -296,7 +313,7 @@ class Document(QObject):
         self.plan_changed.emit(frozenset())
 
     def restore_settings(self, settings: Settings) -> None:
-        self._planner.update(settings=settings)
+        self._planner.update(settings=self._for_engine(settings))
         self._estimate_cache = None
         self.settings_changed.emit()
         self.plan_changed.emit(frozenset())

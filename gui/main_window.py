@@ -504,7 +504,12 @@ class MainWindow(QMainWindow):
 
     def import_command_text(self, text: str) -> bool:
         try:
-            plan, imported, rig = import_command(text, self.document.layout, self.document.rig)
+            plan, imported, rig = import_command(
+                text,
+                self.document.layout,
+                self.document.rig,
+                engine_build=self.document.settings.engine_build,
+            )
         except MoeStudioError as exc:
             self.last_error_dialog = show_error(self, "Cannot import the command", exc)
             return False

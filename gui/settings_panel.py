@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 
 from moe_studio.core.errors import CommandError
 from moe_studio.core.gguf.ggml_types import CACHE_TYPES_IK, CACHE_TYPES_MAINLINE
+from moe_studio.core.plan import engine_builds as builds
 from moe_studio.core.plan.settings import (
     DIALECTS,
     INT32_MAX,
@@ -64,6 +65,24 @@ def _spin(step: int = 1, special: str = "") -> QSpinBox:
     if special:
         box.setSpecialValueText(special)
     return box
+
+
+def planned_for(settings: Settings) -> str:
+    """The line saying which engine build the plan is for."""
+    if not settings.is_ik:
+        return "Planned for llama.cpp (mainline)"
+    if settings.engine_build is None:
+        return "Planned for the newest ik_llama.cpp build"
+    return f"Planned for ik_llama.cpp build {settings.engine_build}"
+
+
+def flash_flag(settings: Settings) -> str:
+    """How the command turns flash attention on for the planned build."""
+    if not settings.is_ik or settings.has(builds.FA_TAKES_VALUE):
+        return "-fa on"
+    if settings.has(builds.FA_FMOE_DEFAULT):
+        return "on by default; off: -no-fa"
+    return "-fa"
 
 
 class SettingsPanel(QWidget):
@@ -112,7 +131,15 @@ class SettingsPanel(QWidget):
         self.merge_qkv = QCheckBox("Merge Q/K/V (--merge-qkv)")
         self.no_mmap = QCheckBox("Load into RAM, not mmap (--no-mmap)")
         self.no_mmap.setToolTip("--no-mmap (mainline: -lm none): read the model into RAM")
+        self.planned_build = QLabel()
+        self.planned_build.setObjectName("plannedBuild")
+        self.planned_build.setToolTip(
+            "The engine build the command and the estimate are written for: the Server tab's "
+            "engine (its --version), or the profile's. Older ik builds have other flags "
+            "(a bare -fa, -fmoe) and defaults (-mla 0, -amb 0)."
+        )
         form.addRow("Dialect", self.dialect)
+        form.addRow("", self.planned_build)
         form.addRow("MLA mode (-mla)", self.mla)
         form.addRow("Attention max batch (-amb MiB)", self.amb)
         form.addRow("", self.rtr)
@@ -245,6 +272,11 @@ class SettingsPanel(QWidget):
             self.parallel.setValue(s.parallel)
             self.flash.setChecked(s.flash_attn)
             self._set_combo(self.dialect, s.dialect)
+            self.planned_build.setText(planned_for(s))
+            self.flash.setText(f"Flash attention ({flash_flag(s)})")
+            default_mla = s.with_(mla=None).effective_mla
+            self.mla.setItemText(0, f"default ({default_mla})")
+            self.amb.setSpecialValueText(f"default ({s.with_(amb=None).effective_amb})")
             self.mla.setCurrentIndex(0 if s.mla is None else s.mla + 1)
             self.amb.setValue(s.amb or 0)
             self.rtr.setChecked(s.rtr)

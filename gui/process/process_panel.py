@@ -296,6 +296,8 @@ class ProcessPanel(QWidget):
         assert isinstance(info, EngineInfo)
         changed = info != self.engine_info
         self.engine_info = info
+        # The window plans for the engine that will run the command (its flags and defaults).
+        self.document.follow_engine(info.build if info.flavour == "ik" else None)
         self._show_engine()
         self.bench.refresh()
         if changed:

@@ -41,6 +41,8 @@ Behaviour knobs (environment variables):
                                   of SIGABRT, as ik does at exit after ``--rpc``
 ``STANDIN_PROMPT_TPS``            simulated prompt speed, tokens/s (default 2000)
 ``STANDIN_GEN_TPS``               simulated generation speed, tokens/s (default 200)
+``STANDIN_VERSION``               what ``--version`` prints instead of the real build's line
+                                  (``version: 3737 (58f08e43)``: an old ik build)
 ================================  =============================================================
 
 ``-sm graph`` (ik, two or more ``STANDIN_CUDA_MIB`` devices, no ``--rpc``): the offloaded layers'
@@ -352,7 +354,7 @@ def parse_args(argv: list[str], dialect: str, cuda: list[int]) -> Options:
                 raise UsageError(f"error: unknown argument: {raw}")
             raise UsageError(f"error: invalid argument: {raw}", usage=False)
         if flag == "--version":
-            raise EarlyExit(VERSION[dialect], "stderr", 0)
+            raise EarlyExit(os.environ.get("STANDIN_VERSION") or VERSION[dialect], "stderr", 0)
         if flag in ("-h", "--help", "--usage"):
             # The real help lists every option with its text; this one lists the names only.
             # On stdout; ik exits 1 after it, mainline 0.
