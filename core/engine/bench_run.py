@@ -132,6 +132,8 @@ def _options(argv: Sequence[str]) -> list[tuple[str, str | None]]:
     while i < len(argv):
         flag = argv[i]
         takes = flag in _WITH_VALUE or _SERVER_ONLY.get(flag, False)
+        if flag == "-fa":  # a bare -fa in a command for an ik build before 3985
+            takes = i + 1 < len(argv) and argv[i + 1] in ("on", "off", "auto", "0", "1")
         if takes and i + 1 < len(argv):
             out.append((flag, argv[i + 1]))
             i += 2
@@ -262,9 +264,11 @@ def _bench_argv(
         elif flag in ("-cmoe", "--n-cpu-moe"):
             count = "999" if flag == "-cmoe" else v
             argv += ["--n-cpu-moe" if ik else "-ncmoe", count]
-        elif flag == "-fa":
-            on = v in ("on", "1", "auto")
+        elif flag in ("-fa", "-no-fa"):
+            on = flag == "-fa" and (value is None or v in ("on", "1", "auto"))
             argv += ["-fa", ("1" if on else "0") if ik else ("on" if on else "off")]
+        elif flag == "-fmoe" and ik:
+            argv += ["-fmoe", "1"]
         elif flag == "--no-mmap":
             argv += ["-mmp", "0"] if ik else ["-lm", "none"]
         elif flag == "-lm" and not ik:

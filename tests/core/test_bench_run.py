@@ -200,3 +200,20 @@ def test_curve_from_llama_bench_files() -> None:
     by_depth = {p.n_kv: p for p in curve(ik)}
     assert by_depth[0].s_pp is not None and by_depth[0].s_tg is not None
     assert by_depth[128] == CurvePoint(128, None, by_depth[128].s_tg)  # -gp: tg at depth 128
+
+
+def test_bench_argv_for_an_old_build(engines: dict[str, EngineInfo], tiny_qwen3moe: Path) -> None:
+    engine = engines["ik"]
+    # Build 3737: a bare -fa (no value) and -fmoe; the next flag is not taken as -fa's value.
+    result = placed(tiny_qwen3moe, "ik", engine, engine_build=3737)
+    assert result.command is not None and "-fmoe" in result.command.argv
+    sweep = list(build_bench_spec(result, engine, dialect="ik", ctx=2048, ubatch=256).argv)
+    at = sweep.index("-fa")
+    assert sweep[at + 1] not in ("on", "off") and "-fmoe" in sweep
+    assert "-b" in sweep and sweep[sweep.index("-b") + 1].isdigit()
+    bench = list(build_bench_spec(result, engine, dialect="ik", tool=BenchTool.BENCH).argv)
+    assert bench[bench.index("-fa") + 1] == "1" and bench[bench.index("-fmoe") + 1] == "1"
+    # Builds 3928-3984: flash attention on by default, -no-fa turns it off.
+    off = placed(tiny_qwen3moe, "ik", engine, engine_build=3950, flash_attn=False)
+    bench = list(build_bench_spec(off, engine, dialect="ik", tool=BenchTool.BENCH).argv)
+    assert bench[bench.index("-fa") + 1] == "0"
