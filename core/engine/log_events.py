@@ -289,8 +289,9 @@ class Failure(Event):
             )
         if k is FailureKind.UNKNOWN_ARGUMENT:
             return (
-                f"The engine does not know the argument {self.argument}; "
-                "it may belong to the other engine."
+                f"The engine does not know the argument {self.argument}; it may belong to the "
+                "other engine, or to another build of this one (plan for the build that runs: "
+                "its --version, or --engine-build N)."
             )
         if k is FailureKind.INVALID_ARGUMENT:
             return f"The engine rejected the value of {self.argument}: {self.message}."

@@ -54,6 +54,10 @@ _IK_SWITCHES = _table(
     -nocb -pps -ptcall -rcache -rtr -sas -smf16 -smf32 -smgs -sp -thp -v -vhad -vq -wb
     """
 )
+# Switches of older ik builds (core/plan/engine_builds.py): -fmoe until 3928, -ooae until 3917.
+_IK_SWITCHES |= _table("-fmoe --fused-moe -ooae --offload-only-active-experts")
+# ik's -fa takes a value from build 3985 on; before, it was a switch (a bare -fa).
+_FA_VALUES = frozenset({"on", "off", "auto", "0", "1"})
 _IK_WITH_VALUE = _table(
     """
     --adaptive-decay --adaptive-target --alias --allowlist-keyword --allowlist-keyword-delay
@@ -235,6 +239,8 @@ def split_options(args: list[str] | tuple[str, ...], dialect: Dialect) -> list[l
             groups.append([token])
             continue
         arity = option_arity(token, dialect)
+        if dialect == "ik" and token in ("-fa", "--flash-attn", "--flash-attention"):
+            arity = int(i < len(args) and args[i].lower() in _FA_VALUES)
         if arity is None:
             arity = 1 if i < len(args) and not _looks_like_option(args[i]) else 0
         groups.append([token, *args[i : i + arity]])

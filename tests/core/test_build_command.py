@@ -243,3 +243,17 @@ def test_a_launch_notes_options_the_engines_help_does_not_list() -> None:
     assert any("does not list -ot, -rtr" in n for n in spec.notes)
     full = EngineInfo("/opt/ik/llama-server", "ik", build=3737, options=listed | {"-ot", "-rtr"})
     assert not build_launch_spec(result, full, dialect="ik").notes
+
+
+def test_a_bare_fa_does_not_take_the_next_option() -> None:
+    args = ["-c", "512", "-fa", "-b", "2048", "-fmoe", "-np", "1"]
+    assert split_options(args, "ik") == [
+        ["-c", "512"],
+        ["-fa"],
+        ["-b", "2048"],
+        ["-fmoe"],
+        ["-np", "1"],
+    ]
+    assert split_options(["-fa", "on", "-b", "8"], "ik") == [["-fa", "on"], ["-b", "8"]]
+    note = unlisted_options(["llama-server", *args], frozenset({"-c", "-fa", "-np"}), "ik")
+    assert "does not list -b, -fmoe" in note
