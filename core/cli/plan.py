@@ -435,6 +435,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         if measured.measured:  # the table shows the engine's figures, marked measured
             learn(planner, engine)
             result = planner.result(plan, executable=executable, model_path=local)
+    if engine is not None and result.command is not None:
+        from moe_studio.core.plan.cmdline import unlisted_options
+
+        unlisted = unlisted_options(result.command.argv, engine.options, planner.settings.dialect)
+        if unlisted:
+            notes.append(unlisted)
     if args.save:
         from moe_studio.core.profiles.plans import save_profile_from_plan
 

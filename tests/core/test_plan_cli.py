@@ -160,3 +160,26 @@ def test_ctx_0_plans_the_training_context(capsys: pytest.CaptureFixture[str], ho
     assert _kv_total(zero) == _kv_total(train)
     if how == "--import":
         assert any("training context" in n for n in zero["notes"])  # type: ignore[union-attr]
+
+
+def test_plan_for_an_engine_and_its_build(
+    capsys: pytest.CaptureFixture[str], tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    from tests.support.standin_tools import install_standin, isolate_engine_env
+
+    assert isinstance(tmp_path, Path)
+    isolate_engine_env(monkeypatch, tmp_path, STANDIN_VERSION="version: 3737 (58f08e43)")
+    engine = install_standin(tmp_path / "engine", "ik", bench=False)
+    args = ["catalog:qwen3-30b-a3b", "--gpu", "8GiB", "--ram", "64GiB", "--engine", str(engine)]
+    out = _plan(capsys, *args, "--extra=--made-up-flag")
+    argv = out["argv"]
+    assert isinstance(argv, list) and "-fmoe" in argv and "-cmoe" not in argv
+    assert argv[argv.index("-fa") + 1] != "on"  # build 3737: a bare -fa
+    notes = " ".join(str(n) for n in out["notes"])  # type: ignore[attr-defined]
+    # (the stand-in's help is the newest build's: it lists no -fmoe either)
+    assert "--help does not list -fmoe, --made-up-flag" in notes
+    imported = _plan(capsys, "catalog:qwen3-30b-a3b", "--engine-build", "3737", "--import",
+                     "llama-server -m x.gguf -c 4096 -ot exps=CPU")  # fmt: skip
+    assert "-fa" not in imported["argv"]  # type: ignore[operator]  # no -fa: off before 3928
