@@ -118,8 +118,10 @@ def points_of(run: Run) -> list[Point]:
     )
     rig = Rig("corpus", HostInfo(ram_total=1024 * GiB), gpus)
     dialect = "ik" if run["engine"] == "ik_llama.cpp" else "mainline"
-    plan, imported, full_rig = import_command(run["command"], layout, rig, dialect=dialect)
     build = build_number(run)
+    plan, imported, full_rig = import_command(
+        run["command"], layout, rig, dialect=dialect, engine_build=build
+    )
     settings = imported.settings.with_(engine_build=build)  # plan for the build of the log
     imported = replace(imported, settings=settings)
     split = imported_split(layout, imported, full_rig)
@@ -194,7 +196,9 @@ def dryrun_points(model: str | None = None, path: Path = MLA_DRYRUN) -> list[Poi
             continue
         layout = attention_layout(run["model"])
         rig = Rig("dryrun", HostInfo(ram_total=1024 * GiB), ())
-        plan, imported, full_rig = import_command(run["command"], layout, rig, dialect="ik")
+        plan, imported, full_rig = import_command(
+            run["command"], layout, rig, dialect="ik", engine_build=build
+        )
         full_rig = replace(
             full_rig, devices=tuple(replace(d, memory_total=24 * GiB) for d in full_rig.devices)
         )
