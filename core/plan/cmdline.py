@@ -19,6 +19,7 @@ import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 
 from moe_studio.core.errors import CommandError, DialectError
@@ -380,8 +381,8 @@ def build_command(
                     f"{', '.join(split.devices)}. Use every device in that order, or plan for a "
                     "newer build."
                 )
-            kinds = [getattr(rig.device(d), "kind", None) for d in split.devices]
-            if not rpc_first and DeviceKind.RPC in kinds[: -kinds.count(DeviceKind.RPC) or None]:
+            is_rpc = [getattr(rig.device(d), "kind", None) is DeviceKind.RPC for d in split.devices]
+            if not rpc_first and any(a and not b for a, b in pairwise(is_rpc)):
                 raise CommandError(
                     f"{_build_name(build)} puts RPC devices after the GPUs whatever -dev says "
                     f"(fixed in {_change(builds.RPC_FIRST)}), and this plan puts an RPC device "
