@@ -80,9 +80,9 @@ class Document(QObject):
         self.profile_path: str | None = None
         # Benchmark results kept with the profile (Profile.benchmarks), oldest first.
         self._benchmarks: list[Mapping[str, Any]] = []
-        # The build of the engine the Server tab runs (follow_engine), once one is known: every
-        # settings value the document takes is planned for it.
-        self._engine_build: tuple[int | None] | None = None
+        # The engine the Server tab runs (follow_engine), once one is known: its dialect and
+        # build. Every settings value of that dialect the document takes is planned for it.
+        self._engine: tuple[str, int | None] | None = None
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -191,18 +191,21 @@ class Document(QObject):
         finally:
             self.undo_stack.endMacro()
 
-    def follow_engine(self, build: int | None) -> None:
-        """Plan for the engine the Server tab runs: ik build ``build`` (None: the newest, or an
-        engine that is not ik). Not an undo step: which engine runs is a fact, and Undo keeps
-        it."""
-        self._engine_build = (build,)
+    def follow_engine(self, flavour: str, build: int | None) -> None:
+        """Plan for the engine the Server tab runs: build ``build`` (None: the newest) of
+        ``flavour`` (``ik``/``mainline``; a build number counts in its own engine's history, so
+        settings of the other dialect plan for that one's newest). Not an undo step: which engine
+        runs is a fact, and Undo keeps it."""
+        self._engine = (flavour, build)
         if self._for_engine(self.settings) != self.settings:
             self.restore_settings(self.settings)
 
     def _for_engine(self, settings: Settings) -> Settings:
-        if self._engine_build is None or settings.engine_build == self._engine_build[0]:
+        if self._engine is None:
             return settings
-        return settings.with_(engine_build=self._engine_build[0])
+        flavour, build = self._engine
+        wanted = build if settings.dialect == flavour else None
+        return settings if settings.engine_build == wanted else settings.with_(engine_build=wanted)
 
     def set_settings(self, settings: Settings, text: str = "Change settings") -> None:
         settings = self._for_engine(settings)

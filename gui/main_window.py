@@ -39,7 +39,7 @@ from moe_studio.core.gguf.reader import IsCancelled, Progress
 from moe_studio.core.hardware.devices import Rig
 from moe_studio.core.hardware.rigs import list_presets, load_preset, load_rig_file
 from moe_studio.core.plan.autoplace import AutoPlacement
-from moe_studio.core.plan.cmdline import import_command
+from moe_studio.core.plan.cmdline import import_command, parse_command
 from moe_studio.core.plan.placement import initial_plan
 from moe_studio.core.plan.planning import Planner
 from moe_studio.core.plan.settings import Settings
@@ -504,11 +504,15 @@ class MainWindow(QMainWindow):
 
     def import_command_text(self, text: str) -> bool:
         try:
+            # Read it for the planned build when it is that engine's command (the build number
+            # counts in one engine's history).
+            settings = self.document.settings
+            same = parse_command(text).settings.dialect == settings.dialect
             plan, imported, rig = import_command(
                 text,
                 self.document.layout,
                 self.document.rig,
-                engine_build=self.document.settings.engine_build,
+                engine_build=settings.engine_build if same else None,
             )
         except MoeStudioError as exc:
             self.last_error_dialog = show_error(self, "Cannot import the command", exc)

@@ -69,11 +69,10 @@ def _spin(step: int = 1, special: str = "") -> QSpinBox:
 
 def planned_for(settings: Settings) -> str:
     """The line saying which engine build the plan is for."""
-    if not settings.is_ik:
-        return "Planned for llama.cpp (mainline)"
+    name = "ik_llama.cpp" if settings.is_ik else "llama.cpp"
     if settings.engine_build is None:
-        return "Planned for the newest ik_llama.cpp build"
-    return f"Planned for ik_llama.cpp build {settings.engine_build}"
+        return f"Planned for the newest {name} build"
+    return f"Planned for {name} build {settings.engine_build}"
 
 
 def flash_flag(settings: Settings) -> str:

@@ -589,8 +589,9 @@ def parse_command(
 ) -> ImportedCommand:
     """Parse a ``llama-server`` command (string or argv) into its parts.
 
-    ``engine_build`` is the ik build the command was written for (None: the newest): before
-    build 3928 flash attention is off unless a bare ``-fa`` is given, and ``-fmoe`` is a flag.
+    ``engine_build`` is the build the command was written for, in the history of its dialect
+    (given or detected; None: the newest). For ik before build 3928 flash attention is off unless
+    a bare ``-fa`` is given, and ``-fmoe`` is a flag.
 
     Raises:
         CommandError: the command has no model, a flag lacks its value, or a value is malformed.
@@ -630,7 +631,7 @@ def parse_command(
         )
     build = engine_build if dialect == "ik" else None
     fa_flag_era = dialect == "ik" and not builds.has(build, builds.FA_FMOE_DEFAULT)
-    values: dict[str, object] = {"engine_build": build}
+    values: dict[str, object] = {"engine_build": engine_build}
     if fa_flag_era:
         values["flash_attn"] = False  # off by default before build 3928
     rules: list[Rule] = []
@@ -863,7 +864,7 @@ def import_command(
     engine_build: int | None = None,
 ) -> tuple[Plan, ImportedCommand, Rig]:
     """Turn a pasted command into a plan (every cell pinned), its parts, and the rig it needs
-    (``engine_build``: the ik build it was written for, None: the newest)."""
+    (``engine_build``: the build it was written for, None: the newest)."""
     imported = parse_command(command, dialect=dialect, engine_build=engine_build)
     if imported.settings.ctx <= 0 < layout.hparams.n_ctx_train:
         train = layout.hparams.n_ctx_train

@@ -297,7 +297,7 @@ class ProcessPanel(QWidget):
         changed = info != self.engine_info
         self.engine_info = info
         # The window plans for the engine that will run the command (its flags and defaults).
-        self.document.follow_engine(info.build if info.flavour == "ik" else None)
+        self.document.follow_engine(info.flavour, info.build)
         self._show_engine()
         self.bench.refresh()
         if changed:

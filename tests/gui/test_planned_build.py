@@ -60,5 +60,10 @@ def test_the_window_plans_for_the_servers_engine(
     _use_engine(qtbot, window, install_standin(tmp_path / "new", "ik"))
     assert document.settings.engine_build == 4840
     assert label.text() == planned_for(document.settings) == "Planned for ik_llama.cpp build 4840"
+    # A build number counts in its own engine's history: mainline settings plan for its newest.
+    mainline = document.settings.for_dialect("mainline")
+    document.set_settings(mainline)
+    assert document.settings.engine_build is None
+    assert label.text() == "Planned for the newest llama.cpp build"
     argv = document.result().command.argv  # type: ignore[union-attr]
     assert argv[argv.index("-fa") + 1] == "on" and "-fmoe" not in argv
