@@ -24,27 +24,36 @@ read: ik_llama.cpp at 8337e4cd (2026-08-15, build 4840) and mainline llama.cpp v
   shared and dense FFN ``ne1 · 4`` per token and matrix, plus the layer input and its norm.
 * **logits** — ``n_vocab · T · 4`` where the output matmul runs.
 * **offloaded weights** (CUDA only) — ``ggml_backend_sched_backend_id_from_cur``
-  (``ggml/src/ggml-backend.cpp``) moves an op whose weights sit in host RAM to the *first*
-  backend whose ``offload_op`` accepts it — the first CUDA device, one GPU only. The weight is
-  then copied into that backend's compute buffer as a split input at full size
-  (``ggml_dup_tensor_layout``; ik's "offload only active experts" transfers only the active
-  experts' rows but allocates the whole tensor). Up and gate are live together (fused MoE).
-  ik's ``ggml_backend_cuda_offload_op`` (``ggml/src/ggml-cuda.cu``) offloads a MoE matmul when
-  ``T · n_used ≥ 32 · n_expert`` and any other matmul when ``T ≥ 32``; mainline offloads when
-  ``T ≥ GGML_OP_OFFLOAD_MIN_BATCH`` (32). So a RAM-resident output matrix sends the output matmul
-  (weight copy + logits) to the first GPU too, and with ``-ngl 0`` a CUDA build still reserves a
-  large CUDA compute buffer for the offloaded matmuls. The scheduler asks ``supports_op`` before
-  ``offload_op``, so only weight types the CUDA backend multiplies are copied
-  (:data:`CUDA_MATMUL_TYPES`); ik's ``-rtr`` repacks RAM tensors into row-interleaved types, most
-  of which it cannot (:func:`cuda_can_offload`).
+  (``ggml/src/ggml-backend.cpp``; ``ggml-backend.c`` before build 3877) moves an op whose weights
+  sit in host RAM to the *first* backend whose ``supports_op`` and ``offload_op`` accept it — the
+  first CUDA device, one GPU only. The weight is copied into that backend's compute buffer as a
+  split input at full size (``ggml_dup_tensor_layout``; ik's "offload only active experts"
+  transfers only the active experts' rows but allocates the whole tensor). Every weight on
+  another backend starts a new split, so one op's copies are live at a time: up and gate
+  together under ik's fused MoE, down alone (:func:`offload_terms`). ik's
+  ``ggml_backend_cuda_offload_op`` (``ggml/src/ggml-cuda.cu``) offloads a MoE matmul when
+  ``T · n_used ≥ 32 · n_expert`` (since build 3745, PR #520; before, from 32 tokens, and before
+  build 3683, PR #405, never the fused up/gate op) and any other op with a weight when ``T ≥ 32``;
+  mainline offloads when ``T ≥ GGML_OP_OFFLOAD_MIN_BATCH`` (32). So a RAM-resident output matrix
+  sends the output matmul (weight copy + logits) to the first GPU too, and the layers left in RAM
+  (``-ngl`` below the layer count, ``-ngl 0``) run there whole, attention included, their K/V
+  views copied in (:func:`attention_offloaded`): the host keeps only the graph inputs. Only
+  weight types the CUDA backend multiplies are copied (:data:`CUDA_MATMUL_TYPES`, the IQk_R4
+  ones since builds 3714-3729: :data:`CUDA_MATMUL_SINCE`); ik's ``-rtr`` repacks RAM tensors into
+  row-interleaved types, most of which it cannot (:func:`cuda_can_offload`).
 * **-amb** (ik): values below 128 MiB are raised to 128 (:func:`attention_max_batch`). The MLA
   head chunks it bounds are intermediate tensors of each layer's attention, so they sit on every
   device that holds some layer's KV cache (the layer's ``kv_self.k_l[il]`` and ``wkv_b``), not on
   the first GPU only; what the first GPU alone carries is the offloaded-weight copy above.
 
-A device's buffer is ``masks + max(attention, FFN, logits) + offloaded weights``. The host runs
-the attention and FFN phases only for layers whose KV it holds; otherwise it holds the token
-embeddings and, when it has experts, their up/gate output. ``-sm graph`` (each GPU a share of
+A GPU's buffer is its largest phase: ``max(mask + max(attention, FFN, offloaded matmul),
+output)``. ``ggml_backend_sched_split_graph`` adds each split input (the mask's copy, every weight
+copy) as a node at the start of its split and ``ggml_gallocr_alloc_graph_impl`` frees a node after
+its last use, so a copy lives only through its split and the mask only until the device's last
+attention (:class:`ComputeTerms`); a GPU's FFN phase counts only the matmuls of weights it holds
+(:func:`layer_compute_by_device`). The host (``masks + max(…)``, unchanged) runs the attention and
+FFN phases only for layers whose KV it holds; otherwise it holds the token embeddings and, when
+it has experts, their up/gate output. ``-sm graph`` (each GPU a share of
 every layer) is :func:`graph_compute_terms`, derived from source in
 :mod:`moe_studio.core.plan.graph_split`. Not modelled: pipeline-parallel copies (``n_copies > 1``,
 only without tensor overrides), CUDA pool and cuBLAS workspaces (the per-GPU overhead setting
@@ -54,6 +63,7 @@ covers those).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moe_studio.core.gguf.ggml_types import GGMLType, type_by_name
@@ -101,6 +111,18 @@ CUDA_MATMUL_TYPES = frozenset(
         "iq5_ks_r4", "iq1_s_r4", "iq1_m_r4",
     }
 )  # fmt: skip
+# The row-interleaved types the CUDA type switch gained later (``git log -S'case
+# GGML_TYPE_IQ4_K_R4:' -- ggml/src/ggml-cuda.cu`` and so on): earlier builds return false for them.
+CUDA_MATMUL_SINCE = {
+    "iq2_k_r4": engine_builds.CUDA_IQK_R4,
+    "iq3_k_r4": engine_builds.CUDA_IQK_R4,
+    "iq4_k_r4": engine_builds.CUDA_IQK_R4,
+    "iq5_k_r4": engine_builds.CUDA_IQK_R4,
+    "iq4_ks_r4": engine_builds.CUDA_IQKS_R4,
+    "iq5_ks_r4": engine_builds.CUDA_IQKS_R4,
+    "iq1_s_r4": engine_builds.CUDA_IQ1_S_R4,
+    "iq1_m_r4": engine_builds.CUDA_IQ1_M_R4,
+}
 # ik ``-rtr`` repacks every tensor in a host buffer at load (``src/llama.cpp``, "Repacked %d
 # tensors"; the map is ``get_repack_info`` in ``ggml/src/iqk/iqk_quantize.cpp``). Most targets are
 # row-interleaved CPU layouts the CUDA backend cannot multiply (Q4_K_R4, Q8_0_R8, IQ4_XS_R8, …).
@@ -119,7 +141,9 @@ def cuda_can_offload(type_name: str, settings: Settings) -> bool:
 
     With ik's ``-rtr`` the weight has been repacked first (:data:`RTR_REPACK`), and only the
     IQk_R4 targets are in :data:`CUDA_MATMUL_TYPES`; so ``-rtr`` with k-quant or legacy-quant
-    experts keeps their big-batch matmuls on the CPU and out of every CUDA compute buffer.
+    experts keeps their big-batch matmuls on the CPU and out of every CUDA compute buffer. The
+    IQk_R4 types joined the CUDA type switch in May-June 2025 (:data:`CUDA_MATMUL_SINCE`); a
+    build before that keeps those matmuls on the CPU too.
     Mainline's CUDA backend multiplies every type its GGUFs use.
     """
     name = type_name.lower()
@@ -127,7 +151,8 @@ def cuda_can_offload(type_name: str, settings: Settings) -> bool:
         return True
     if settings.rtr:
         name = RTR_REPACK.get(name, name)
-    return name in CUDA_MATMUL_TYPES
+    since = CUDA_MATMUL_SINCE.get(name)
+    return name in CUDA_MATMUL_TYPES and (since is None or settings.has(since))
 
 
 def attention_max_batch(settings: Settings) -> int:
@@ -225,6 +250,41 @@ def layer_compute_bytes(layout: ModelLayout, settings: Settings) -> float:
     return worst
 
 
+def layer_compute_by_device(
+    layout: ModelLayout, settings: Settings, placement: Sequence[str]
+) -> dict[str, float]:
+    """:func:`layer_compute_bytes` per device, counting only the matmuls of the weights each
+    device holds (``placement``: a device per tensor). A matmul runs where its weight is, or on
+    the first CUDA device when the weight is in RAM (:func:`offload_terms`)."""
+    hp = layout.hparams
+    ub = graph_tokens(settings)
+    used = max(1, hp.n_expert_used)
+    parts: dict[str, list[Counter[int]]] = {}
+    for t, device in zip(layout.tensors, placement, strict=True):
+        if not device or not t.loaded or t.layer == GLOBAL_LAYER:
+            continue
+        if not t.name.endswith(".weight"):
+            continue
+        exps, shexp, dense = parts.setdefault(device, [Counter(), Counter(), Counter()])
+        ne1 = t.shape[1] if len(t.shape) > 1 else 1
+        if t.group in ROUTED_EXPERT_GROUPS:
+            exps[t.layer] += ne1 * ub * used * 4
+        elif t.group is TensorGroup.SHARED:
+            shexp[t.layer] += ne1 * ub * 4
+        elif t.group is TensorGroup.FFN:
+            dense[t.layer] += ne1 * ub * 4
+    inp = hp.n_embd * ub * 4 * 2
+    out = {}
+    for device, (exps, shexp, dense) in parts.items():
+        out[device] = float(
+            max(
+                (max(exps[il], shexp[il], dense[il]) + inp for il in range(hp.n_layer_kv)),
+                default=0,
+            )
+        )
+    return out
+
+
 def _head_chunk(n_head: int, full_mib: int, amb: int) -> int:
     """Heads per chunk when ik splits a ``full_mib`` MiB tensor to stay under ``-amb`` MiB
     (``build_deepseek2``: the first divisor of ``n_head`` that brings a chunk under the cap)."""
@@ -313,9 +373,16 @@ def _attention_phase(layout: ModelLayout, settings: Settings, tokens: int) -> fl
 
 
 def offload_threshold(layout: ModelLayout, settings: Settings) -> int:
-    """Smallest ubatch at which the GPU takes over MoE matmuls of RAM-resident experts."""
+    """Smallest ubatch at which the GPU takes over MoE matmuls of RAM-resident experts.
+
+    ik ``ggml_backend_cuda_offload_op`` (``ggml/src/ggml-cuda.cu``): since PR #520
+    (:data:`engine_builds.MOE_OFFLOAD_RATIO`) ``T · n_used ≥ 32 · n_expert``; before, like
+    mainline, ``op->ne[2] ≥ 32`` for MUL_MAT_ID / MOE_FUSED_UP_GATE, i.e. 32 tokens.
+    """
     hp = layout.hparams
     if not settings.is_ik or not hp.n_expert or not hp.n_expert_used:
+        return OP_OFFLOAD_MIN_BATCH
+    if not settings.has(engine_builds.MOE_OFFLOAD_RATIO):
         return OP_OFFLOAD_MIN_BATCH
     return -(-OP_OFFLOAD_MIN_BATCH * hp.n_expert // hp.n_expert_used)
 
@@ -350,44 +417,117 @@ class RamWeights:
     output: int = 0  # the output matrix, when it stays in RAM
     dense_max: int = 0  # largest other repeating-layer matrix in RAM (``-ngl 0``)
     has_cuda: bool = False  # a CUDA backend exists to take big-batch matmuls of RAM weights
+    kv_max: int = 0  # largest KV cache of a layer held in RAM with its attention weights
 
 
 @dataclass(frozen=True, slots=True)
 class ComputeTerms:
-    """The parts of one device's compute-buffer estimate (bytes; see the module docstring)."""
+    """The parts of one device's compute-buffer estimate (bytes; see the module docstring).
+
+    ``scheduled`` (every device of a layer split but the host) places the phases the way
+    ``ggml_backend_sched`` and ``ggml-alloc`` free them: the mask and every weight copied in are
+    split inputs, allocated at the start of their split and freed after their last use (see
+    :func:`compute_terms`), so the peak is the largest phase, not their sum.
+    """
 
     ffn: float = 0.0
     attention: float = 0.0
     logits: float = 0.0
     mask: float = 0.0
-    offload_copy: float = 0.0
+    offload_copy: float = 0.0  # the largest weight copy a CUDA device takes (part of a phase)
     reduce: float = 0.0  # -sm graph: partial results gathered from every GPU
     extra_alloc: float = 0.0  # -sm graph: inputs copied from other GPUs, up to -mea MiB
+    offload_phase: float = 0.0  # an offloaded matmul's split: its weight copies + activations
+    output_phase: float = 0.0  # the output matmul: logits, its input rows, an output copy
+    scheduled: bool = False
 
     @property
     def total(self) -> int:
+        extra = self.reduce + self.extra_alloc
+        if self.scheduled:
+            layers = self.mask + max(self.attention, self.ffn, self.offload_phase)
+            return int(max(layers, self.output_phase) + extra)
         peak = max(self.ffn, self.attention, self.logits)
-        return int(self.mask + peak + self.offload_copy + self.reduce + self.extra_alloc)
+        return int(self.mask + peak + self.offload_copy + extra)
+
+
+def output_phase_bytes(layout: ModelLayout, settings: Settings, output_copy: int = 0) -> float:
+    """Bytes live while the output matmul runs: ``n_vocab · T · 4`` logits, the last layer's
+    output and its norm (``2 · n_embd · T · 4``, the ``llm_build_norm(inpL, output_norm)`` →
+    ``llm_build_lora_mm(model.output, cur)`` tail of ik's graph builders) and, when the output
+    matrix sits in RAM, its copy. The KQ mask is not among them: its copy is freed after the
+    device's last attention (:func:`compute_terms`). Measured: ik 3737/3738 printed 2502.00 MiB
+    for Qwen3-235B at ``-ub 4096`` on every GPU holding the output, at 4k to 64k context
+    (2374 MiB logits + 128 MiB rows; tests/data/cuda_corpus, issue 437/514/530 runs)."""
+    hp = layout.hparams
+    tokens = graph_tokens(settings)
+    return float(hp.n_vocab * tokens * 4 + 2 * hp.n_embd * tokens * 4 + output_copy)
 
 
 def offload_terms(
     layout: ModelLayout, settings: Settings, ram: RamWeights, layer_compute: float
 ) -> tuple[float, float, float]:
-    """(weight copy, FFN activations, logits) the first CUDA device takes on for RAM weights."""
+    """(largest weight copy, offload phase, output phase) of the first CUDA device.
+
+    ``ggml_backend_sched_split_graph`` (ik ``ggml/src/ggml-backend.c`` at 58f08e43, ``.cpp`` at
+    8337e4cd) starts a new split at every node whose weight sits on another backend ("by
+    starting a new split, the memory of the previously offloaded weights can be reused") and
+    adds the weight's copy (``ggml_dup_tensor_layout``) as a node at the split's start, so
+    ``ggml_gallocr_alloc_graph_impl`` frees it once the split's ops have run. One split holds
+    the copies of one op: up and gate together under fused MoE (``MOE_FUSED_UP_GATE`` has both
+    as sources), down alone. Live with the up/gate copies: the layer input and its norm
+    (``2 · n_embd · T · 4``) and the op's ``[n_ff_exp, n_used, T]`` f32 result; with the down
+    copy: that result, down's ``[n_embd, n_used, T]`` result and the residual. Measured:
+    mainline b5269 printed 774.00 MiB for Qwen3-235B Q6_K experts in RAM at ``-ub 512``, c16384:
+    the down phase 630 + 24 + 64 + 8 MiB plus its f32 mask copy and f16 cast (32 + 16 MiB).
+    """
     hp = layout.hparams
     tokens = graph_tokens(settings)
-    copy = ffn = logits = 0.0
+    rows = hp.n_embd * tokens * 4
+    copy = phase = output = 0.0
     if ram.expert_max and tokens >= offload_threshold(layout, settings):
-        copy = 2.0 * ram.expert_max  # up and gate live together (fused MoE)
-        ffn = layer_compute
+        used = max(1, hp.n_expert_used)
+        up_gate_out = max(hp.n_ff_exp, 1) * used * tokens * 4
+        down = ram.expert_max + up_gate_out + hp.n_embd * used * tokens * 4 + rows
+        if not settings.is_ik:
+            # Mainline: up and gate are two MUL_MAT_ID ops, two splits, one copy each; the up
+            # result is live while gate runs.
+            copy, up_gate = float(ram.expert_max), ram.expert_max + 2 * up_gate_out + 2 * rows
+        elif up_gate_offloaded(settings):
+            copy, up_gate = 2.0 * ram.expert_max, 2 * ram.expert_max + up_gate_out + 2 * rows
+        else:
+            copy, up_gate = float(ram.expert_max), 0  # only down comes over
+        phase = float(max(up_gate, down))
     if tokens >= OP_OFFLOAD_MIN_BATCH:
-        if ram.output:
-            copy = max(copy, float(ram.output))
-            logits = float(hp.n_vocab * tokens * 4)
         if ram.dense_max:
             copy = max(copy, 2.0 * ram.dense_max)
-            ffn = layer_compute
-    return copy, ffn, logits
+            phase = max(phase, 2.0 * ram.dense_max + layer_compute)
+        if ram.output:
+            copy = max(copy, float(ram.output))
+            output = output_phase_bytes(layout, settings, ram.output)
+    return copy, phase, output
+
+
+def up_gate_offloaded(settings: Settings) -> bool:
+    """Whether the fused up/gate op of RAM experts can go to the GPU (ik; fused MoE assumed:
+    every ik run in the corpus passes ``-fmoe``, the default since
+    :data:`engine_builds.FA_FMOE_DEFAULT`). Before :data:`engine_builds.FUSED_UP_GATE_OFFLOAD`
+    ``ggml_backend_cuda_offload_op`` took only MUL_MAT_ID, so up/gate ran on the CPU."""
+    return not settings.is_ik or settings.has(engine_builds.FUSED_UP_GATE_OFFLOAD)
+
+
+def attention_offloaded(settings: Settings, ram: RamWeights) -> bool:
+    """Whether the first CUDA device runs the attention of layers held in RAM.
+
+    ``ggml_backend_cuda_offload_op`` accepts any op with a RAM weight once ``op->ne[1] ≥ 32``
+    (all but GET_ROWS: the norms, Q/K/V/O and MLA matmuls, in every ik build read, 3596 to
+    4840), and the scheduler's expansion passes give the weight-less ops between them (the
+    attention itself) the same GPU. The layer's K and V views are then split inputs copied in
+    from RAM, and the host keeps only its graph inputs (mask, token embeddings). Measured: ik
+    3722 ``-ngl 0`` and 3737 ``-ngl 63`` printed host buffers of exactly mask (f32) +
+    ``n_embd · T · 4`` (334.01 and 1088.05 MiB; tests/data/cuda_corpus).
+    """
+    return ram.has_cuda and ram.kv_max > 0 and graph_tokens(settings) >= OP_OFFLOAD_MIN_BATCH
 
 
 def compute_terms(
@@ -403,6 +543,7 @@ def compute_terms(
     is_host: bool = False,
     offload_target: bool | None = None,
     ram: RamWeights | None = None,
+    own_ffn: float | None = None,
 ) -> ComputeTerms:
     """Compute-buffer model for one device (see the module docstring).
 
@@ -418,48 +559,76 @@ def compute_terms(
         offload_target: The first CUDA device, which runs the offloaded matmuls of RAM weights
             (default: ``is_cuda and holds_layers``, for callers that look at one GPU).
         ram: Every kind of RAM-resident weight (default: just ``cpu_expert_tensor_max``).
+        own_ffn: The FFN phase of the weights this device holds (:func:`layer_compute_bytes`
+            for its tensors; default ``layer_compute``): a matmul runs where its weight is, or
+            on the first CUDA device (:func:`offload_terms`), so routed experts left in RAM add
+            nothing to another GPU's FFN phase.
     """
     runs_attention = holds_layers if hosts_kv is None else hosts_kv
     if offload_target is None:
         offload_target = is_cuda and holds_layers
     if ram is None:
         ram = RamWeights(expert_max=cpu_expert_tensor_max)
-    offloads = is_cuda and offload_target and (ram.expert_max or ram.output or ram.dense_max)
+    ram_attention = attention_offloaded(settings, ram)
+    takes_offloads = is_cuda and offload_target
+    if is_host and ram_attention:
+        runs_attention = False
+    if takes_offloads and ram_attention:
+        runs_attention = True
+    offloads = takes_offloads and (ram.expert_max or ram.output or ram.dense_max or ram_attention)
     if not (holds_layers or holds_output or runs_attention or is_host or offloads):
         return ComputeTerms()
     hp = layout.hparams
     tokens = graph_tokens(settings)
     if layer_compute is None:
         layer_compute = layer_compute_bytes(layout, settings)
+    if own_ffn is None:
+        own_ffn = layer_compute
     mask = mask_bytes(layout, settings, host=is_host) if runs_attention or is_host else 0.0
     ffn = float(hp.n_embd * tokens * 4) if is_host else 0.0
     attention = 0.0
     if runs_attention:
-        ffn = layer_compute
+        ffn = own_ffn if holds_layers else 0.0
         attention = _attention_phase(layout, settings, tokens)
+        if takes_offloads and ram_attention:
+            attention += ram.kv_max  # the RAM layer's K/V views, copied in as split inputs
     elif holds_layers:
         if is_host:
             # The token embeddings stay live beside the experts' up/gate output (ik PR #259's
             # CUDA_Host line: mask + n_embd·T·4 + n_ff_exp·n_used·T·4); when the first GPU
             # takes the expert matmuls, only the embeddings (mainline log in ik PR #394).
             if not (
-                ram.has_cuda and ram.expert_max and tokens >= offload_threshold(layout, settings)
+                ram.has_cuda
+                and ram.expert_max
+                and tokens >= offload_threshold(layout, settings)
+                and up_gate_offloaded(settings)
             ):
                 exps = float(max(hp.n_ff_exp, 1) * max(hp.n_expert_used, 1) * tokens * 4)
                 ffn = ffn + exps if ram.has_cuda else max(ffn, exps)
         else:
-            ffn = layer_compute
+            ffn = own_ffn
     logits = float(hp.n_vocab * tokens * 4) if holds_output else 0.0
     if is_host and ram.output and tokens >= OP_OFFLOAD_MIN_BATCH:
         # A CUDA device takes the output matmul of the RAM-resident output matrix (the caller
         # sets ``ram.output`` only when there is one); the logits live there.
         logits = 0.0
-    copy = 0.0
+    copy = phase = 0.0
+    output = output_phase_bytes(layout, settings) if logits else 0.0
     if offloads:
-        copy, off_ffn, off_logits = offload_terms(layout, settings, ram, layer_compute)
-        ffn = max(ffn, off_ffn)
-        logits = max(logits, off_logits)
-    return ComputeTerms(ffn, attention, logits, mask, copy)
+        copy, phase, off_output = offload_terms(layout, settings, ram, layer_compute)
+        output = max(output, off_output)
+        if off_output:
+            logits = max(logits, float(hp.n_vocab * tokens * 4))
+    return ComputeTerms(
+        ffn,
+        attention,
+        logits,
+        mask,
+        copy,
+        offload_phase=phase,
+        output_phase=output,
+        scheduled=not is_host,
+    )
 
 
 def graph_compute_terms(

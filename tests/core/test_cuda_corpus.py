@@ -75,10 +75,15 @@ def test_targets_on_described_builds() -> None:
 # - MLA prompt-path chunk rebuilt from ik 8337e4cd's printed buffers (tests/data/mla_dryrun.json,
 #   median error there 12.1 % -> 3.6 %): 24.0 %, 13, 267 % / 44.8 %, 5, 154 % (these builds
 #   predate PR #1211 and kept larger MLA buffers on the GPUs; the -ngl 0 host point grows).
+# - old builds' offload rules (engine_builds PR #405/#461/#462/#492/#494/#520: which RAM experts'
+#   matmuls go to the GPU), copies and mask freed with their split (ComputeTerms.scheduled), the
+#   attention of RAM layers on the first GPU: 13.1 %, 25, 78.2 % / 45.1 %, 5, 70.4 % (the -ngl 0
+#   and -ngl 63 host points drop to mask + embeddings, -47 % until the f32 host mask of those
+#   builds is modelled: with it both are exact).
 REGRESSION_BOUND = {
     "kv": (56, 1.1, 52, 51.5),
-    "compute GPU": (56, 24.1, 13, 267.4),
-    "compute host": (37, 44.8, 5, 154.0),
+    "compute GPU": (56, 13.2, 25, 78.3),
+    "compute host": (37, 45.1, 5, 70.4),
 }
 
 
@@ -118,13 +123,14 @@ def test_rtr_keeps_repacked_experts_off_the_gpu() -> None:
 
 def test_rtr_experts_stay_in_the_host_compute_buffer() -> None:
     """With -rtr the RAM experts' matmuls stay on the CPU: the first GPU loses the weight copy
-    and the host buffer gains the experts' activations."""
+    and the host buffer gains the experts' activations. (Two GPUs, so that the output matmul,
+    on the last one, does not set the first GPU's peak.)"""
     run = {
         "id": "rtr",
         "engine": "ik_llama.cpp",
         "date": "2026-08-15",
         "model": "catalog:qwen3-235b-a22b@Q4_K_M",
-        "gpus": [{"name": "CUDA0", "memory_mib": 24564}],
+        "gpus": [{"name": f"CUDA{i}", "memory_mib": 24564} for i in range(2)],
         "command": "llama-server -m q.gguf -ngl 99 -ot exps=CPU -c 32768 -b 4096 -ub 4096",
         "reported": {"compute": {"CUDA0": 1.0, "CPU": 1.0}},
         "tolerance_pct": {},

@@ -24,7 +24,7 @@ from moe_studio.core.plan.learned import Learned, MeasuredRun
 from moe_studio.core.plan.memory import COMPUTE_MARGIN, ComputeSource
 from moe_studio.core.plan.planning import Planner
 from moe_studio.core.plan.settings import Settings
-from moe_studio.core.units import GiB
+from moe_studio.core.units import GiB, MiB
 from tests.support.standin_tools import install_standin, isolate_engine_env
 
 
@@ -148,10 +148,11 @@ def test_an_older_ik_build_is_named_in_a_note() -> None:
 
 
 def test_the_advised_ubatch_leaves_room_for_the_band() -> None:
-    # DeepSeek-V3 on one 24 GiB GPU: -ub 4096 fits without the band but, with it, pushes layer
-    # 0's always-active weights off the GPU; the advisor settles for 2048 instead.
+    # DeepSeek-V3 on one GPU of 22 GiB + 128 MiB: -ub 4096 fits without the band (~360 MiB
+    # there) but, with it, pushes layer 0's always-active weights off the GPU (~250 MiB short);
+    # the advisor settles for 2048 instead.
     layout = catalog.load_catalog(catalog.DEMO)
-    gpu = Device("CUDA0", DeviceKind.CUDA, 24 * GiB, index=0, pcie_gen=4, pcie_width=16)
+    gpu = Device("CUDA0", DeviceKind.CUDA, 22 * GiB + 128 * MiB, index=0, pcie_gen=4, pcie_width=16)
     rig = Rig("r", HostInfo(256 * GiB, cores_physical=16), (gpu,))
     planner = Planner(layout, rig, Settings(cache_type_k="q8_0", cache_type_v="q8_0"))
     tuned = planner.advise_batch(planner.initial())
