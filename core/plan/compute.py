@@ -497,7 +497,7 @@ def offload_terms(
             copy, up_gate = 2.0 * ram.expert_max, 2 * ram.expert_max + up_gate_out + 2 * rows
         else:
             copy, up_gate = float(ram.expert_max), 0  # only down comes over
-        phase = float(max(up_gate, down))
+        phase = float(max(up_gate, down, moe_return_bytes(layout, settings)))
     if tokens >= OP_OFFLOAD_MIN_BATCH:
         if ram.dense_max:
             copy = max(copy, 2.0 * ram.dense_max)
@@ -506,6 +506,20 @@ def offload_terms(
             copy = max(copy, float(ram.output))
             output = output_phase_bytes(layout, settings, ram.output)
     return copy, phase, output
+
+
+def moe_return_bytes(layout: ModelLayout, settings: Settings) -> float:
+    """Bytes live where the experts' outputs are weighted and summed: down's ``[n_embd, n_used,
+    T]`` f32 result, ``ggml_mul`` by the router weights (another one) and the residual
+    (``n_embd · T · 4``). The weight-less ops after the down matmul take the backend of the
+    next GPU op (the scheduler's "expand gpu up/down" passes skip the CPU), so when the CPU ran
+    the down matmul its result is copied to the GPU of the layer. Measured: ik 3737, Qwen3-30B-A3B
+    with ``-ot exps=CPU`` on an RPC device, ``-ub 512``, c32768: 100.50 MiB = 32 (f16 mask) +
+    2 · 32 + 4 + the router's outputs."""
+    hp = layout.hparams
+    tokens = graph_tokens(settings)
+    used = max(1, hp.n_expert_used)
+    return float(2 * hp.n_embd * used * tokens * 4 + hp.n_embd * tokens * 4)
 
 
 def up_gate_offloaded(settings: Settings) -> bool:
@@ -544,6 +558,7 @@ def compute_terms(
     offload_target: bool | None = None,
     ram: RamWeights | None = None,
     own_ffn: float | None = None,
+    ram_experts: bool = False,
 ) -> ComputeTerms:
     """Compute-buffer model for one device (see the module docstring).
 
@@ -563,6 +578,8 @@ def compute_terms(
             for its tensors; default ``layer_compute``): a matmul runs where its weight is, or
             on the first CUDA device (:func:`offload_terms`), so routed experts left in RAM add
             nothing to another GPU's FFN phase.
+        ram_experts: Some layer whose attention runs here has its routed experts in RAM: when
+            the CPU multiplies them, their result comes back here (:func:`moe_return_bytes`).
     """
     runs_attention = holds_layers if hosts_kv is None else hosts_kv
     if offload_target is None:
@@ -590,6 +607,11 @@ def compute_terms(
     if runs_attention:
         ffn = own_ffn if holds_layers else 0.0
         attention = _attention_phase(layout, settings, tokens)
+        moe_on_cpu = not (
+            ram.has_cuda and ram.expert_max and tokens >= offload_threshold(layout, settings)
+        )
+        if ram_experts and not is_host and moe_on_cpu and hp.n_expert:
+            ffn = max(ffn, moe_return_bytes(layout, settings))
         if takes_offloads and ram_attention:
             attention += ram.kv_max  # the RAM layer's K/V views, copied in as split inputs
     elif holds_layers:

@@ -353,6 +353,15 @@ def estimate(
         else 0,
     )
     own_ffn = layer_compute_by_device(layout, settings, plan.devices)
+    # Devices running the attention of a layer whose routed experts sit in RAM.
+    ram_expert_layers = {
+        t.layer
+        for t, d in zip(tensors, plan.devices, strict=True)
+        if d == CPU_NAME and t.group in ROUTED_EXPERT_GROUPS
+    }
+    ram_expert_devices = {
+        layer_devices[il] for il in ram_expert_layers if 0 <= il < len(layer_devices)
+    }
     budgets = []
     for device in (*rig.devices, rig.cpu):
         is_cpu = device.kind is DeviceKind.CPU
@@ -369,6 +378,7 @@ def estimate(
             offload_target=device.name == first_cuda,
             ram=ram,
             own_ffn=own_ffn.get(device.name, 0.0),
+            ram_experts=device.name in ram_expert_devices,
         )
         if graph is not None and device.name in graph.shares:
             terms = _graph_terms(layout, settings, graph, device.name, layer_compute, terms)
