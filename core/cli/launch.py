@@ -227,7 +227,7 @@ def prepare(
             "leave --dialect out to follow the engine."
         )
     build = getattr(args, "engine_build", None)
-    if build is None and engine.flavour == "ik":
+    if build is None and engine.flavour in ("ik", "mainline"):
         build = args.engine_build = engine.build  # plan for the build that will run
     if planner is None:
         from moe_studio.core.cli.plan import make_plan

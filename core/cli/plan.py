@@ -236,12 +236,14 @@ def _settings(args: argparse.Namespace, base: Settings) -> Settings:
     return base.with_(**changes)
 
 
-def _engine_build(path: str) -> int | None:
-    """The build number ``path --version`` prints, for an ik_llama.cpp engine (None otherwise)."""
+def _engine_build(path: str, dialect: str) -> int | None:
+    """The build number ``path --version`` prints, when the engine is of ``dialect`` (ik and
+    mainline both count commits, ``version: 5331 (33eff402)``, but in separate histories; None
+    for another or an unknown engine, or none printed)."""
     from moe_studio.core.engine.discovery import probe_engine
 
     info = probe_engine(path)
-    return info.build if info.usable and info.flavour == "ik" else None
+    return info.build if info.usable and info.flavour == dialect else None
 
 
 def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
@@ -251,7 +253,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Planner, Plan, list[str]]:
     layout = load(args.model)
     rig = _rig(args)
     if getattr(args, "engine_build", None) is None and getattr(args, "engine", None):
-        args.engine_build = _engine_build(args.engine)
+        args.engine_build = _engine_build(args.engine, args.dialect or "ik")
     notes: list[str] = []
     base = Settings(dialect=args.dialect or "ik")
     plan = initial_plan(layout)

@@ -29,14 +29,22 @@ def print_compare(rows: Sequence[CompareRow], out: TextIO) -> None:
             f"{format_bytes(ours or 0)} / {format_bytes(theirs)} ({sign}{format_bytes(abs(diff))})"
         )
 
+    table = [
+        [
+            r.device[:23],
+            cell(r.predicted_weights, r.actual_weights),
+            cell(r.predicted_kv, r.actual_kv),
+            cell(r.predicted_compute, r.actual_compute),
+        ]
+        for r in rows
+    ]
+    head = ["device", "weights", "KV cache", "compute"]
+    widths = [max(len(line[i]) for line in [head, *table]) for i in range(4)]
     out.write("\nmemory: ours / engine's (difference)\n")
-    out.write(f"{'device':<24}{'weights':>32}{'KV cache':>32}{'compute':>32}\n")
-    for r in rows:
-        out.write(
-            f"{r.device[:23]:<24}{cell(r.predicted_weights, r.actual_weights):>32}"
-            f"{cell(r.predicted_kv, r.actual_kv):>32}"
-            f"{cell(r.predicted_compute, r.actual_compute):>32}\n"
-        )
+    for line in [head, *table]:
+        cells = [line[0].ljust(max(widths[0], 23))]
+        cells += [text.rjust(w) for text, w in zip(line[1:], widths[1:], strict=True)]
+        out.write("  ".join(cells).rstrip() + "\n")
 
 
 def fix_options(fix: Fix) -> str:

@@ -461,6 +461,8 @@ class CompareRow:
     """One device: our estimate beside the buffers the engine printed (bytes; None = no figure).
 
     The engine's ``compute`` includes its output (logits) buffer, which our compute term covers.
+    Our ``compute`` here leaves out what the engine allocates only once it runs a graph
+    (:attr:`~moe_studio.core.plan.memory.DeviceBudget.unprinted_compute`), as its lines do.
     """
 
     device: str
@@ -513,7 +515,7 @@ def compare(estimate: Estimate, report: LoadReport) -> list[CompareRow]:
             name,
             p.weights if p is not None else None,
             p.kv if p is not None else None,
-            p.compute if p is not None else None,
+            p.printed_compute if p is not None else None,
             figure(BufferKind.MODEL, a.model if a is not None else 0),
             figure(BufferKind.KV, a.kv if a is not None else 0),
             figure(BufferKind.COMPUTE, (a.compute + a.output) if a is not None else 0),

@@ -10,7 +10,7 @@ compute buffer for each (engines.md §10, §11).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -115,6 +115,21 @@ class BufferSize(Event):
     @property
     def device(self) -> str:
         return buffer_device(self.buffer)
+
+
+@dataclass(frozen=True, slots=True)
+class SplitShare(Event):
+    """ik ``-sm graph``: one device's part of the split buffers of a kind (``MODEL`` or ``KV``).
+
+    ik prints the bytes its split tensors take on each device in a block: ``Estimated model buffer
+    size per device:`` / ``KV cache size per device:``, then ``    Device 1:  1234.56 MiB``.
+    ``index`` is the device's place in ik's device list (the ``using device`` lines); in a CUDA
+    build the pieces of device ``i`` sit on CUDA device ``i``.
+    """
+
+    kind: BufferKind
+    index: int
+    nbytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +317,11 @@ _PURPOSE_WORDS = {
 _HOST_BUFFERS = ("CPU", "CPU_Mapped", "CPU_REPACK", "CUDA_Host", "CPU_AARCH64")
 
 
+# ik's split buffer types (``-sm graph``): ``CUDA_Split`` (``ggml/src/ggml-cuda.cu`` 830, 1337),
+# ``SYCL_Split``.
+SPLIT_SUFFIX = "_Split"
+
+
 def buffer_device(buffer: str) -> str:
     """The device a buffer type lives on: host buffers (``CPU_Mapped``, ``CUDA_Host``…) → ``CPU``.
 
@@ -310,6 +330,30 @@ def buffer_device(buffer: str) -> str:
     if buffer in _HOST_BUFFERS or buffer.startswith("CPU"):
         return "CPU"
     return buffer
+
+
+def spread_split(buffer: str, nbytes: int, shares: Sequence[int]) -> list[tuple[str, int]]:
+    """A buffer's bytes per device: a split buffer (``CUDA_Split``) over ``CUDA0``, ``CUDA1``…
+    in proportion to ik's per-device figures ``shares`` (:class:`SplitShare`, by device index);
+    any other buffer, or a split one without figures, stays whole on :func:`buffer_device`.
+
+    The split buffer's size is every piece plus row padding (``ggml-cuda.cu`` 1362-1380), the
+    per-device figures the pieces alone, so the padding is shared out with them.
+    """
+    total = sum(shares)
+    if not buffer.endswith(SPLIT_SUFFIX) or total <= 0:
+        return [(buffer_device(buffer), nbytes)]
+    prefix = buffer[: -len(SPLIT_SUFFIX)]
+    last = max(i for i, share in enumerate(shares) if share > 0)
+    out: list[tuple[str, int]] = []
+    given = 0
+    for i, share in enumerate(shares):
+        if share <= 0:
+            continue
+        part = nbytes - given if i == last else nbytes * share // total
+        given += part
+        out.append((f"{prefix}{i}", part))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,6 +397,8 @@ class LoadReport:
     compute_buffers: Mapping[str, int] = field(default_factory=dict)
     kv_total: int | None = None
     kv_parts: tuple[tuple[str, str, int], ...] = ()
+    split_model: tuple[int, ...] = ()  # -sm graph: split weights per device index
+    split_kv: tuple[int, ...] = ()  # -sm graph: split KV cache per device index
     devices_found: tuple[DeviceFound, ...] = ()
     layer_devices: Mapping[int, int] = field(default_factory=dict)
     layers_offloaded: LayersOffloaded | None = None
@@ -388,17 +434,19 @@ class LoadReport:
 
     @property
     def devices(self) -> Mapping[str, DeviceUsage]:
-        """Bytes per device (host buffers folded into ``CPU``), in first-seen order."""
+        """Bytes per device (host buffers folded into ``CPU``, ik's ``-sm graph`` split buffers
+        shared out over their devices by :func:`spread_split`), in first-seen order."""
         acc: dict[str, dict[BufferKind, int]] = {}
-        for kind, table in (
-            (BufferKind.MODEL, self.model_buffers),
-            (BufferKind.KV, self.kv_buffers),
-            (BufferKind.OUTPUT, self.output_buffers),
-            (BufferKind.COMPUTE, self.compute_buffers),
+        for kind, table, shares in (
+            (BufferKind.MODEL, self.model_buffers, self.split_model),
+            (BufferKind.KV, self.kv_buffers, self.split_kv),
+            (BufferKind.OUTPUT, self.output_buffers, ()),
+            (BufferKind.COMPUTE, self.compute_buffers, ()),
         ):
             for name, n in table.items():
-                slot = acc.setdefault(buffer_device(name), {})
-                slot[kind] = slot.get(kind, 0) + n
+                for device, part in spread_split(name, n, shares):
+                    slot = acc.setdefault(device, {})
+                    slot[kind] = slot.get(kind, 0) + part
         return MappingProxyType(
             {
                 dev: DeviceUsage(

@@ -42,6 +42,7 @@ from moe_studio.core.engine.log_events import (
     ModelLoaded,
     PinnedMemoryFallback,
     RequestTiming,
+    SplitShare,
     TensorOverride,
     UnusedTensor,
     frozen_mapping,
@@ -60,6 +61,7 @@ _DRY_RUN_EVENTS = (
     LayersOffloaded,
     BufferSize,
     KvTotal,
+    SplitShare,
     LoadProgress,
     UnusedTensor,
 )
@@ -108,6 +110,8 @@ class EngineLogParser:
         self._buffers: dict[BufferKind, dict[str, int]] = {k: {} for k in BufferKind}
         self._kv_total: int | None = None
         self._kv_parts: list[tuple[str, str, int]] = []
+        self._split: dict[BufferKind, dict[int, int]] = {BufferKind.MODEL: {}, BufferKind.KV: {}}
+        self._split_block: BufferKind | None = None  # reading a "… per device:" block
         self._devices: list[DeviceFound] = []
         self._layer_devices: dict[int, int] = {}
         self._offloaded: LayersOffloaded | None = None
@@ -208,6 +212,8 @@ class EngineLogParser:
             compute_buffers=frozen_mapping(b[BufferKind.COMPUTE]),
             kv_total=self._kv_total,
             kv_parts=tuple(self._kv_parts),
+            split_model=_by_index(self._split[BufferKind.MODEL]),
+            split_kv=_by_index(self._split[BufferKind.KV]),
             devices_found=tuple(self._devices),
             layer_devices=MappingProxyType(dict(self._layer_devices)),
             layers_offloaded=self._offloaded,
@@ -270,6 +276,20 @@ class EngineLogParser:
             self._end_available_list()
         if line.startswith("Available buffer types:"):
             self._available = []
+            return []
+
+        # ik -sm graph: "Estimated model buffer size per device:" / "KV cache size per device:",
+        # then one "    Device N:  X MiB" per device.
+        if self._split_block is not None:
+            m = lp.SPLIT_DEVICE.match(line)
+            if m:
+                return [SplitShare(self._split_block, int(m.group(1)), lp.mib_bytes(m.group(2)))]
+            self._split_block = None
+        if lp.SPLIT_MODEL_HEAD.match(line):
+            self._split_block = BufferKind.MODEL
+            return []
+        if lp.SPLIT_KV_HEAD.match(line):
+            self._split_block = BufferKind.KV
             return []
 
         if line[0] == "." and set(line.strip()) == {"."}:
@@ -423,7 +443,7 @@ class EngineLogParser:
             ):
                 m = rx.match(line)
                 if m:
-                    return [BufferSize(kind, m.group(1), lp.mib_bytes(m.group(2)))]
+                    return [BufferSize(kind, _buffer_name(m.group(1)), lp.mib_bytes(m.group(2)))]
         m = lp.IK_KV_TOTAL.match(line)
         if m:
             return [KvTotal(lp.mib_bytes(m.group(1)), _kv_parts(m.group(2)))]
@@ -631,6 +651,9 @@ class EngineLogParser:
                 BufferKind.COMPUTE: LoadPhase.COMPUTE,
             }[event.kind]
             self._phase_to(phase)
+        elif isinstance(event, SplitShare):
+            shares = self._split[event.kind]
+            shares[event.index] = shares.get(event.index, 0) + event.nbytes
         elif isinstance(event, KvTotal):
             self._kv_total = (self._kv_total or 0) + event.nbytes
             self._kv_parts.extend(event.parts)
@@ -670,6 +693,11 @@ def _kv_parts(text: str) -> tuple[tuple[str, str, int], ...]:
     return tuple((label, typ, lp.mib_bytes(n)) for label, typ, n in lp.KV_PART.findall(text))
 
 
+def _by_index(table: dict[int, int]) -> tuple[int, ...]:
+    """``{index: bytes}`` as a tuple by index (0 for an index never printed)."""
+    return tuple(table.get(i, 0) for i in range(max(table) + 1)) if table else ()
+
+
 def _cuda_index(buffer: str) -> int | None:
     m = re.fullmatch(r"CUDA(\d+)", buffer)
     return int(m.group(1)) if m else None
@@ -692,3 +720,10 @@ def parse_log(lines: Iterable[str], dialect: Engine | None = None) -> LoadReport
         parser.feed(line)
     parser.finish()
     return parser.report()
+
+
+def _buffer_name(name: str) -> str:
+    """A buffer's device as the plan names it: ik builds before the RPC backend numbered its
+    devices (build 3737 prints ``RPC[127.0.0.1:50052]``) meant device 0 of that server."""
+    m = lp.OLD_RPC_NAME.match(name)
+    return f"RPC0[{m.group(1)}]" if m else name

@@ -37,7 +37,16 @@ MODEL_BUF = re.compile(
 )
 KV_BUF = re.compile(r"^\w+:\s+(\S+) KV buffer size =\s*(" + NUM + ") MiB")
 OUT_BUF = re.compile(r"^\w+:\s+(\S+)\s+output buffer size =\s*(" + NUM + ") MiB")
+OLD_RPC_NAME = re.compile(r"^RPC\[(.+)\]$")  # ik build 3737: "RPC[127.0.0.1:50052]"
 COMPUTE_BUF = re.compile(r"^\w+:\s+(\S+) compute buffer size =\s*(" + NUM + ") MiB")
+# ik ``-sm graph``/``-sm attn``: the split tensors live in one ``CUDA_Split`` buffer (its size is
+# every GPU's pieces together, ``ggml-cuda.cu`` 1362 ``get_alloc_size``; piece i is allocated on
+# CUDA device i, ``init_tensor`` 852-883), and ik prints each device's share in a block after the
+# header: ``src/llama-load-tensors.cpp`` 5778-5780 for the weights ("    Device %d:  %8.2f MiB"),
+# ``src/llama.cpp`` 1619-1621 for the KV cache ("    Device %d:  %g MiB").
+SPLIT_MODEL_HEAD = re.compile(r"^Estimated model buffer size per device:\s*$")
+SPLIT_KV_HEAD = re.compile(r"^\w+: KV cache size per device(?: \(MLA replicated\))?:\s*$")
+SPLIT_DEVICE = re.compile(r"^\s+Device (\d+):\s+(" + NUM + r"(?:[eE][-+]?\d+)?) MiB\s*$")
 IK_KV_TOTAL = re.compile(r"^\w+: KV self size\s*=\s*(" + NUM + r") MiB(.*)$")
 ML_KV_TOTAL = re.compile(
     r"^llama_kv_cache\w*: size =\s*(" + NUM + r") MiB \(\s*(\d+) cells,\s*(\d+) layers[^)]*\)(.*)$"

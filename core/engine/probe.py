@@ -34,6 +34,7 @@ from moe_studio.core.engine.log_parser import EngineLogParser
 from moe_studio.core.errors import EngineError
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.planning import Planner
+from moe_studio.core.units import format_bytes
 
 DEFAULT_TIMEOUT = 120.0
 DRY_RUN_FLAG = "--dry-run"
@@ -265,9 +266,17 @@ def run_probe(
             tail=tail,
         )
     rows = tuple(compare(estimate, report))
+    sentence = f"Measured by the engine's dry run ({label}) in {seconds:.1f} s."
+    unprinted = max((d.unprinted_compute for d in estimate.devices), default=0)
+    if unprinted:
+        sentence += (
+            f" The compute figures leave out the inputs -sm graph copies between GPUs (up to "
+            f"{format_bytes(unprinted)} per GPU), which ik allocates only once it runs; the "
+            "bars include them."
+        )
     return ProbeResult(
         ProbeOutcome.MEASURED,
-        f"Measured by the engine's dry run ({label}) in {seconds:.1f} s.",
+        sentence,
         rows,
         engine=label,
         seconds=seconds,

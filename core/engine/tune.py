@@ -114,6 +114,18 @@ class TuneOptions:
     early_stop: bool = True
     stop_ratio: float = STOP_RATIO
 
+    def planned_trials(self, n_candidates: int) -> int:
+        """How many trials a run over ``n_candidates`` (the baseline included) takes at most:
+        the screening of every candidate (up to its share of ``max_trials``), then the finals of
+        the baseline and the best screened third (up to ``finalists``); ``max_trials`` caps the
+        sum. The time budget or failed trials can end a run sooner."""
+        screened = n_candidates
+        if self.max_trials is not None:
+            screened = min(screened, max(1, int(self.max_trials * SCREEN_SHARE)))
+        finals = 1 + min(self.finalists, max(1, math.ceil(screened * KEEP))) if screened > 1 else 0
+        total = screened + finals
+        return min(total, self.max_trials) if self.max_trials is not None else total
+
 
 @dataclass(frozen=True, slots=True)
 class TuneResult:

@@ -549,6 +549,23 @@ def parse_command(
         i += 1
     if not model:
         raise CommandError("The command has no -m MODEL; paste a llama-server command line.")
+    if Path(executable).name.startswith("llama-perplexity") and not any(
+        a in extra for a in ("--hellaswag", "--winogrande", "--multiple-choice", "--kl-divergence")
+    ):
+        # llama-perplexity (examples/perplexity/perplexity.cpp, main): -c is the chunk length
+        # (512 unless given) and it scores n_batch / chunk chunks at once, so the context it
+        # creates holds all of them: n_ctx = n_seq * chunk, n_batch = min(n_batch, n_ctx).
+        chunk = int(values.get("ctx", 512))  # type: ignore[call-overload]
+        batch = int(values.get("batch", 2048))  # type: ignore[call-overload]
+        if chunk > 0:
+            n_seq = max(1, batch // chunk)
+            values |= {"ctx": n_seq * chunk, "batch": min(batch, n_seq * chunk)}
+            values["parallel"] = n_seq
+            if n_seq > 1:
+                notes.append(
+                    f"llama-perplexity scores {n_seq} chunks of {chunk} at once: "
+                    f"its context holds {n_seq * chunk} tokens."
+                )
     settings = Settings(dialect=dialect, extra_args=tuple(extra)).with_(**values)
     return ImportedCommand(
         executable=executable,

@@ -7,8 +7,9 @@ module models that peak term by term; each term names the engine code it comes f
 read: ik_llama.cpp at 8337e4cd (2026-08-15, build 4840) and mainline llama.cpp via engines.md §0.
 
 * **mask** (ik ``llm_build_context::build_inp_KQ_mask``, ``src/llama-build-context.cpp``):
-  ``kv × pad16(T)``, created as f16 when flash attention is on and f32 without. It is a graph
-  input, so the host builds it and every backend that runs attention gets a copy.
+  ``kv × pad16(T)``, created as f16 when flash attention is on and f32 without (builds before
+  3907, PR #825: always f32 on the host, cast to f16 on the device for flash attention). It is a
+  graph input, so the host builds it and every backend that runs attention gets a copy.
   **SWA mask** (``build_inp_KQ_mask_swa``, used by ``build_openai.cpp`` for gpt-oss and by the
   other sliding-window graphs): a second mask of the same shape — ik keeps full-context rows for
   sliding-window layers. Mainline (``llm_graph_input_attn_kv_iswa``) sizes it to the SWA cache.
@@ -46,14 +47,24 @@ read: ik_llama.cpp at 8337e4cd (2026-08-15, build 4840) and mainline llama.cpp v
   device that holds some layer's KV cache (the layer's ``kv_self.k_l[il]`` and ``wkv_b``), not on
   the first GPU only; what the first GPU alone carries is the offloaded-weight copy above.
 
-A GPU's buffer is its largest phase: ``max(mask + max(attention, FFN, offloaded matmul),
+* **DeepSeek MLA devices** (ik builds with ``MLA_PROMPT_SPLIT``, where the caller knows the
+  device's layers): the attention term is :func:`mla_device_attention`, a replay of ggml-alloc
+  over the tensors the device's layers create (:mod:`moe_studio.core.plan.mla_alloc`). The holes
+  its best-fit placement leaves around the small per-token latent tensors decide the peak as
+  much as the per-cell ones (tiny-deepseek2: −19…−22 % and +20…+52 % before, within ±0.3 % now
+  on every RPC device; DeepSeek-V3 attention: 48 of 49 dry-run figures within ±10 %).
+
+An ik GPU's buffer is its largest phase: ``max(mask + max(attention, FFN, offloaded matmul),
 output)``. ``ggml_backend_sched_split_graph`` adds each split input (the mask's copy, every weight
 copy) as a node at the start of its split and ``ggml_gallocr_alloc_graph_impl`` frees a node after
 its last use, so a copy lives only through its split and the mask only until the device's last
 attention (:class:`ComputeTerms`); a GPU's FFN phase counts only the matmuls of weights it holds
-(:func:`layer_compute_by_device`). The host (``masks + max(…)``, unchanged) runs the attention and
-FFN phases only for layers whose KV it holds; otherwise it holds the token embeddings and, when
-it has experts, their up/gate output. ``-sm graph`` (each GPU a share of
+(:func:`layer_compute_by_device`). Mainline's
+output matmul runs after the mask is freed (:func:`mainline_output_phase`), and its mask and
+KV terms follow the build (``engine_builds.MAINLINE_CHANGES``, read at b5269, b5331 and the
+newest source). The host runs
+the attention and FFN phases only for layers whose KV it holds; otherwise it holds the token
+embeddings and, when it has experts, their up/gate output. ``-sm graph`` (each GPU a share of
 every layer) is :func:`graph_compute_terms`, derived from source in
 :mod:`moe_studio.core.plan.graph_split`. Not modelled: pipeline-parallel copies (``n_copies > 1``,
 only without tensor overrides), CUDA pool and cuBLAS workspaces (the per-GPU overhead setting
@@ -69,7 +80,8 @@ from dataclasses import dataclass
 from moe_studio.core.gguf.ggml_types import GGMLType, type_by_name
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
-from moe_studio.core.plan import engine_builds
+from moe_studio.core.plan import engine_builds, mla_alloc
+from moe_studio.core.plan.mla_alloc import MlaLayer
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import MiB
 
@@ -80,18 +92,25 @@ MLA_PP_MIN_TOKENS = 128  # ik's MLA prompt path (pp_opt) starts at this many tok
 
 # The engine builds this model describes. Published logs from older builds are reported, not
 # asserted (tests/data/cuda_corpus): ik changed the MLA compute buffers in PR #1211
-# (2026-01-31) and the -amb head split with it.
+# (2026-01-31) and the -amb head split with it. Mainline's terms follow its build
+# (engine_builds.MAINLINE_CHANGES) back to its MLA cache (b5137, 2025-04-15).
 MODELLED_BUILDS = {
     "ik_llama.cpp": ("2026-02-01", "ik_llama.cpp after PR #1211 (MLA -amb head split)"),
-    "llama.cpp": ("2025-08-01", "mainline llama.cpp with the unified KV cache and --n-cpu-moe"),
+    "llama.cpp": (
+        engine_builds.ML_MLA.date,
+        f"mainline llama.cpp from b{engine_builds.MAINLINE_OLDEST_DESCRIBED} (DeepSeek MLA cache)",
+    ),
 }
 
 
 def describes_build(engine: str, date: str, build: int | None = None) -> bool:
     """Whether the model claims to describe a build of ``engine`` dated ``date`` (ISO), or
-    numbered ``build`` when the engine printed one (ik: :data:`engine_builds.OLDEST_DESCRIBED`)."""
+    numbered ``build`` when the engine printed one (ik: :data:`engine_builds.OLDEST_DESCRIBED`,
+    mainline: :data:`engine_builds.MAINLINE_OLDEST_DESCRIBED`)."""
     if engine == "ik_llama.cpp" and build is not None:
         return build >= engine_builds.OLDEST_DESCRIBED
+    if engine == "llama.cpp" and build is not None:
+        return build >= engine_builds.MAINLINE_OLDEST_DESCRIBED
     since = MODELLED_BUILDS.get(engine)
     return since is not None and bool(date) and date >= since[0]
 
@@ -159,6 +178,8 @@ def attention_max_batch(settings: Settings) -> int:
     """``-amb`` as ik applies it: a value below 128 MiB is raised to 128 (the ``-amb`` parser in
     ik ``common/common.cpp``: "amb = %d is too low. Changing to 128"); 0 turns the split off."""
     amb = settings.effective_amb
+    if not settings.has(engine_builds.AMB_MIN_128):
+        return amb  # older builds took any value (build 4550, PR #1899, added the floor)
     return 128 if 0 < amb < 128 else amb
 
 
@@ -316,6 +337,19 @@ def mla_prompt_attention_bytes(layout: ModelLayout, settings: Settings, tokens: 
     rope = hp.n_rot
     nope = (hp.key_length_mla or hp.key_length) - rope
     v_head = hp.value_length_mla or hp.value_length
+    if not settings.has(engine_builds.MLA_PROMPT_SPLIT):
+        # Older builds: the replay of a typical first GPU (a dense layer, then MoE layers whose
+        # experts run elsewhere); estimate() replays each device's own layers instead.
+        layers = (
+            MlaLayer(True, mla_alloc.Ffn.DENSE),
+            MlaLayer(False, mla_alloc.Ffn.MOE_CPU),
+            MlaLayer(False, mla_alloc.Ffn.MOE_CPU),
+        )
+        replay = mla_device_attention(
+            layout, settings, layers, holds_last=False, first_attention=True
+        )
+        if replay is not None:
+            return int(replay)
     full_mib = n_head * (nope + v_head) * kv * 4 // MiB
     heads = _head_chunk(n_head, full_mib, attention_max_batch(settings))
     if heads == n_head:
@@ -330,12 +364,40 @@ def mla_prompt_attention_bytes(layout: ModelLayout, settings: Settings, tokens: 
     return heads * kv * per_cell + rows
 
 
+def mainline_mla_attention_bytes(layout: ModelLayout, tokens: int) -> int:
+    """Peak of mainline's MLA attention with flash attention (a GGUF with ``attn_k_b``), one
+    layer, without the mask.
+
+    ``llm_build_deepseek2`` (src/llama-model.cpp at b5331; src/models/deepseek2.cpp in the newest
+    source, the same tensors) builds, in graph order and f32: the layer input and its norm
+    (``n_embd`` each, live until ``wkv_a_mqa`` and the residual add), ``q_a`` (``q_lora_rank``,
+    absent for Lite), ``q`` (``n_head · (nope + rope)``), the roped ``q_pe`` (``n_head · rope``),
+    ``q_nope_absorbed`` (``n_head · kv_lora_rank``) and ``Qcur`` = concat (``n_head ·
+    (kv_lora_rank + rope)``). ggml-alloc frees ``q_a`` and ``q`` before ``Qcur`` is allocated,
+    but its best-fit allocator (``ggml_dyn_tallocr_alloc``, ggml/src/ggml-alloc.c) cannot put
+    the larger ``Qcur`` into their hole, so the peak is the sum of all of them. DeepSeek-V3 at
+    ``-ub 1024``: 734 MiB + the 32 MiB mask = 766 MiB; b5331 printed 788 MiB on the three GPUs
+    of ik PR #394 that take no weight copy (-2.8 %; the rest is the previous layers' holes).
+    Without flash attention the K·Q scores dominate; that path keeps the generic rows.
+    """
+    hp = layout.hparams
+    n_head = max(hp.head_count or (1,))
+    rope = hp.n_rot
+    nope = hp.key_length_mla - rope
+    latent = hp.kv_lora_rank
+    per_token = 2 * hp.n_embd + hp.q_lora_rank
+    per_token += n_head * ((nope + rope) + rope + latent + (latent + rope))
+    return per_token * tokens * 4
+
+
 def _attention_phase(layout: ModelLayout, settings: Settings, tokens: int) -> float:
     """Bytes live while one layer's attention runs (see the module docstring)."""
     hp = layout.hparams
     kv = settings.kv_size
     n_head = max(hp.head_count or (1,))
     inp = 2 * hp.n_embd * tokens * 4
+    if not settings.is_ik and hp.is_mla and hp.key_length_mla and settings.flash_attn:
+        return float(mainline_mla_attention_bytes(layout, tokens))
     mla = effective_mla(layout, settings)
     if mla:
         if mla >= 2 and settings.flash_attn and tokens >= MLA_PP_MIN_TOKENS:
@@ -372,6 +434,100 @@ def _attention_phase(layout: ModelLayout, settings: Settings, tokens: int) -> fl
     return float(worst)
 
 
+def output_phase_bytes(layout: ModelLayout, tokens: int) -> float:
+    """The output phase: logits ``n_vocab · T · 4`` beside the last layer's output and its norm
+    (``2 · n_embd · T · 4``). Published Qwen3-235B logs print exactly this on the GPU that holds
+    the output matrix (312.75 MiB at -ub 512, 2502 MiB at -ub 4096, whatever the context)."""
+    hp = layout.hparams
+    return float((hp.n_vocab + 2 * hp.n_embd) * tokens * 4)
+
+
+def mla_shape(layout: ModelLayout) -> mla_alloc.MlaShape:
+    """The sizes :mod:`~moe_studio.core.plan.mla_alloc` replays a DeepSeek layer with."""
+    hp = layout.hparams
+    rope = hp.n_rot
+    return mla_alloc.MlaShape(
+        n_embd=hp.n_embd,
+        n_head=max(hp.head_count or (1,)),
+        q_lora=hp.q_lora_rank,
+        kv_lora=hp.kv_lora_rank,
+        rope=rope,
+        nope=(hp.key_length_mla or hp.key_length) - rope,
+        v_head=hp.value_length_mla or hp.value_length,
+        n_expert=hp.n_expert,
+        n_expert_used=max(hp.n_expert_used, 1),
+        n_ff_exp=hp.n_ff_exp,
+        n_ff_shexp=hp.n_ff_exp * hp.n_expert_shared,
+        n_ff_dense=hp.n_ff[0] if hp.n_ff else 0,
+    )
+
+
+def mla_device_attention(
+    layout: ModelLayout,
+    settings: Settings,
+    layers: tuple[MlaLayer, ...],
+    *,
+    holds_last: bool,
+    gpu_backends: bool = True,
+    first_attention: bool = False,
+    holds_output: bool = False,
+) -> float | None:
+    """The attention term of a device running the MLA ``layers``: ik's allocation of the whole
+    device graph replayed by :func:`mla_alloc.device_peak`, less the mask (a term of its own).
+    None where the replay does not apply (older builds, paths it does not follow): the closed
+    form of :func:`_attention_phase` stands there.
+
+    ``gpu_backends``: other backends than the CPU exist, so the prompt path decompresses K and V
+    as f16; a CPU-only run keeps the cache type (``kv_type`` in ``build_deepseek2``).
+
+    Builds before 4161 (:class:`mla_alloc.Legacy`, flash-attention prompt path only): the device
+    that runs the model's first attention (``first_attention``) casts the f32 mask of builds
+    before 3907; a device that ``holds_output`` has the logits in the replay, which then covers
+    the output phase too (:func:`compute_terms` ``mla_output``).
+    """
+    mla = effective_mla(layout, settings)
+    if not layers or not mla or not settings.is_ik:
+        return None
+    mask = mask_bytes(layout, settings, host=False)
+    legacy = None
+    if not settings.has(engine_builds.MLA_PROMPT_SPLIT):
+        if not (settings.flash_attn and mla > 1 and graph_tokens(settings) >= MLA_PP_MIN_TOKENS):
+            return None
+        cast = first_attention and not settings.has(engine_builds.HOST_MASK_F16)
+        fused = settings.has(engine_builds.FA_FMOE_DEFAULT) or any(
+            a in ("-fmoe", "--fused-moe") for a in settings.extra_args
+        )
+        legacy = mla_alloc.Legacy(
+            mask_cast=cast,
+            fused_moe=fused,
+            n_vocab=layout.hparams.n_vocab if holds_output else 0,
+        )
+        rows = -(-graph_tokens(settings) // KQ_MASK_PAD) * KQ_MASK_PAD
+        mask_in = settings.kv_size * rows * (4 if cast else 2)
+    # The latent cache's type: -ctk, but -ctv for -mla 2/3 without flash attention (ik then
+    # keeps c^KV in kv_self.k_l with the V type; memory.kv_layer_bytes sizes it the same way).
+    k_type = cache_type(
+        settings.cache_type_v if mla > 1 and not settings.flash_attn else settings.cache_type_k
+    )
+    cache_elt = k_type.row_bytes(256) / 256
+    run = mla_alloc.MlaRun(
+        tokens=graph_tokens(settings),
+        kv=settings.kv_size,
+        mla=mla,
+        flash_attn=settings.flash_attn,
+        amb=attention_max_batch(settings),
+        mask_bytes=int(mask) if legacy is None else mask_in,
+        kv_elt=2.0 if gpu_backends else cache_elt,
+        cache_elt=cache_elt,
+        rope_cast=gpu_backends and k_type != cache_type("f16"),
+    )
+    shape = mla_shape(layout)
+    if not mla_alloc.covered(shape, run):
+        return None
+    peak = mla_alloc.device_peak(shape, run, layers, holds_last=holds_last, legacy=legacy)
+    return float(peak) - mask
+
+
 def offload_threshold(layout: ModelLayout, settings: Settings) -> int:
     """Smallest ubatch at which the GPU takes over MoE matmuls of RAM-resident experts.
 
@@ -393,13 +549,32 @@ def mask_count(layout: ModelLayout) -> int:
     return 2 if hp.sliding_window and any(hp.swa_layers) else 1
 
 
+def mainline_mask_rows(settings: Settings) -> int:
+    """Rows of mainline's KQ mask: ``GGML_PAD(n_tokens, GGML_KQ_MASK_PAD)``
+    (``build_attn_inp_kv_unified``, ``src/llama-graph.cpp``), the pad 32 before #11583, 64 from
+    it and 1 from #17505 (:data:`engine_builds.ML_KQ_MASK_PAD_64`, ``ML_KQ_MASK_PAD_1``)."""
+    tokens = graph_tokens(settings)
+    if settings.has_mainline(engine_builds.ML_KQ_MASK_PAD_1):
+        return tokens
+    pad = 64 if settings.has_mainline(engine_builds.ML_KQ_MASK_PAD_64) else 32
+    return -(-tokens // pad) * pad
+
+
 def mask_bytes(layout: ModelLayout, settings: Settings, *, host: bool) -> float:
     """Bytes of the KQ mask(s) one backend holds (see the module docstring)."""
     tokens = graph_tokens(settings)
     rows = -(-tokens // KQ_MASK_PAD) * KQ_MASK_PAD
     kv = settings.kv_size
     if settings.is_ik:
-        return float(mask_count(layout) * kv * rows * (2 if settings.flash_attn else 4))
+        if settings.has(engine_builds.HOST_MASK_F16) or not settings.flash_attn:
+            size = 2 if settings.flash_attn else 4
+        else:
+            # Older builds: an f32 mask on the host, cast to f16 where attention runs; the f32
+            # copy and the cast are both live at the device's peak (build 3737 on an RPC device:
+            # +6 bytes per mask element when the context doubles, tests/data/mla_dryrun_3737.json).
+            size = 4 if host else 6
+        return float(mask_count(layout) * kv * rows * size)
+    rows = mainline_mask_rows(settings)
     size = 4 if host or not settings.flash_attn else 2
     total = float(kv * rows * size)
     if mask_count(layout) == 2:
@@ -422,52 +597,82 @@ class RamWeights:
 
 @dataclass(frozen=True, slots=True)
 class ComputeTerms:
-    """The parts of one device's compute-buffer estimate (bytes; see the module docstring).
-
-    ``scheduled`` (every device of a layer split but the host) places the phases the way
-    ``ggml_backend_sched`` and ``ggml-alloc`` free them: the mask and every weight copied in are
-    split inputs, allocated at the start of their split and freed after their last use (see
-    :func:`compute_terms`), so the peak is the largest phase, not their sum.
-    """
+    """The parts of one device's compute-buffer estimate (bytes; see the module docstring)."""
 
     ffn: float = 0.0
     attention: float = 0.0
     logits: float = 0.0
     mask: float = 0.0
-    offload_copy: float = 0.0  # the largest weight copy a CUDA device takes (part of a phase)
+    offload_copy: float = 0.0
     reduce: float = 0.0  # -sm graph: partial results gathered from every GPU
     extra_alloc: float = 0.0  # -sm graph: inputs copied from other GPUs, up to -mea MiB
-    offload_phase: float = 0.0  # an offloaded matmul's split: its weight copies + activations
-    output_phase: float = 0.0  # the output matmul: logits, its input rows, an output copy
-    scheduled: bool = False
+    host: bool = False  # the CPU, whose mask is a graph input of its own
+    host_logits: float = 0.0  # the host's output phase: n_vocab · T · 4
+    # mainline: the output matmul after the last layer, when the mask and the layers' weight
+    # copies are already freed (:func:`mainline_output_phase`); ik keeps the logits in ``logits``
+    output: float = 0.0
+    # mainline: a weight copy is a split input of its own matmul's split, live in the FFN phase
+    # only (:func:`offload_terms`), not beside the attention of a layer
+    copy_with_ffn_only: bool = False
+    # ik: the first CUDA device's offloaded matmuls, their weight copies included: a copy is a
+    # split input freed after its split (:func:`ik_offload_phases`), so it is not added on top
+    offload_phase: float = 0.0
+    copy_in_phase: bool = False
 
     @property
     def total(self) -> int:
-        extra = self.reduce + self.extra_alloc
-        if self.scheduled:
-            layers = self.mask + max(self.attention, self.ffn, self.offload_phase)
-            return int(max(layers, self.output_phase) + extra)
-        peak = max(self.ffn, self.attention, self.logits)
-        return int(self.mask + peak + self.offload_copy + extra)
-
-
-def output_phase_bytes(layout: ModelLayout, settings: Settings, output_copy: int = 0) -> float:
-    """Bytes live while the output matmul runs: ``n_vocab · T · 4`` logits, the last layer's
-    output and its norm (``2 · n_embd · T · 4``, the ``llm_build_norm(inpL, output_norm)`` →
-    ``llm_build_lora_mm(model.output, cur)`` tail of ik's graph builders) and, when the output
-    matrix sits in RAM, its copy. The KQ mask is not among them: its copy is freed after the
-    device's last attention (:func:`compute_terms`). Measured: ik 3737/3738 printed 2502.00 MiB
-    for Qwen3-235B at ``-ub 4096`` on every GPU holding the output, at 4k to 64k context
-    (2374 MiB logits + 128 MiB rows; tests/data/cuda_corpus, issue 437/514/530 runs)."""
-    hp = layout.hparams
-    tokens = graph_tokens(settings)
-    return float(hp.n_vocab * tokens * 4 + 2 * hp.n_embd * tokens * 4 + output_copy)
+        if self.copy_with_ffn_only:
+            peak = max(self.ffn + self.offload_copy, self.attention, self.logits)
+            layers = int(self.mask + peak + self.reduce + self.extra_alloc)
+            return max(layers, int(self.output))
+        # ik: a device's mask copy is freed after its last attention, so its output phase does
+        # not carry it (published Qwen3 logs print the same buffer at -c 16384 and 32768 when
+        # the logits are the peak). The host's mask is allocated first, as a graph input, and
+        # the logits land above it (tiny-deepseek2 at 1024 cells: tests/data/mla_tiny_grid.json).
+        if self.host:
+            peak = self.mask + max(self.ffn, self.attention, self.host_logits)
+        elif self.copy_in_phase:
+            peak = max(self.mask + max(self.ffn, self.attention, self.offload_phase), self.logits)
+            return max(int(peak + self.reduce + self.extra_alloc), int(self.output))
+        else:
+            peak = max(self.mask + max(self.ffn, self.attention), self.logits)
+        layers = int(peak + self.offload_copy + self.reduce + self.extra_alloc)
+        return max(layers, int(self.output))
 
 
 def offload_terms(
     layout: ModelLayout, settings: Settings, ram: RamWeights, layer_compute: float
 ) -> tuple[float, float, float]:
-    """(largest weight copy, offload phase, output phase) of the first CUDA device.
+    """Mainline: (weight copy, FFN activations, logits) the first CUDA device takes on for RAM
+    weights (ik: :func:`ik_offload_phases`)."""
+    tokens = graph_tokens(settings)
+    copy = ffn = logits = 0.0
+    # ik: up and gate live together (fused MoE). Mainline multiplies up, gate and down apart
+    # (``build_moe_ffn``/``build_ffn``, src/llama-graph.cpp), and ``ggml_backend_sched_split_graph``
+    # (ggml/src/ggml-backend.cpp, at b5269 and b7800 alike) starts a new split at each weight from
+    # another backend "so that the memory of the previously offloaded weights can be reused": one
+    # weight copy at a time. The output matrix's copy is :func:`mainline_output_phase`'s there.
+    pair = 2.0 if settings.is_ik else 1.0
+    if ram.expert_max and tokens >= offload_threshold(layout, settings):
+        copy = pair * ram.expert_max
+        ffn = layer_compute
+    if tokens >= OP_OFFLOAD_MIN_BATCH:
+        if ram.output:
+            if settings.is_ik:
+                copy = max(copy, float(ram.output))
+                logits = output_phase_bytes(layout, tokens)
+            else:
+                logits = float(layout.hparams.n_vocab * tokens * 4)
+        if ram.dense_max:
+            copy = max(copy, pair * ram.dense_max)
+            ffn = layer_compute
+    return copy, ffn, logits
+
+
+def ik_offload_phases(
+    layout: ModelLayout, settings: Settings, ram: RamWeights, layer_compute: float
+) -> tuple[float, float, float]:
+    """(largest weight copy, offload phase, output phase) of ik's first CUDA device.
 
     ``ggml_backend_sched_split_graph`` (ik ``ggml/src/ggml-backend.c`` at 58f08e43, ``.cpp`` at
     8337e4cd) starts a new split at every node whose weight sits on another backend ("by
@@ -477,9 +682,8 @@ def offload_terms(
     the copies of one op: up and gate together under fused MoE (``MOE_FUSED_UP_GATE`` has both
     as sources), down alone. Live with the up/gate copies: the layer input and its norm
     (``2 · n_embd · T · 4``) and the op's ``[n_ff_exp, n_used, T]`` f32 result; with the down
-    copy: that result, down's ``[n_embd, n_used, T]`` result and the residual. Measured:
-    mainline b5269 printed 774.00 MiB for Qwen3-235B Q6_K experts in RAM at ``-ub 512``, c16384:
-    the down phase 630 + 24 + 64 + 8 MiB plus its f32 mask copy and f16 cast (32 + 16 MiB).
+    copy: that result, down's ``[n_embd, n_used, T]`` result and the residual; after down,
+    the weighted experts (:func:`moe_return_bytes`). (Mainline: :func:`offload_terms`.)
     """
     hp = layout.hparams
     tokens = graph_tokens(settings)
@@ -489,11 +693,7 @@ def offload_terms(
         used = max(1, hp.n_expert_used)
         up_gate_out = max(hp.n_ff_exp, 1) * used * tokens * 4
         down = ram.expert_max + up_gate_out + hp.n_embd * used * tokens * 4 + rows
-        if not settings.is_ik:
-            # Mainline: up and gate are two MUL_MAT_ID ops, two splits, one copy each; the up
-            # result is live while gate runs.
-            copy, up_gate = float(ram.expert_max), ram.expert_max + 2 * up_gate_out + 2 * rows
-        elif up_gate_offloaded(settings):
+        if up_gate_offloaded(settings):
             copy, up_gate = 2.0 * ram.expert_max, 2 * ram.expert_max + up_gate_out + 2 * rows
         else:
             copy, up_gate = float(ram.expert_max), 0  # only down comes over
@@ -504,7 +704,7 @@ def offload_terms(
             phase = max(phase, 2.0 * ram.dense_max + layer_compute)
         if ram.output:
             copy = max(copy, float(ram.output))
-            output = output_phase_bytes(layout, settings, ram.output)
+            output = output_phase_bytes(layout, tokens) + ram.output
     return copy, phase, output
 
 
@@ -544,6 +744,23 @@ def attention_offloaded(settings: Settings, ram: RamWeights) -> bool:
     return ram.has_cuda and ram.kv_max > 0 and graph_tokens(settings) >= OP_OFFLOAD_MIN_BATCH
 
 
+def mainline_output_phase(
+    layout: ModelLayout, settings: Settings, logits: float, output_copy: float
+) -> float:
+    """Mainline's peak while the output matmul runs (bytes): the logits, their input
+    (``result_norm``, ``n_embd · T · 4``) and, for a RAM output matrix, its copy.
+
+    ggml-alloc (``ggml_gallocr_alloc_graph_impl``, ggml/src/ggml-alloc.c) frees a tensor after
+    its last consumer, so by then the KQ mask (used by the layers' attention only) and the
+    layers' weight copies are gone: the output phase does not sit on top of them. Checked on
+    the b5269 Qwen3-235B log of ik discussion #357 (2x3090, CUDA1 holds the output): 296.75 MiB
+    of logits + 8 MiB of input = 304.75 MiB printed.
+    """
+    if not logits:
+        return 0.0
+    return logits + layout.hparams.n_embd * graph_tokens(settings) * 4 + output_copy
+
+
 def compute_terms(
     layout: ModelLayout,
     settings: Settings,
@@ -557,6 +774,8 @@ def compute_terms(
     is_host: bool = False,
     offload_target: bool | None = None,
     ram: RamWeights | None = None,
+    mla_attention: float | None = None,
+    mla_output: bool = False,
     own_ffn: float | None = None,
     ram_experts: bool = False,
 ) -> ComputeTerms:
@@ -574,10 +793,13 @@ def compute_terms(
         offload_target: The first CUDA device, which runs the offloaded matmuls of RAM weights
             (default: ``is_cuda and holds_layers``, for callers that look at one GPU).
         ram: Every kind of RAM-resident weight (default: just ``cpu_expert_tensor_max``).
-        own_ffn: The FFN phase of the weights this device holds (:func:`layer_compute_bytes`
-            for its tensors; default ``layer_compute``): a matmul runs where its weight is, or
-            on the first CUDA device (:func:`offload_terms`), so routed experts left in RAM add
-            nothing to another GPU's FFN phase.
+        mla_attention: :func:`mla_device_attention` for this device, where the caller knows its
+            layers (replaces the closed-form attention phase).
+        mla_output: ``mla_attention`` covers the output phase too (older builds' replay).
+        own_ffn: The FFN phase of the weights this device holds (:func:`layer_compute_by_device`;
+            default ``layer_compute``): a matmul runs where its weight is, or on the first CUDA
+            device when the weight is in RAM (:func:`ik_offload_phases`), so routed experts left
+            in RAM add nothing to another GPU's FFN phase (ik; mainline keeps ``layer_compute``).
         ram_experts: Some layer whose attention runs here has its routed experts in RAM: when
             the CPU multiplies them, their result comes back here (:func:`moe_return_bytes`).
     """
@@ -586,7 +808,7 @@ def compute_terms(
         offload_target = is_cuda and holds_layers
     if ram is None:
         ram = RamWeights(expert_max=cpu_expert_tensor_max)
-    ram_attention = attention_offloaded(settings, ram)
+    ram_attention = settings.is_ik and attention_offloaded(settings, ram)
     takes_offloads = is_cuda and offload_target
     if is_host and ram_attention:
         runs_attention = False
@@ -599,21 +821,26 @@ def compute_terms(
     tokens = graph_tokens(settings)
     if layer_compute is None:
         layer_compute = layer_compute_bytes(layout, settings)
-    if own_ffn is None:
+    if own_ffn is None or not settings.is_ik:
         own_ffn = layer_compute
     mask = mask_bytes(layout, settings, host=is_host) if runs_attention or is_host else 0.0
     ffn = float(hp.n_embd * tokens * 4) if is_host else 0.0
     attention = 0.0
     if runs_attention:
         ffn = own_ffn if holds_layers else 0.0
-        attention = _attention_phase(layout, settings, tokens)
-        moe_on_cpu = not (
-            ram.has_cuda and ram.expert_max and tokens >= offload_threshold(layout, settings)
-        )
-        if ram_experts and not is_host and moe_on_cpu and hp.n_expert:
-            ffn = max(ffn, moe_return_bytes(layout, settings))
+        if mla_attention is not None:
+            # The replay holds the FFN phases of the device's layers too.
+            ffn, attention = 0.0, mla_attention
+        else:
+            attention = _attention_phase(layout, settings, tokens)
+            moe_on_cpu = not (
+                ram.has_cuda and ram.expert_max and tokens >= offload_threshold(layout, settings)
+            )
+            if settings.is_ik and ram_experts and not is_host and moe_on_cpu and hp.n_expert:
+                ffn = max(ffn, moe_return_bytes(layout, settings))
         if takes_offloads and ram_attention:
-            attention += ram.kv_max  # the RAM layer's K/V views, copied in as split inputs
+            # The RAM layers' attention, their K/V views copied in as split inputs.
+            attention = max(attention, _attention_phase(layout, settings, tokens) + ram.kv_max)
     elif holds_layers:
         if is_host:
             # The token embeddings stay live beside the experts' up/gate output (ik PR #259's
@@ -628,29 +855,39 @@ def compute_terms(
                 exps = float(max(hp.n_ff_exp, 1) * max(hp.n_expert_used, 1) * tokens * 4)
                 ffn = ffn + exps if ram.has_cuda else max(ffn, exps)
         else:
-            ffn = own_ffn
-    logits = float(hp.n_vocab * tokens * 4) if holds_output else 0.0
+            ffn = layer_compute
+    logits = output_phase_bytes(layout, tokens) if holds_output and not mla_output else 0.0
     if is_host and ram.output and tokens >= OP_OFFLOAD_MIN_BATCH:
         # A CUDA device takes the output matmul of the RAM-resident output matrix (the caller
         # sets ``ram.output`` only when there is one); the logits live there.
         logits = 0.0
-    copy = phase = 0.0
-    output = output_phase_bytes(layout, settings) if logits else 0.0
-    if offloads:
-        copy, phase, off_output = offload_terms(layout, settings, ram, layer_compute)
-        output = max(output, off_output)
-        if off_output:
-            logits = max(logits, float(hp.n_vocab * tokens * 4))
-    return ComputeTerms(
-        ffn,
-        attention,
-        logits,
-        mask,
-        copy,
-        offload_phase=phase,
-        output_phase=output,
-        scheduled=not is_host,
-    )
+    copy = 0.0
+    output_copy = 0.0
+    if offloads and not settings.is_ik:
+        copy, off_ffn, off_logits = offload_terms(layout, settings, ram, layer_compute)
+        ffn = max(ffn, off_ffn)
+        if off_logits > logits:
+            logits, output_copy = off_logits, float(ram.output)
+    if settings.is_ik:
+        phase = 0.0
+        if offloads:
+            copy, phase, off_output = ik_offload_phases(layout, settings, ram, layer_compute)
+            logits = max(logits, off_output)
+        host_logits = float(hp.n_vocab * tokens * 4) if logits else 0.0
+        return ComputeTerms(
+            ffn,
+            attention,
+            logits,
+            mask,
+            copy,
+            host=is_host,
+            host_logits=host_logits,
+            offload_phase=phase,
+            copy_in_phase=not is_host,
+        )
+    raw_logits = float(hp.n_vocab * tokens * 4) if logits else 0.0
+    output = mainline_output_phase(layout, settings, raw_logits, output_copy)
+    return ComputeTerms(ffn, attention, 0.0, mask, copy, output=output, copy_with_ffn_only=True)
 
 
 def graph_compute_terms(
@@ -679,7 +916,7 @@ def graph_compute_terms(
     inp = 2.0 * hp.n_embd * tokens * 4
     attention = share * max(0.0, _attention_phase(layout, settings, tokens) - inp) + inp
     ffn = share * max(0.0, layer_compute - inp) + inp
-    logits = float(hp.n_vocab * tokens * 4)
+    logits = output_phase_bytes(layout, tokens)
     if output_split:
         logits *= share
     elif not holds_output:

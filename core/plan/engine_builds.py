@@ -1,4 +1,4 @@
-"""Which ik_llama.cpp build does what: the changes that move memory or the command line.
+"""Which engine build does what: the changes that move memory or the command line.
 
 ik numbers its builds by commit count (``version: 4840 (8337e4cd3)``; ``git rev-list --count``
 on ik's history). A plan made for a known build (:attr:`Settings.engine_build
@@ -8,6 +8,12 @@ or given with ``--engine-build``) uses that build's defaults, flag syntax and bu
 
 Every entry was found in ik's history (``git log -S`` on the line that changed) and names the
 commit, its date and pull request.
+
+Mainline llama.cpp numbers its builds the same way (``version: 5331 (33eff402)``; its release
+tags are ``b<build>``); :data:`MAINLINE_CHANGES` lists the mainline changes, found in mainline's
+history the same way (``git log -G``, ``git rev-list --count``) and read at the commits named.
+A plan for mainline asks :meth:`Settings.has_mainline
+<moe_studio.core.plan.settings.Settings.has_mainline>`; :meth:`Settings.has` is ik only.
 """
 
 from __future__ import annotations
@@ -94,6 +100,9 @@ MLA_PROMPT_SPLIT = BuildChange(
     1211,
     "MLA prompt path: -amb head split by any divisor and buffer reuse",
 )
+AMB_MIN_128 = BuildChange(
+    4550, "8960c5ba5", "2026-05-29", 1899, "-amb below 128 is raised to 128 (common.cpp)"
+)
 AMB_DEFAULT_256 = BuildChange(
     4832, "37d82c231", "2026-08-13", 2312, "-amb 256 by default (before 0)"
 )
@@ -111,12 +120,13 @@ IK_CHANGES = (
     MLA_DEFAULT_3,
     FA_TAKES_VALUE,
     MLA_PROMPT_SPLIT,
+    AMB_MIN_128,
     AMB_DEFAULT_256,
 )
 
 
 def has(build: int | None, change: BuildChange) -> bool:
-    """Whether ik build ``build`` (None: the newest) includes ``change``."""
+    """Whether build ``build`` (None: the newest) of ``change``'s engine includes ``change``."""
     return build is None or build >= change.build
 
 
@@ -125,14 +135,81 @@ def has(build: int | None, change: BuildChange) -> bool:
 OLDEST_DESCRIBED = MLA_PROMPT_SPLIT.build
 
 
-def newest_by(date: str) -> int | None:
-    """A build number that behaves like every ik build out on ``date`` (ISO): the last one
-    before the first change made after that day (None: no change since, the newest)."""
-    later = [c.build for c in IK_CHANGES if c.date > date]
+def newest_by(date: str, changes: tuple[BuildChange, ...] = IK_CHANGES) -> int | None:
+    """A build number that behaves like every build out on ``date`` (ISO): the last one before
+    the first of ``changes`` (ik's by default) made after that day (None: no change since)."""
+    later = [c.build for c in changes if c.date > date]
     return min(later) - 1 if later else None
 
 
-def plausible(build: int, date: str) -> bool:
-    """Whether ik could have printed ``build`` by ``date``: it does not claim a change made later
-    (a build number from another history, e.g. a mainline checkout, claims them all)."""
-    return all(c.date <= date for c in IK_CHANGES if c.build <= build)
+def plausible(build: int, date: str, changes: tuple[BuildChange, ...] = IK_CHANGES) -> bool:
+    """Whether the engine of ``changes`` (ik's by default) could have printed ``build`` by
+    ``date``: it does not claim a change made later (a build number from another history, e.g.
+    a mainline checkout in an ik log, claims them all)."""
+    return all(c.date <= date for c in changes if c.build <= build)
+
+
+# --- mainline llama.cpp ---------------------------------------------------------------------------
+# Read in mainline's history (ggml-org/llama.cpp; build = ``git rev-list --count <commit>``, which
+# is what ``--version`` prints: 1d36b367 counts 5269, 33eff402 5331, as the corpus logs say).
+
+ML_KQ_MASK_PAD_64 = BuildChange(
+    4617,
+    "864a0b67a",
+    "2025-02-02",
+    11583,
+    "GGML_KQ_MASK_PAD 32 -> 64 (ggml/include/ggml.h): the KQ mask has pad64(n_tokens) rows",
+)
+ML_MLA = BuildChange(
+    5137,
+    "daa422881",
+    "2025-04-15",
+    12801,
+    "DeepSeek MLA: a GGUF with attn_k_b/attn_v_b caches the latent K (kv_lora_rank + rope, one "
+    "head) and a separate V of kv_lora_rank (src/llama-kv-cache.cpp allocates n_embd_v_gqa)",
+)
+ML_NO_CTX_PAD = BuildChange(
+    6868,
+    "85a7d8677",
+    "2025-10-28",
+    16812,
+    "the KV cache size is no longer padded (before: llama_kv_cache::get_padding, 256 with flash "
+    "attention and 32 without)",
+)
+ML_CTX_PAD_256 = BuildChange(
+    6975,
+    "16bcc1259",
+    "2025-11-07",
+    17046,
+    "the context is padded to 256 (src/llama-context.cpp), flash attention or not",
+)
+ML_KQ_MASK_PAD_1 = BuildChange(
+    7256,
+    "2e1c9cd81",
+    "2025-12-03",
+    17505,
+    "GGML_KQ_MASK_PAD 64 -> 1: the KQ mask has n_tokens rows (the constant went in #17910)",
+)
+ML_MLA_V_LESS = BuildChange(
+    7832,
+    "d9c6ce46f",
+    "2026-01-25",
+    19067,
+    "MLA models keep no V cache (llama_kv_cache: has_v = !hparams.is_mla()); V is a view of K",
+)
+
+MAINLINE_CHANGES = (
+    ML_KQ_MASK_PAD_64,
+    ML_MLA,
+    ML_NO_CTX_PAD,
+    ML_CTX_PAD_256,
+    ML_KQ_MASK_PAD_1,
+    ML_MLA_V_LESS,
+)
+
+# The oldest mainline build whose compute buffers and KV cache the model claims to describe: every
+# term the model takes from mainline follows MAINLINE_CHANGES from here on (the files behind them,
+# ggml-alloc.c, ggml-backend.cpp, ggml-cuda.cu, llama-graph.cpp, llama-kv-cache.cpp and
+# llama-context.cpp, change nothing else the model uses between b5137 and b5331:
+# ``git log daa422881..33eff402``; b5331 and the newest source were read in full).
+MAINLINE_OLDEST_DESCRIBED = ML_MLA.build

@@ -375,8 +375,11 @@ def engine_layer_devices(
     ts = [float(x) for x in tensor_split[: len(devices)]]
     ts += [0.0] * (len(devices) - len(ts))
     if not any(ts):
+        # Mainline splits by the free memory itself (``llama_model::load_tensors``, "default
+        # split, by free memory": ``splits[i] = free``, at b5331 and in the newest source alike).
+        margin = IK_FIT_MARGIN if settings.is_ik else 0
         ts = (
-            [float(max(0, m - IK_FIT_MARGIN)) for m in free_memory]
+            [float(max(0, m - margin)) for m in free_memory]
             if free_memory
             else [1.0] * len(devices)
         )

@@ -74,12 +74,20 @@ class Learned:
             if not predicted or actual is None or not d.compute:
                 devices.append(d)
                 continue
-            if same_settings and d.compute == predicted:
+            # The engine's figure lacks what it allocates only at run time (-sm graph's copied
+            # inputs), and so does the estimate it was compared with: that part stays estimated.
+            unprinted = d.unprinted_compute
+            if same_settings and d.printed_compute == predicted:
                 devices.append(
-                    replace(d, compute=actual, margin=0, compute_source=ComputeSource.MEASURED)
+                    replace(
+                        d,
+                        compute=actual + unprinted,
+                        margin=0,
+                        compute_source=ComputeSource.MEASURED,
+                    )
                 )
                 continue
-            scaled = d.compute * actual // predicted
+            scaled = d.printed_compute * actual // predicted + unprinted
             margin = d.margin * actual // predicted
             devices.append(
                 replace(d, compute=scaled, margin=margin, compute_source=ComputeSource.SCALED)

@@ -23,6 +23,7 @@ from enum import StrEnum
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
 from moe_studio.core.hardware.devices import CPU_NAME, DeviceKind, Rig
+from moe_studio.core.plan import engine_builds as builds
 from moe_studio.core.plan import graph_split
 from moe_studio.core.plan.compute import (
     OP_OFFLOAD_MIN_BATCH,
@@ -36,9 +37,12 @@ from moe_studio.core.plan.compute import (
     graph_tokens,
     layer_compute_by_device,
     layer_compute_bytes,
+    mla_device_attention,
     offload_threshold,
     rebuilt_kv_b_bytes,
 )
+from moe_studio.core.plan.engine_builds import MLA_PROMPT_SPLIT
+from moe_studio.core.plan.mla_alloc import Ffn, MlaLayer
 from moe_studio.core.plan.placement import Plan
 from moe_studio.core.plan.settings import Settings
 
@@ -119,19 +123,27 @@ def kv_layer_bytes(layout: ModelLayout, settings: Settings, layer: int) -> int:
             key, value, n_kv = hp.key_length_mla, hp.value_length_mla, max(hp.head_count)
         # ik keeps full-context rows for sliding-window layers (no SWA compression here).
         return tk.row_bytes(key) * n_kv * cells + tv.row_bytes(value * n_kv) * cells
-    # mainline: context padded to 256; one stream when unified (server default) or -np 1.
+    # mainline: context padded (Settings.kv_padding: 256, or by build 256/32 or none); one stream
+    # when unified (server default) or -np 1.
     n_seq = max(1, settings.parallel)
-    pad = 256
+    pad = settings.kv_padding
     if n_seq == 1:
         cells = -(-settings.ctx // pad) * pad
     else:
         cells = n_seq * (-(-(settings.ctx // n_seq) // pad) * pad)
     if hp.is_swa(layer) and hp.sliding_window:
         swa = hp.sliding_window + settings.ubatch
-        cells = min(cells, -(-swa // pad) * pad)
+        cells = min(cells, -(-swa // 256) * 256)
     if hp.is_mla and hp.key_length_mla:
-        # MLA GGUF: only the latent K (kv_lora_rank + rope, 1 head) is stored (engines.md §5.2).
-        return tk.row_bytes(hp.key_length * hp.head_count_kv[layer]) * cells
+        # MLA GGUF: the latent K (kv_lora_rank + rope, 1 head; engines.md §5.2). Builds before
+        # #19067 (ML_MLA_V_LESS) also allocate V, n_embd_v_gqa = kv_lora_rank wide
+        # (llama_kv_cache_unified at 1d36b367: ``ggml_new_tensor_1d(ctx, type_v,
+        # n_embd_v_gqa*kv_size)`` for every layer; "K (f16): 1098.00 MiB, V (f16): 976.00 MiB"
+        # in the b5331 log of ik PR #394).
+        k = tk.row_bytes(hp.key_length * hp.head_count_kv[layer]) * cells
+        if settings.has_mainline(builds.ML_MLA_V_LESS):
+            return k
+        return k + tv.row_bytes(hp.value_length * hp.head_count_kv[layer]) * cells
     n_kv = hp.head_count_kv[layer]
     return tk.row_bytes(hp.key_length * n_kv) * cells + tv.row_bytes(hp.value_length * n_kv) * cells
 
@@ -170,6 +182,10 @@ class DeviceBudget:
 
     ``margin`` is the known error of the estimate (:data:`COMPUTE_MARGIN` of an estimated compute
     buffer): the device fits only when ``total + margin`` fits its usable capacity.
+    ``unprinted_compute`` is the part of ``compute`` the engine allocates only when it first runs
+    a graph, after its ``compute buffer size`` lines (ik ``-sm graph``'s copied inputs, up to
+    ``-mea`` MiB: ``ggml_sched_prepare_graph`` from ``ggml_backend_sched_alloc_graph``,
+    ``ggml/src/ggml-backend.cpp`` 2661-2755); a dry run or a log never shows it.
     """
 
     name: str
@@ -183,6 +199,12 @@ class DeviceBudget:
     label: str = ""
     margin: int = 0
     compute_source: ComputeSource = ComputeSource.ESTIMATED
+    unprinted_compute: int = 0
+
+    @property
+    def printed_compute(self) -> int:
+        """The compute the engine's ``compute buffer size`` lines should show."""
+        return self.compute - self.unprinted_compute
 
     @property
     def total(self) -> int:
@@ -251,6 +273,41 @@ class Estimate:
 def compute_margin(compute: int) -> int:
     """The band an estimated compute buffer of ``compute`` bytes carries."""
     return int(compute * COMPUTE_MARGIN)
+
+
+def mla_layers(
+    layout: ModelLayout,
+    plan: Plan,
+    layer_devices: Sequence[str],
+    device: str,
+    *,
+    experts_offloaded_to: str | None,
+) -> tuple[MlaLayer, ...]:
+    """The KV layers ``device`` runs, in order, as :mod:`~moe_studio.core.plan.mla_alloc` replays
+    them: whether each one's input comes from another backend, and where its FFN runs (routed
+    experts here, on the CPU, or on another device; ``experts_offloaded_to``: the CUDA device
+    that takes the matmuls of RAM-resident experts, ``compute.offload_terms``)."""
+    hp = layout.hparams
+    experts: dict[int, str] = {}
+    for t, d in zip(layout.tensors, plan.devices, strict=True):
+        if d and t.group in ROUTED_EXPERT_GROUPS and t.layer != GLOBAL_LAYER:
+            experts.setdefault(t.layer, d)
+    layers = []
+    for il in range(min(hp.n_layer_kv, len(layer_devices))):
+        if layer_devices[il] != device:
+            continue
+        copied = il == 0 or layer_devices[il - 1] != device
+        where = experts.get(il)
+        if where == CPU_NAME and experts_offloaded_to:
+            where = experts_offloaded_to
+        if where is None:
+            ffn = Ffn.DENSE
+        elif where == device:
+            ffn = Ffn.MOE
+        else:
+            ffn = Ffn.MOE_CPU if where == CPU_NAME else Ffn.MOE_OTHER
+        layers.append(MlaLayer(copied, ffn))
+    return tuple(layers)
 
 
 def estimate(
@@ -362,9 +419,30 @@ def estimate(
     ram_expert_devices = {
         layer_devices[il] for il in ram_expert_layers if 0 <= il < len(layer_devices)
     }
+    offload_experts = (
+        first_cuda
+        if first_cuda
+        and cpu_expert_max
+        and graph_tokens(settings) >= offload_threshold(layout, settings)
+        else None
+    )
+    n_kv = min(layout.hparams.n_layer_kv, len(layer_devices))
     budgets = []
     for device in (*rig.devices, rig.cpu):
         is_cpu = device.kind is DeviceKind.CPU
+        mla_attention = None
+        if device.name in layer_set and effective_mla(layout, settings) and graph is None:
+            mla_attention = mla_device_attention(
+                layout,
+                settings,
+                mla_layers(
+                    layout, plan, layer_devices, device.name, experts_offloaded_to=offload_experts
+                ),
+                holds_last=n_kv > 0 and layer_devices[n_kv - 1] == device.name,
+                gpu_backends=bool(rig.devices),
+                first_attention=n_kv > 0 and layer_devices[0] == device.name,
+                holds_output=output_device == device.name,
+            )
         terms = compute_terms(
             layout,
             settings,
@@ -379,6 +457,10 @@ def estimate(
             ram=ram,
             own_ffn=own_ffn.get(device.name, 0.0),
             ram_experts=device.name in ram_expert_devices,
+            mla_attention=mla_attention,
+            mla_output=mla_attention is not None
+            and output_device == device.name
+            and not settings.has(MLA_PROMPT_SPLIT),
         )
         if graph is not None and device.name in graph.shares:
             terms = _graph_terms(layout, settings, graph, device.name, layer_compute, terms)
@@ -396,6 +478,7 @@ def estimate(
                 overhead=overhead,
                 label=device.label,
                 margin=compute_margin(terms.total),
+                unprinted_compute=int(terms.extra_alloc),
             )
         )
     notes = []

@@ -206,10 +206,20 @@ class Settings:
         """Whether the ik build these settings are for includes ``change`` (mainline: no)."""
         return self.is_ik and builds.has(self.engine_build, change)
 
+    def has_mainline(self, change: builds.BuildChange) -> bool:
+        """Whether the mainline build these settings are for includes ``change`` (one of
+        :data:`builds.MAINLINE_CHANGES`; ik: no)."""
+        return not self.is_ik and builds.has(self.engine_build, change)
+
     @property
     def kv_padding(self) -> int:
-        """Context padding: 256 with flash attention, 32 without (ik); mainline pads to 256."""
-        return 256 if (self.flash_attn or not self.is_ik) else 32
+        """Context padding: 256 with flash attention, 32 without (ik, and mainline before
+        #16812); mainline from #16812 on did not pad, and pads to 256 again since #17046."""
+        if self.has_mainline(builds.ML_CTX_PAD_256):
+            return 256
+        if self.has_mainline(builds.ML_NO_CTX_PAD):
+            return 1
+        return 256 if self.flash_attn else 32
 
     @property
     def kv_size(self) -> int:
@@ -220,13 +230,16 @@ class Settings:
     def for_dialect(self, dialect: Dialect) -> Settings:
         """These settings for ``dialect``: switching to mainline turns the ik-only options off
         (``-mla``, ``-amb``, ``-rtr``, ``-sm graph``, ``--merge-qkv``) and replaces ik-only cache
-        types with q8_0, so the command can be built."""
+        types with q8_0, so the command can be built. A build number belongs to one engine's
+        history, so switching forgets it (the newest build of the other engine)."""
+        build = self.engine_build if dialect == self.dialect else None
         if dialect == "ik":
-            return replace(self, dialect=dialect)
+            return replace(self, dialect=dialect, engine_build=build)
         ik_only_cache = ("q6_0", "q8_kv")
         return replace(
             self,
             dialect=dialect,
+            engine_build=build,
             mla=None,
             amb=None,
             rtr=False,

@@ -303,8 +303,9 @@ class BudgetPlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         self.refresh()
 
     def measured_totals(self, estimate: Estimate) -> dict[str, int]:
-        """Device → the engine's weights + KV + compute (+ our overhead) from the last check,
-        while the plan, settings and rig are the ones checked ({} otherwise)."""
+        """Device → the engine's weights + KV + compute (+ our overhead, and the compute the
+        engine allocates only once it runs: -sm graph's input copies) from the last check, while
+        the plan, settings and rig are the ones checked ({} otherwise)."""
         result = self._measured
         if result is None or self._measured_state != self.checked_state():
             return {}
@@ -315,6 +316,7 @@ class BudgetPlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
             if budget is None or any(p is None for p in parts):
                 continue
             out[row.device] = sum(p or 0 for p in parts) + budget.overhead
+            out[row.device] += budget.unprinted_compute
         return out
 
     def device_tooltip(self, name: str) -> str:
@@ -339,7 +341,8 @@ class BudgetPlot(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         ]
         engine = self.measured_totals(estimate).get(name)
         if engine is not None:
-            lines.append(f"engine's dry run: {format_bytes(engine)} (with our overhead)")
+            extra = " and -sm graph input copies" if b.unprinted_compute else ""
+            lines.append(f"engine's dry run: {format_bytes(engine)} (with our overhead{extra})")
         return "<br>".join(lines) + "<br><br>" + HEADROOM_RULE
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -153,6 +153,10 @@ class TuneDialog(QDialog):
         self._current_key = ""
         self._objective: Objective = "balanced"
         self._started = 0.0
+        self._budget_seconds = 0.0
+        self._max_trials = 0  # the run's trial cap (0: the time budget decides)
+        self._planned = 0  # trials the run takes at most (set by the worker once it has a space)
+        self.clock: Callable[[], float] = time.monotonic  # the progress bar's clock
         # (layout, rig, settings) the run measured: its best is for them only.
         self._measured_for: tuple[object, ...] | None = None
         self.tune_result: TuneResult | None = None
@@ -160,6 +164,11 @@ class TuneDialog(QDialog):
         self.model = TrialsModel()
         self._build()
         self.tasks.progressed.connect(self._on_tasks_progressed)
+        # With a time budget the bar moves with the clock, not only when a trial ends.
+        self._progress_timer = QTimer(self)
+        self._progress_timer.setObjectName("tune_progress_timer")
+        self._progress_timer.setInterval(1000)
+        self._progress_timer.timeout.connect(self.refresh_progress)
         self.tasks.failed.connect(self._on_tasks_failed)
         self.tasks.running_changed.connect(self._on_tasks_running_changed)
         self.start_button.clicked.connect(self._on_start_button_clicked)
@@ -214,7 +223,8 @@ class TuneDialog(QDialog):
         self.stop_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
-        self.progress.setTextVisible(False)
+        self.progress.setValue(0)
+        self.progress.setFormat("")
         self.status = QLabel(
             "Measures -ub/-b, threads and expert layers per GPU with the "
             "engine's benchmark; only configurations that fit are tried."
@@ -309,27 +319,25 @@ class TuneDialog(QDialog):
         with self._lock:
             self._arrived = []
         self._current_key = ""
-        self._started = time.monotonic()
-        budget = options.budget_seconds or 1.0
+        self._started = self.clock()
+        self._budget_seconds = options.budget_seconds or 0.0
+        self._max_trials = options.max_trials or 0
+        with self._lock:
+            self._planned = 0
 
         def work(
             progress: Callable[[float, str], None], cancelled: Callable[[], bool]
         ) -> TuneResult:
             space = build_space(planner, plan, baseline=(plan, settings), allow_cache=allow_cache)
             self._current_key = space.baseline.knobs.key
-            started = time.monotonic()
+            with self._lock:
+                self._planned = options.planned_trials(len(space.candidates))
             progress(0.0, f"{len(space.candidates)} configurations fit; measuring the current one")
-
-            measured = [0]
 
             def on_trial(trial: Trial) -> None:
                 with self._lock:
                     self._arrived.append(trial)
-                measured[0] += 1
-                done = (time.monotonic() - started) / budget
-                if options.max_trials:
-                    done = max(done, measured[0] / options.max_trials)
-                progress(min(1.0, done), f"{trial.knobs.label()}: {trial.status}")
+                progress(0.0, f"{trial.knobs.label()}: {trial.status}")
 
             return tune(
                 space,
@@ -384,12 +392,45 @@ class TuneDialog(QDialog):
         self.stop_button.setEnabled(running)
         for widget in (self.budget, self.max_trials, self.objective, self.depths):
             widget.setEnabled(not running)
+        if running and not self._max_trials:
+            self._progress_timer.start()
+        else:
+            self._progress_timer.stop()
+        self.refresh_progress()
 
-    def _on_tasks_progressed(self, fraction: float, text: str) -> None:
-        if fraction >= 0:
-            self.progress.setValue(int(fraction * 1000))
+    def refresh_progress(self) -> None:
+        """The bar: trials done of the planned count when the run has a trial cap, else the
+        time spent of the budget; its text always counts the trials done."""
+        done = self.model.rowCount()
+        with self._lock:
+            planned = self._planned
+        trials = f"{done} trial{'' if done == 1 else 's'}"
+        finished = self.tune_result is not None
+        if self._max_trials and not planned and not finished:
+            self.progress.setRange(0, 1)  # the search space is still being built
+            self.progress.setValue(0)
+            self.progress.setFormat(f"{trials} done")
+            return
+        if self._max_trials or finished:
+            total = done if finished else max(planned, done)
+            self.progress.setRange(0, max(total, 1))
+            self.progress.setValue(done)
+            self.progress.setFormat(f"{trials} done" if finished else f"{done} of {total} trials")
+            return
+        if not self.tasks.running:
+            return  # not started, or stopped: the bar keeps where it was
+        spent = max(0.0, self.clock() - self._started)
+        budget = self._budget_seconds or 1.0
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(int(min(1.0, spent / budget) * 1000))
+        self.progress.setFormat(
+            f"{trials} done · {_minutes(spent)} of {_minutes(self._budget_seconds)}"
+        )
+
+    def _on_tasks_progressed(self, _fraction: float, text: str) -> None:
         self.status.setText(text)
         self._drain()
+        self.refresh_progress()
 
     def _on_tasks_failed(self, error: object) -> None:
         self._drain()
@@ -400,7 +441,7 @@ class TuneDialog(QDialog):
         assert isinstance(result, TuneResult)
         self.tune_result = result
         self._drain()
-        self.progress.setValue(1000)
+        self.refresh_progress()
         objective = self._objective
         best, base = result.best, result.baseline
         measured = len(result.measured)
@@ -427,7 +468,7 @@ class TuneDialog(QDialog):
             tune_entry(
                 result,
                 objective,
-                seconds=time.monotonic() - self._started,
+                seconds=self.clock() - self._started,
                 engine=engine.label if engine is not None else "",
             )
         )
@@ -500,3 +541,9 @@ class TuneDialog(QDialog):
 
     def benchmarks(self) -> tuple[Mapping[str, Any], ...]:
         return self._document.benchmarks
+
+
+def _minutes(seconds: float) -> str:
+    """``m:ss``."""
+    whole = int(seconds)
+    return f"{whole // 60}:{whole % 60:02d}"

@@ -162,9 +162,11 @@ def test_split_inputs_are_freed_with_their_split() -> None:
     ram = RamWeights(expert_max=630 * MiB, has_cuda=True)
     for ctx in (4096, 32768, 65536):
         s = Settings(ctx=ctx, ubatch=4096, batch=4096, engine_build=3737)
+        # Its layers' experts sit in RAM, so its own FFN phase is the layer input and its norm.
         last = compute_terms(
             layout, s, holds_layers=True, holds_output=True, is_cuda=True,
             cpu_expert_tensor_max=ram.expert_max, offload_target=False, ram=ram,
+            own_ffn=2 * hp.n_embd * 4096 * 4,
         )  # fmt: skip
         assert last.total == (hp.n_vocab + 2 * hp.n_embd) * 4096 * 4 == int(2502 * MiB)
         first = compute_terms(
@@ -192,3 +194,21 @@ def test_the_first_gpu_runs_the_attention_of_layers_left_in_ram() -> None:
     small_cuda0 = small.device("CUDA0")
     assert small_cuda0 is not None and small_cuda0.compute == 0
     assert small.host.compute > mask_bytes(layout, s.with_(ubatch=16, batch=16), host=True) * 2
+
+
+def test_experts_the_cpu_multiplies_return_to_the_layers_gpu() -> None:
+    # ik 3737 on an RPC device, Qwen3-30B-A3B with -ot exps=CPU, -ub 512, c32768, q8_0 cache,
+    # output kept on the CPU: 100.50 MiB printed = 32 (f16 mask) + down's [n_embd, n_used, T]
+    # result copied back + its weighted copy + the residual (+ 0.5 of router outputs).
+    layout = catalog.load_catalog("catalog:qwen3-30b-a3b@Q4_K_M")
+    hp = layout.hparams
+    s = Settings(ctx=32768, ubatch=512, batch=512, engine_build=3737)
+    kwargs = dict(
+        holds_layers=True, holds_output=False, is_cuda=False, cpu_expert_tensor_max=0,
+        offload_target=False, own_ffn=2 * hp.n_embd * 512 * 4,
+    )  # fmt: skip
+    back = compute_terms(layout, s, ram_experts=True, **kwargs)  # type: ignore[arg-type]
+    assert back.ffn == (2 * hp.n_embd * hp.n_expert_used + hp.n_embd) * 512 * 4  # 68 MiB
+    assert abs(back.ffn / MiB - (100.50 - 32)) < 1
+    alone = compute_terms(layout, s, ram_experts=False, **kwargs)  # type: ignore[arg-type]
+    assert alone.ffn == 2 * hp.n_embd * 512 * 4

@@ -18,6 +18,7 @@ import pytest
 from moe_studio.core.engine.log_events import (
     BufferKind,
     BufferSize,
+    DeviceUsage,
     Event,
     Failure,
     FailureKind,
@@ -26,9 +27,11 @@ from moe_studio.core.engine.log_events import (
     LoadProgress,
     LoadReport,
     RequestTiming,
+    SplitShare,
     TensorOverride,
     UnusedTensor,
     buffer_device,
+    spread_split,
 )
 from moe_studio.core.engine.log_parser import EngineLogParser, parse_log
 from moe_studio.core.engine.log_patterns import detect_dialect, expected_load_dots
@@ -167,6 +170,107 @@ def test_ik_split_model_sums_host_buffers_per_file() -> None:
         "RPC0[127.0.0.1:50053]": mib(0.5),
     }
     assert r.failure is not None and r.failure.benign_after_stop
+
+
+# ik -sm graph: the split buffers and ik's per-device figures of them.
+# A CUDA build with two GPUs prints the split tensors as one CUDA_Split buffer (src/llama.cpp 4832
+# with the buffer name of ggml/src/ggml-cuda.cu 830) and each device's share in the blocks of
+# src/llama-load-tensors.cpp 5778-5780 ("    Device %d:  %8.2f MiB") and src/llama.cpp
+# 1619-1621 ("%s: KV cache size per device%s:", "    Device %d:  %g MiB"); no CUDA here, so
+# these lines are written from those formats (the same blocks are in the real RPC capture below).
+IK_GRAPH_CUDA = """\
+CUDA0: using device CUDA0 - 23000 MiB free
+CUDA1: using device CUDA1 - 23500 MiB free
+================================ max_gpu = 0
+Estimated model buffer size per device:
+    Device 0:    9000.50 MiB
+    Device 1:   11000.25 MiB
+llm_load_tensors: offloading 48 repeating layers to GPU
+llm_load_tensors: offloading non-repeating layers to GPU
+llm_load_tensors: offloaded 49/49 layers to GPU
+llm_load_tensors:        CPU buffer size =   315.00 MiB
+llm_load_tensors:      CUDA1 buffer size =   315.00 MiB
+llm_load_tensors: CUDA_Split buffer size = 20000.80 MiB
+llama_init_from_model: n_ctx         = 32768
+llama_kv_cache_init: CUDA_Split KV buffer size =  3072.00 MiB
+llama_kv_cache_init: KV cache size per device:
+    Device 0:  1228.8 MiB
+    Device 1:  1843.2 MiB
+llama_init_from_model: KV self size  = 3072.00 MiB, K (f16): 1536.00 MiB, V (f16): 1536.00 MiB
+llama_init_from_model:  CUDA_Host  output buffer size =     0.58 MiB
+llama_init_from_model:      CUDA0 compute buffer size =   400.00 MiB
+llama_init_from_model:      CUDA1 compute buffer size =   500.00 MiB
+llama_init_from_model:  CUDA_Host compute buffer size =    40.00 MiB
+llama_init_from_model: graph nodes  = 4000
+llama_init_from_model: graph splits = 200
+"""
+
+
+def test_ik_graph_split_buffers_go_to_their_gpus() -> None:
+    parser = EngineLogParser()
+    events = [e for line in IK_GRAPH_CUDA.splitlines() for e in parser.feed(line)]
+    r = parser.report()
+    assert r.split_model == (mib(9000.50), mib(11000.25))
+    assert r.split_kv == (mib(1228.8), mib(1843.2))
+    assert [(e.kind, e.index) for e in of(events, SplitShare)] == [
+        (BufferKind.MODEL, 0),
+        (BufferKind.MODEL, 1),
+        (BufferKind.KV, 0),
+        (BufferKind.KV, 1),
+    ]
+    # The buffer lines stay as printed; the devices get the split buffer's bytes by the shares.
+    assert r.model_buffers["CUDA_Split"] == mib(20000.80)
+    devices = r.devices
+    assert "CUDA_Split" not in devices
+    assert list(devices) == ["CPU", "CUDA1", "CUDA0"]
+    split = mib(20000.80)
+    assert devices["CUDA0"].model == split * mib(9000.50) // (mib(9000.50) + mib(11000.25))
+    assert devices["CUDA0"].model + devices["CUDA1"].model == split + mib(315.00)
+    assert abs(devices["CUDA0"].kv - mib(3072) * 2 // 5) <= 1
+    assert devices["CUDA1"].kv == mib(3072) - devices["CUDA0"].kv
+    assert (devices["CUDA0"].compute, devices["CUDA1"].compute) == (mib(400), mib(500))
+    assert r.phase is LoadPhase.COMPUTE and not r.failures
+
+
+def test_ik_graph_split_kv_of_mla_and_g_formatted_figures() -> None:
+    # "%g": large figures lose decimals, tiny ones go to an exponent; MLA: replicated.
+    r = parse_log(
+        [
+            "llama_kv_cache_init: CUDA_Split KV buffer size =  2187.50 MiB",
+            "llama_kv_cache_init: KV cache size per device (MLA replicated):",
+            "    Device 0:  1093.75 MiB",
+            "    Device 1:  1093.75 MiB",
+            "    Device 2:  1.52588e-05 MiB",
+            "llama_init_from_model: KV self size  = 1093.75 MiB, c^KV (f16): 1093.75 MiB, "
+            "kv^T: not used",
+        ]
+    )
+    assert r.split_kv == (mib(1093.75), mib(1093.75), 16)
+    assert r.kv_total == mib(1093.75)
+    assert sum(d.kv for d in r.devices.values()) == mib(2187.50)
+    assert set(r.devices) == {"CUDA0", "CUDA1", "CUDA2"}
+
+
+def test_split_buffer_without_figures_stays_whole() -> None:
+    # A log cut before the per-device block, or a build that does not print it.
+    r = parse_log(["llm_load_tensors: CUDA_Split buffer size =   100.00 MiB"])
+    assert dict(r.devices) == {"CUDA_Split": DeviceUsage(model=mib(100))}
+    assert spread_split("CUDA0", 5, (1, 1)) == [("CUDA0", 5)]
+    assert spread_split("CUDA_Split", 10, (0, 3, 0, 1)) == [("CUDA1", 7), ("CUDA3", 3)]
+
+
+def test_ik_graph_on_rpc_prints_the_split_but_allocates_on_the_first_device() -> None:
+    # Real: the CPU+RPC build has no split buffer type (src/llama.cpp 485-503), so the pieces
+    # and the whole tensors land on the first device; ik still prints its split arithmetic.
+    _, r = run(IK / "cap_tiny_models_qwen3moe_rpc2_sm_graph_dry_run.log")
+    a, b = "RPC0[127.0.0.1:50052]", "RPC0[127.0.0.1:50053]"
+    assert r.split_model == (mib(0.79), mib(0.79))
+    assert r.split_kv == (mib(1), mib(1))
+    assert dict(r.model_buffers) == {a: mib(3.16), b: mib(0.13), "CPU": mib(0.12)}
+    assert r.devices[a].model == mib(3.16) and r.devices[b].model == mib(0.13)
+    assert r.devices[a].kv == mib(4.00) and r.devices[b].kv == 0
+    assert r.kv_total == mib(2.00)
+    assert r.devices[a].compute == mib(2.13) and r.devices[b].compute == mib(1.50)
 
 
 def test_dots_of_a_pending_line_report_progress() -> None:
@@ -546,3 +650,16 @@ def test_older_mainline_ready_lines() -> None:
     report = parser.report()
     assert report.ready and report.listening is not None
     assert (report.listening.host, report.listening.port) == ("127.0.0.1", 8081)
+
+
+def test_old_ik_rpc_buffer_names_are_device_0_of_their_server() -> None:
+    # ik build 3737 (2025-06) printed RPC buffers without the device number.
+    text = (
+        "llm_load_tensors: RPC[127.0.0.1:50123] buffer size =     1.30 MiB\n"
+        "llama_kv_cache_init: RPC[127.0.0.1:50123] KV buffer size =     0.75 MiB\n"
+        "llama_new_context_with_model: RPC[127.0.0.1:50123] compute buffer size =     2.29 MiB\n"
+    )
+    parser = EngineLogParser("ik")
+    parser.feed_text(text)
+    device = parser.report().devices["RPC0[127.0.0.1:50123]"]
+    assert (device.model, device.kv, device.compute) == (mib(1.30), mib(0.75), mib(2.29))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from moe_studio.core.cli.main import main
+from moe_studio.core.engine.log_parser import parse_log
 from moe_studio.core.errors import CommandError
 from moe_studio.core.gguf.model import ModelLayout, open_model
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
@@ -16,13 +17,24 @@ from moe_studio.core.plan.cmdline import build_command
 from moe_studio.core.plan.compute import _attention_phase, graph_tokens, mask_bytes
 from moe_studio.core.plan.graph_split import DERIVED_NOTE, MAX_EXTRA_ALLOC, graph_split
 from moe_studio.core.plan.layers import graph_tensor_split, ik_tensor_split, plan_layer_split
-from moe_studio.core.plan.memory import Estimate, estimate, kv_bytes, layer_compute_bytes
+from moe_studio.core.plan.learned import Learned, MeasuredRun
+from moe_studio.core.plan.memory import (
+    ComputeSource,
+    Estimate,
+    estimate,
+    kv_bytes,
+    layer_compute_bytes,
+)
 from moe_studio.core.plan.placement import Plan, assign, expert_cells, initial_plan, range_cells
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB, MiB
 from tests.support.sparse import write_catalog_sparse
 from tests.support.tiny_models import write_tiny_model
 
+GRAPH_LOG = (
+    Path(__file__).resolve().parents[1]
+    / "data/logs/ik/cap_tiny_models_qwen3moe_rpc2_sm_graph_dry_run.log"
+)
 OUTPUT = [(GLOBAL_LAYER, g) for g in (TensorGroup.OUTPUT, TensorGroup.OUTPUT_NORM)]
 
 
@@ -213,3 +225,37 @@ def test_split_matches_what_ik_printed_for_the_tiny_model(tiny: ModelLayout) -> 
     for name in ("CUDA0", "CUDA1"):
         assert round(gs.weights[name] / MiB, 2) == 0.79
         assert gs.kv[name] == 1 * MiB
+    # The same run, captured (-dev lists both devices, as our command does): the parser reads
+    # ik's per-device figures.
+    report = parse_log(GRAPH_LOG.read_text(encoding="utf-8").splitlines())
+    for i, name in enumerate(("CUDA0", "CUDA1")):
+        assert abs(report.split_model[i] - gs.weights[name]) <= 0.005 * MiB
+        assert report.split_kv[i] == gs.kv[name]
+
+
+def test_the_inputs_copied_at_run_time_are_not_in_the_printed_compute(tiny: ModelLayout) -> None:
+    # ggml_sched_prepare_graph allocates the input copies from ggml_backend_sched_alloc_graph
+    # (ggml/src/ggml-backend.cpp 2661-2755), at the first decode: after the compute buffer lines,
+    # so neither a dry run nor a launch's log shows them.
+    rig = gpus()
+    plan = spread(tiny, rig)
+    est = run(tiny, plan, rig, GRAPH)
+    for name in ("CUDA0", "CUDA1"):
+        dev = est.device(name)
+        assert dev is not None and dev.unprinted_compute == MAX_EXTRA_ALLOC
+        assert dev.printed_compute == dev.compute - MAX_EXTRA_ALLOC
+    assert est.host.unprinted_compute == 0
+    # A run's printed figures are learned; the run-time part stays on top of them.
+    printed = {d.name: d.printed_compute for d in est.devices}
+    measured = MeasuredRun(GRAPH.to_dict(), printed, {n: 3 * MiB for n in printed})
+    same = Learned((measured,)).correct(est, GRAPH).device("CUDA0")
+    assert same is not None and same.compute_source is ComputeSource.MEASURED
+    assert same.compute == 3 * MiB + MAX_EXTRA_ALLOC
+    nearby_settings = GRAPH.with_(ctx=2048)
+    nearby_est = run(tiny, plan, rig, nearby_settings)
+    nearby = Learned((measured,)).correct(nearby_est, nearby_settings).device("CUDA0")
+    before = nearby_est.device("CUDA0")
+    assert nearby is not None and before is not None
+    assert nearby.compute_source is ComputeSource.SCALED
+    want = before.printed_compute * 3 * MiB // printed["CUDA0"] + MAX_EXTRA_ALLOC
+    assert nearby.compute == want

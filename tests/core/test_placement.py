@@ -348,6 +348,19 @@ def test_import_keeps_unknown_flags_and_fixes_old_ones() -> None:
         parse_command("llama-server -m x.gguf -ot exps")
 
 
+def test_perplexity_context_holds_every_chunk_of_a_batch() -> None:
+    """llama-perplexity scores n_batch / -c chunks at once: its context is that many chunks
+    (ik PR #616: -c 512 with the default -b 2048 prints n_ctx = 2048)."""
+    ppl = parse_command("llama-perplexity -m m.gguf -f wiki.test.raw -c 512 -ub 512").settings
+    assert (ppl.ctx, ppl.batch, ppl.parallel) == (2048, 2048, 4)
+    default = parse_command("llama-perplexity -m m.gguf -f wiki.test.raw").settings
+    assert (default.ctx, default.batch) == (2048, 2048)  # -c defaults to 512 there
+    long = parse_command("llama-perplexity -m m.gguf -c 4096").settings
+    assert (long.ctx, long.batch, long.parallel) == (4096, 2048, 1)
+    server = parse_command("llama-server -m m.gguf -c 512").settings
+    assert (server.ctx, server.parallel) == (512, 1)
+
+
 # --- command building ----------------------------------------------------------------------------
 
 

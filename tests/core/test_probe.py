@@ -83,6 +83,41 @@ def test_plan_probe_text_shows_estimate_and_engine(
     assert "memory: ours / engine's (difference)" in out
 
 
+def test_probe_of_a_graph_split_plan_shows_each_gpu(
+    env: Path,
+    bins: dict[str, Path],
+    tiny_qwen3moe: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # -sm graph: ik prints the split tensors as one CUDA_Split buffer and each GPU's share of it
+    # in "… size per device:" blocks (the stand-in prints those lines as ik does).
+    monkeypatch.setenv("STANDIN_CUDA_MIB", "8000,8000")
+    obj = plan_json(tiny_qwen3moe, bins["ik"], capsys, "--gpu", "8GiB", "--gpu", "8GiB",
+                    "--split-mode", "graph")  # fmt: skip
+    measured = obj["measured"]
+    assert isinstance(measured, dict)
+    assert measured["outcome"] == "measured", measured["sentence"]
+    devices = {d["name"]: d for d in measured["devices"]}
+    assert set(devices) == {"CUDA0", "CUDA1", "CPU"}
+    for name in ("CUDA0", "CUDA1"):
+        d, ours = devices[name], devices[name]["estimate"]
+        # ik prints MiB with two decimals: the engine's figure is ours to within that.
+        assert d["weights"] > 0 and abs(d["weights"] - ours["weights"]) <= 0.01 * MiB
+        assert d["kv"] > 0 and abs(d["kv"] - ours["kv"]) <= 0.01 * MiB
+        # The inputs -sm graph copies at run time (-mea, 256 MiB) are in neither figure.
+        assert 0 < d["compute"] < 64 * MiB and 0 < ours["compute"] < 64 * MiB
+    assert devices["CUDA0"]["weights"] != devices["CUDA1"]["weights"]  # split by -ts, not equal
+    assert "copies between GPUs (up to 256.0 MiB per GPU)" in str(measured["sentence"])
+    # The next plan for the same configuration shows the measured compute plus those inputs.
+    code = main(["plan", str(tiny_qwen3moe), "--ram", "16GiB", "--ctx", "512", "--gpu", "8GiB",
+                 "--gpu", "8GiB", "--split-mode", "graph", "--json"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    plan = {d["name"]: d for d in json.loads(out)["devices"]}
+    assert plan["CUDA0"]["compute"] == devices["CUDA0"]["compute"] + 256 * MiB
+
+
 def test_mainline_probe_says_it_needs_ik(
     env: Path, bins: dict[str, Path], tiny_qwen3moe: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

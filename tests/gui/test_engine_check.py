@@ -87,6 +87,45 @@ def test_check_marks_the_bars_and_learns(
     assert budget.measured_totals(est) == {}
 
 
+def test_check_of_a_graph_split_plan_marks_each_gpu(
+    qtbot: object,
+    parts: tuple[Document, BudgetPlot, EngineCheck, TaskRunner],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # -sm graph over two GPUs: ik prints one CUDA_Split buffer and each GPU's share of it.
+    monkeypatch.setenv("STANDIN_CUDA_MIB", "24000,24000")
+    _, _, _, tasks = parts
+    layout = open_model(Path(parts[0].layout.source))
+    plan = assign(layout, initial_plan(layout), range_cells(layout, 0, 1), "CUDA0").after
+    plan = assign(layout, plan, range_cells(layout, 2, 3), "CUDA1").after
+    settings = Settings(ctx=512, port=free_port(), threads=1, split_mode_graph=True)
+    doc = Document(layout, rig_of(24, 24), settings, plan)
+    budget = BudgetPlot(doc)
+    engine = probe_engine(install_standin(tmp_path / "ik2", "ik", bench=False))
+    check = EngineCheck(doc, budget, tasks, lambda: engine, calibration_path=tmp_path / "g.jsonl")
+    for w in (budget, check):
+        qtbot.addWidget(w)  # type: ignore[attr-defined]
+    budget.resize(900, 420)
+    budget.show()
+    check.button.click()
+    qtbot.waitUntil(lambda: check.result is not None, timeout=30000)  # type: ignore[attr-defined]
+    assert check.result is not None and check.result.measured, check.status.text()
+    assert {r.device for r in check.result.rows} == {"CUDA0", "CUDA1", "CPU"}
+    _, est = doc.estimate()
+    marks = budget.measured_totals(est)
+    assert set(marks) == {"CUDA0", "CUDA1", "CPU"}
+    for name in ("CUDA0", "CUDA1"):
+        dev = est.device(name)
+        assert dev is not None and dev.unprinted_compute > 0
+        # The mark is the engine's figures plus what ik allocates only once it runs; the bar
+        # learned the same compute, and weights and KV agree to ik's two printed decimals.
+        assert dev.compute_source is ComputeSource.MEASURED
+        assert abs(marks[name] - dev.total) <= 0.02 * 1024 * 1024
+    assert "-sm graph input copies" in budget.device_tooltip("CUDA1")
+    save_screenshot(budget, "probe_sm_graph.png", tmp_path)
+
+
 def test_check_records_the_settings_it_checked(
     qtbot: object, parts: tuple[Document, BudgetPlot, EngineCheck, TaskRunner], tmp_path: Path
 ) -> None:

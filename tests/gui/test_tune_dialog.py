@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import QTimer
 from pytestqt.qtbot import QtBot
 
 from moe_studio.core.engine.discovery import EngineInfo, probe_engine
-from moe_studio.core.engine.tune import TuneResult
+from moe_studio.core.engine.tune import TuneOptions, TuneResult
 from moe_studio.core.gguf import catalog
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan.settings import Settings
@@ -139,6 +141,79 @@ def test_screenshot_during_a_run_and_stop(
     assert not dialog.running and dialog.start_button.isEnabled()
     assert "Stopped" in dialog.status.text()
     assert not tiny_document.benchmarks  # a stopped run is not a result
+
+
+def test_with_a_trial_cap_the_bar_counts_trials_of_the_planned_count(
+    qtbot: QtBot,
+    make_dialog: object,
+    tiny_document: Document,
+    engine: EngineInfo,
+    tmp_path: Path,
+) -> None:
+    dialog: TuneDialog = make_dialog(tiny_document, engine)  # type: ignore[operator]
+    dialog.max_trials.setValue(6)
+    dialog.show()
+    seen: list[tuple[int, int, str]] = []
+    # Connected after the dialog's own slot: what the bar shows after each report.
+    dialog.tasks.progressed.connect(
+        lambda *_: seen.append(
+            (dialog.progress.value(), dialog.progress.maximum(), dialog.progress.text())
+        )
+    )
+    with qtbot.waitSignal(dialog.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        assert dialog.start()
+    result = blocker.args[0]
+    # 6 trials at most: 3 screened (60 %), then the baseline and the best screened in the finals.
+    planned = TuneOptions(max_trials=6).planned_trials(100)
+    assert planned == 5
+    counted = [(v, m, t) for v, m, t in seen if m == planned]
+    assert [v for v, _, _ in counted] == sorted(v for v, _, _ in counted)
+    assert (1, planned, f"1 of {planned} trials") in counted
+    n = len(result.trials)
+    assert (dialog.progress.value(), dialog.progress.maximum()) == (n, n)
+    assert dialog.progress.text() == f"{n} trials done"
+    save_screenshot(dialog, "tune_trials_bar.png", tmp_path)
+
+
+def test_with_a_time_budget_the_bar_follows_the_clock_and_counts_trials(
+    qtbot: QtBot,
+    make_dialog: object,
+    tiny_document: Document,
+    engine: EngineInfo,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("STANDIN_BENCH_STEP_SECONDS", "0.05")
+    dialog: TuneDialog = make_dialog(tiny_document, engine)  # type: ignore[operator]
+    now = [1000.0]
+    dialog.clock = lambda: now[0]
+    dialog.budget.setValue(10)
+    dialog.depths.setText("0, 1024")
+    dialog.show()
+    assert dialog.start()
+    timer = dialog.findChild(QTimer, "tune_progress_timer")
+    assert timer is not None and timer.isActive()  # the bar moves between trials too
+    qtbot.waitUntil(lambda: dialog.model.rowCount() >= 2, timeout=RUN_TIMEOUT_MS)
+    now[0] += 150  # two and a half of ten minutes
+    dialog.refresh_progress()  # what the timer does every second
+    assert dialog.running
+    assert dialog.progress.value() == 250
+    assert re.fullmatch(r"\d+ trials done · 2:30 of 10:00", dialog.progress.text())
+    save_screenshot(dialog, "tune_time_bar.png", tmp_path)
+    with qtbot.waitSignal(dialog.tasks.running_changed, timeout=RUN_TIMEOUT_MS):
+        dialog.stop_button.click()
+    assert not timer.isActive()
+
+
+def test_planned_trials() -> None:
+    # Screening every candidate, then the baseline and the best third (at most 4) in the finals.
+    assert TuneOptions().planned_trials(30) == 30 + 1 + 4
+    assert TuneOptions().planned_trials(6) == 6 + 1 + 2
+    assert TuneOptions().planned_trials(1) == 1  # the baseline alone: no finals
+    # A cap: 60 % of it for the screening, the rest for the finals.
+    assert TuneOptions(max_trials=10).planned_trials(30) == 6 + 1 + 2
+    # 60 % of 3 is one trial: the baseline, and with one screened there are no finals.
+    assert TuneOptions(max_trials=3).planned_trials(30) == 1
 
 
 def test_without_an_engine_says_what_to_do(

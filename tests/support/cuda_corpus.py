@@ -4,6 +4,8 @@ Each JSON file is one engine start someone published: the URL, author and date o
 the engine and its build as printed, the GPUs, the model (a ``catalog:`` layout standing in for
 the user's file, with a note on how it differs), the command, and the sizes the engine printed
 per device and term (``kv``, ``compute``, ``weights``; MiB, ``CPU`` for ``CUDA_Host``/``CPU``).
+A GPU's ``free_mib``, where the log printed it (mainline: "using device CUDA0 (…) - N MiB
+free"), is what the engine split the layers by.
 ``tolerance_pct`` gives each term's tolerance; ``null`` means reported, not asserted, and
 ``tolerance_note`` says why (a setting the log does not show, a build older than the model, a
 stand-in layout). ``printed_weights_mib`` keeps the per-GPU weight sizes the engine printed: they
@@ -16,7 +18,9 @@ build
 (``date`` is the day the log was posted, so the build is at least that old).
 
 Most runs come from the ik_llama.cpp threads archived in the engine's repository
-(``github-data/``, issues and discussions up to July 2025); their URLs point at the thread.
+(``github-data/``, issues and discussions up to July 2025); a few from a later copy of that
+archive (issues and PRs of October/November 2025, builds 3933-3964). Their URLs point at the
+thread.
 
 ``tests/core/test_cuda_corpus.py`` asserts the tolerances; ``benchmarks/cuda_corpus.py`` prints
 the error distribution per term.
@@ -103,34 +107,45 @@ def layout_for(model: str, expert_types: tuple[tuple[str, str], ...] = ()) -> Mo
 
 
 def build_number(run: Run) -> int | None:
-    """The ik build the run used: the number the engine printed (``"3737 (58f08e43)"`` → 3737)
-    when ik could have printed it by the post's date; otherwise one that behaves like every ik
-    build out that day (a mainline-numbered build, or none printed)."""
+    """The build the run used: the number the engine printed (``"3737 (58f08e43)"`` → 3737)
+    when the run's engine could have printed it by the post's date; otherwise one that behaves
+    like every build of that engine out that day (in an ik log: a mainline-numbered build, or
+    none printed). Mainline numbers its builds the same way (``"5331 (33eff402)"``)."""
+    changes = (
+        engine_builds.IK_CHANGES
+        if run["engine"] == "ik_llama.cpp"
+        else engine_builds.MAINLINE_CHANGES
+    )
     match = re.match(r"(\d+) \(", run.get("build", ""))
     printed = int(match.group(1)) if match else 0
-    if printed and engine_builds.plausible(printed, run["date"]):
+    if printed and engine_builds.plausible(printed, run["date"], changes):
         return printed
-    return engine_builds.newest_by(run["date"])
+    return engine_builds.newest_by(run["date"], changes)
 
 
 def points_of(run: Run) -> list[Point]:
     """Import the run's command on its GPUs, estimate, and pair every printed figure with ours."""
     layout = layout_for(run["model"], tuple(sorted(run.get("expert_types", {}).items())))
     gpus = tuple(
-        Device(g["name"], DeviceKind.CUDA, g["memory_mib"] * MiB, index=i, label=g.get("label", ""))
+        Device(
+            g["name"],
+            DeviceKind.CUDA,
+            g["memory_mib"] * MiB,
+            index=i,
+            label=g.get("label", ""),
+            memory_free=g["free_mib"] * MiB if "free_mib" in g else None,
+        )
         for i, g in enumerate(run["gpus"])
     )
     rig = Rig("corpus", HostInfo(ram_total=1024 * GiB), gpus)
     dialect = "ik" if run["engine"] == "ik_llama.cpp" else "mainline"
     plan, imported, full_rig = import_command(run["command"], layout, rig, dialect=dialect)
     build = build_number(run)
-    settings = imported.settings
-    if dialect == "ik":
-        settings = settings.with_(engine_build=build)  # plan for the build that printed the log
+    settings = imported.settings.with_(engine_build=build)  # plan for the build of the log
     imported = replace(imported, settings=settings)
     split = imported_split(layout, imported, full_rig)
     est = estimate(layout, plan, full_rig, settings, split.kv_devices)
-    claimed = describes_build(run["engine"], run["date"], build if dialect == "ik" else None)
+    claimed = describes_build(run["engine"], run["date"], build)
     out = []
     for term in TERMS:
         for device, reported in run["reported"].get(term, {}).items():
@@ -184,10 +199,16 @@ def attention_layout(model: str = "deepseek-v3") -> ModelLayout:
     )
 
 
-def dryrun_points(model: str | None = None) -> list[Point]:
-    """Every compute and KV figure of ``mla_dryrun.json`` (of one ``model``, or all) paired with
-    our estimate (RPC devices; the build is the one the compute model cites)."""
-    doc = json.loads(MLA_DRYRUN.read_text())
+MLA_3737 = CORPUS.parent / "mla_dryrun_3737.json"
+
+
+def dryrun_points(model: str | None = None, path: Path = MLA_DRYRUN) -> list[Point]:
+    """Every compute and KV figure of ``path`` (``mla_dryrun.json``: the newest build's dry runs;
+    ``mla_dryrun_3737.json``: build 3737's loads) of one ``model``, or all, paired with our
+    estimate for the build that printed them (RPC devices)."""
+    doc = json.loads(path.read_text())
+    match = re.match(r"(\d+) \(", doc["build"])
+    build = int(match.group(1)) if match else None
     out = []
     for i, run in enumerate(doc["runs"]):
         if model is not None and run["model"] != model:
@@ -198,6 +219,7 @@ def dryrun_points(model: str | None = None) -> list[Point]:
         full_rig = replace(
             full_rig, devices=tuple(replace(d, memory_total=24 * GiB) for d in full_rig.devices)
         )
+        imported = replace(imported, settings=imported.settings.with_(engine_build=build))
         split = imported_split(layout, imported, full_rig)
         est = estimate(layout, plan, full_rig, imported.settings, split.kv_devices)
         for term in ("kv", "compute"):
@@ -205,6 +227,6 @@ def dryrun_points(model: str | None = None) -> list[Point]:
                 budget = est.device(device)
                 assert budget is not None, f"run {i}: {device} is not a device of the command"
                 ours = getattr(budget, term) / MiB
-                name = f"dryrun{i}-{run['model']}"
+                name = f"{path.stem}:{i}-{run['model']}"
                 out.append(Point(name, term, device, reported, ours, None, True))
     return out

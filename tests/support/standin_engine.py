@@ -43,6 +43,11 @@ Behaviour knobs (environment variables):
 ``STANDIN_GEN_TPS``               simulated generation speed, tokens/s (default 200)
 ================================  =============================================================
 
+``-sm graph`` (ik, two or more ``STANDIN_CUDA_MIB`` devices, no ``--rpc``): the offloaded layers'
+weights and KV go to one ``CUDA_Split`` buffer, matrices split by ``-ts`` and 1-D tensors copied to
+every GPU, with ik's ``Estimated model buffer size per device:`` and ``KV cache size per device:``
+blocks (the output stays whole on its device).
+
 ``--dry-run`` (ik): the buffer lines as usual, then the stand-in waits for a signal without
 loading or serving (a probe must stop it once the buffers are printed).
 
@@ -293,6 +298,7 @@ class Options:
     threads: int = 2
     alias: str = ""
     dry_run: bool = False
+    split_mode: str = "layer"
     api_keys: list[str] = field(default_factory=list)
 
 
@@ -469,6 +475,8 @@ def _apply(o: Options, flag: str, value: str | None, raw: str, cuda: list[int]) 
         o.alias = _need(value, raw, d)
     elif flag in ("-dr", "--dry-run"):
         o.dry_run = True
+    elif flag in ("-sm", "--split-mode"):
+        o.split_mode = _need(value, raw, d)
 
 
 def rpc_buffer(endpoint: str) -> str:
@@ -548,6 +556,9 @@ class Placement:
     kv_buffers: list[tuple[str, int]]
     kv_parts: list[tuple[str, str, int]]
     kv_size: int
+    # ik -sm graph: each CUDA device's part of the split weights and KV ("Device i:" lines).
+    split_model: list[int] = field(default_factory=list)
+    split_kv: list[int] = field(default_factory=list)
 
 
 def _split_layers(layers: list[int], n_dev: int, split: list[float]) -> dict[int, int]:
@@ -584,6 +595,14 @@ def place(layout: ModelLayout, o: Options, cuda: list[int]) -> Placement:
         host = "CPU_Mapped" if o.mmap else "CPU"
     elif not o.mmap and cuda:
         host = "CUDA_Host"
+    # ik -sm graph with 2+ CUDA devices: the offloaded layers' tensors go to the CUDA_Split
+    # buffer, matrices cut by -ts and 1-D tensors copied to every device (see
+    # moe_studio.core.plan.graph_split for the source lines); the output stays whole.
+    graph = o.dialect == "ik" and o.split_mode in ("graph", "attn") and len(cuda) > 1
+    graph = graph and not o.rpc
+    ts = o.tensor_split[: len(cuda)] if len(o.tensor_split) >= len(cuda) else [1.0] * len(cuda)
+    shares = [x / sum(ts) for x in ts] if graph and sum(ts) > 0 else []
+    split_model = [0.0] * len(shares)
     per_buffer: dict[str, int] = {}
     host_by_shard: dict[int, int] = {}
     overridden: list[tuple[str, int, str, str]] = []
@@ -609,9 +628,16 @@ def place(layout: ModelLayout, o: Options, cuda: list[int]) -> Placement:
                 target = "CPU"
         if target == "CPU":
             host_by_shard[t.shard] = host_by_shard.get(t.shard, 0) + t.nbytes
+        elif shares and t.layer != GLOBAL_LAYER and t.layer < n_layer:
+            for i, share in enumerate(shares):
+                split_model[i] += t.nbytes if len(t.shape) < 2 else t.nbytes * share
         else:
             per_buffer[target] = per_buffer.get(target, 0) + t.nbytes
-    model_buffers = [(name, per_buffer[name]) for name in devices if name in per_buffer]
+    if shares:
+        per_buffer["CUDA_Split"] = int(sum(split_model))
+    model_buffers = [
+        (name, per_buffer[name]) for name in [*devices, "CUDA_Split"] if name in per_buffer
+    ]
     if o.mmap:  # one mapped host buffer per file
         model_buffers += [(host, n) for _, n in sorted(host_by_shard.items())]
     elif host_by_shard:
@@ -624,6 +650,7 @@ def place(layout: ModelLayout, o: Options, cuda: list[int]) -> Placement:
     bk, bv = BPE.get(o.ctk, 2.0), BPE.get(o.ctv, 2.0)
     fa = o.flash_attn not in ("off", "0")
     kv_by_dev: dict[str, float] = {}
+    split_kv = [0.0] * len(shares)
     parts = {"K": 0.0, "V": 0.0, "c^KV": 0.0, "kv^T": 0.0}
     for il in range(hp.n_layer_kv):
         dev = "CPU"
@@ -642,8 +669,12 @@ def place(layout: ModelLayout, o: Options, cuda: list[int]) -> Placement:
             parts["K"] += k
             parts["V"] += v
             nbytes = k + v
+        if shares and dev != "CPU":
+            for i, share in enumerate(shares):
+                split_kv[i] += nbytes * share
+            dev = "CUDA_Split"
         kv_by_dev[dev] = kv_by_dev.get(dev, 0.0) + nbytes
-    order = [*devices, "CPU"]
+    order = [*devices, "CUDA_Split", "CPU"]
     kv_buffers = [(d, int(kv_by_dev[d])) for d in order if d in kv_by_dev]
     if parts["c^KV"]:
         kv_parts = [("c^KV", o.ctk, int(parts["c^KV"]))]
@@ -661,6 +692,8 @@ def place(layout: ModelLayout, o: Options, cuda: list[int]) -> Placement:
         kv_buffers,
         kv_parts,
         kv_size,
+        [int(n) for n in split_model],
+        [int(n) for n in split_kv],
     )
 
 
@@ -672,7 +705,7 @@ def compute_buffers(layout: ModelLayout, o: Options, p: Placement) -> list[tuple
     logits = n_tokens * max(hp.n_vocab, 1) * 4
     out = []
     for i, name in enumerate(p.devices):
-        if i in p.layer_device.values():
+        if i in p.layer_device.values() or (p.split_model and name.startswith("CUDA")):
             holds_output = p.layer_device.get(layout.n_layer) == i
             out.append((name, act + (logits if holds_output else 0)))
     if o.dialect == "ik":
@@ -881,6 +914,13 @@ class Engine:
             for il in sorted(p.layer_device):
                 lg.lib(f"Setting default device in layer {il:2d} to {p.layer_device[il]}")
             lg.lib(f"llm_load_tensors: ggml ctx size = {0.03 * max(1, len(p.devices)):7.2f} MiB")
+            if p.split_model:
+                # src/llama-load-tensors.cpp 5329 and 5778-5780 (8337e4cd); ik prints these
+                # before the buffers (tests/data/logs/ik/cap_…_rpc2_sm_graph_dry_run.log).
+                lg.lib("================================ max_gpu = 0")
+                lg.lib("Estimated model buffer size per device:")
+                for i, nbytes in enumerate(p.split_model):
+                    lg.lib(f"    Device {i}:  {nbytes / MiB:8.2f} MiB")
         else:
             mode = "mmap" if o.mmap else "none"
             lg.lib(
@@ -985,6 +1025,13 @@ class Engine:
         kvf = "llama_kv_cache_init" if ik else "llama_kv_cache"
         for name, nbytes in p.kv_buffers:
             lg.lib(f"{kvf}: {name:>10} KV buffer size = {nbytes / MiB:8.2f} MiB")
+        if p.split_kv:
+            # src/llama.cpp 1619-1621 (8337e4cd): "%s: KV cache size per device%s:" (with
+            # " (MLA replicated)" for MLA models), then "    Device %d:  %g MiB".
+            mla = " (MLA replicated)" if hp.is_mla else ""
+            lg.lib(f"llama_kv_cache_init: KV cache size per device{mla}:")
+            for i, nbytes in enumerate(p.split_kv):
+                lg.lib(f"    Device {i}:  {nbytes / MiB:g} MiB")
         kv_total = sum(n for _, n in p.kv_buffers)
         parts = ", ".join(f"{label} ({t}): {n / MiB:7.2f} MiB" for label, t, n in p.kv_parts)
         if ik:
