@@ -25,20 +25,23 @@ read: ik_llama.cpp at 8337e4cd (2026-08-15, build 4840) and mainline llama.cpp v
   shared and dense FFN ``ne1 · 4`` per token and matrix, plus the layer input and its norm.
 * **logits** — ``n_vocab · T · 4`` where the output matmul runs.
 * **offloaded weights** (CUDA only) — ``ggml_backend_sched_backend_id_from_cur``
-  (``ggml/src/ggml-backend.cpp``) moves an op whose weights sit in host RAM to the *first*
-  backend whose ``offload_op`` accepts it — the first CUDA device, one GPU only. The weight is
-  then copied into that backend's compute buffer as a split input at full size
-  (``ggml_dup_tensor_layout``; ik's "offload only active experts" transfers only the active
-  experts' rows but allocates the whole tensor). Up and gate are live together (fused MoE);
-  mainline copies one weight at a time (:func:`offload_terms`).
-  ik's ``ggml_backend_cuda_offload_op`` (``ggml/src/ggml-cuda.cu``) offloads a MoE matmul when
-  ``T · n_used ≥ 32 · n_expert`` and any other matmul when ``T ≥ 32``; mainline offloads when
-  ``T ≥ GGML_OP_OFFLOAD_MIN_BATCH`` (32). So a RAM-resident output matrix sends the output matmul
-  (weight copy + logits) to the first GPU too, and with ``-ngl 0`` a CUDA build still reserves a
-  large CUDA compute buffer for the offloaded matmuls. The scheduler asks ``supports_op`` before
-  ``offload_op``, so only weight types the CUDA backend multiplies are copied
-  (:data:`CUDA_MATMUL_TYPES`); ik's ``-rtr`` repacks RAM tensors into row-interleaved types, most
-  of which it cannot (:func:`cuda_can_offload`).
+  (``ggml/src/ggml-backend.cpp``; ``ggml-backend.c`` before build 3877) moves an op whose weights
+  sit in host RAM to the *first* backend whose ``supports_op`` and ``offload_op`` accept it — the
+  first CUDA device, one GPU only. The weight is copied into that backend's compute buffer as a
+  split input at full size (``ggml_dup_tensor_layout``; ik's "offload only active experts"
+  transfers only the active experts' rows but allocates the whole tensor). Every weight on
+  another backend starts a new split, so one op's copies are live at a time: up and gate
+  together under ik's fused MoE, down alone (:func:`offload_terms`). ik's
+  ``ggml_backend_cuda_offload_op`` (``ggml/src/ggml-cuda.cu``) offloads a MoE matmul when
+  ``T · n_used ≥ 32 · n_expert`` (since build 3745, PR #520; before, from 32 tokens, and before
+  build 3683, PR #405, never the fused up/gate op) and any other op with a weight when ``T ≥ 32``;
+  mainline offloads when ``T ≥ GGML_OP_OFFLOAD_MIN_BATCH`` (32). So a RAM-resident output matrix
+  sends the output matmul (weight copy + logits) to the first GPU too, and the layers left in RAM
+  (``-ngl`` below the layer count, ``-ngl 0``) run there whole, attention included, their K/V
+  views copied in (:func:`attention_offloaded`): the host keeps only the graph inputs. Only
+  weight types the CUDA backend multiplies are copied (:data:`CUDA_MATMUL_TYPES`, the IQk_R4
+  ones since builds 3714-3729: :data:`CUDA_MATMUL_SINCE`); ik's ``-rtr`` repacks RAM tensors into
+  row-interleaved types, most of which it cannot (:func:`cuda_can_offload`).
 * **-amb** (ik): values below 128 MiB are raised to 128 (:func:`attention_max_batch`). The MLA
   head chunks it bounds are intermediate tensors of each layer's attention, so they sit on every
   device that holds some layer's KV cache (the layer's ``kv_self.k_l[il]`` and ``wkv_b``), not on
@@ -51,7 +54,12 @@ read: ik_llama.cpp at 8337e4cd (2026-08-15, build 4840) and mainline llama.cpp v
   much as the per-cell ones (tiny-deepseek2: −19…−22 % and +20…+52 % before, within ±0.3 % now
   on every RPC device; DeepSeek-V3 attention: 48 of 49 dry-run figures within ±10 %).
 
-A device's buffer is ``masks + max(attention, FFN, logits) + offloaded weights``; mainline's
+An ik GPU's buffer is its largest phase: ``max(mask + max(attention, FFN, offloaded matmul),
+output)``. ``ggml_backend_sched_split_graph`` adds each split input (the mask's copy, every weight
+copy) as a node at the start of its split and ``ggml_gallocr_alloc_graph_impl`` frees a node after
+its last use, so a copy lives only through its split and the mask only until the device's last
+attention (:class:`ComputeTerms`); a GPU's FFN phase counts only the matmuls of weights it holds
+(:func:`layer_compute_by_device`). Mainline's
 output matmul runs after the mask is freed (:func:`mainline_output_phase`), and its mask and
 KV terms follow the build (``engine_builds.MAINLINE_CHANGES``, read at b5269, b5331 and the
 newest source). The host runs
@@ -66,6 +74,7 @@ covers those).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moe_studio.core.gguf.ggml_types import GGMLType, type_by_name
@@ -121,6 +130,18 @@ CUDA_MATMUL_TYPES = frozenset(
         "iq5_ks_r4", "iq1_s_r4", "iq1_m_r4",
     }
 )  # fmt: skip
+# The row-interleaved types the CUDA type switch gained later (``git log -S'case
+# GGML_TYPE_IQ4_K_R4:' -- ggml/src/ggml-cuda.cu`` and so on): earlier builds return false for them.
+CUDA_MATMUL_SINCE = {
+    "iq2_k_r4": engine_builds.CUDA_IQK_R4,
+    "iq3_k_r4": engine_builds.CUDA_IQK_R4,
+    "iq4_k_r4": engine_builds.CUDA_IQK_R4,
+    "iq5_k_r4": engine_builds.CUDA_IQK_R4,
+    "iq4_ks_r4": engine_builds.CUDA_IQKS_R4,
+    "iq5_ks_r4": engine_builds.CUDA_IQKS_R4,
+    "iq1_s_r4": engine_builds.CUDA_IQ1_S_R4,
+    "iq1_m_r4": engine_builds.CUDA_IQ1_M_R4,
+}
 # ik ``-rtr`` repacks every tensor in a host buffer at load (``src/llama.cpp``, "Repacked %d
 # tensors"; the map is ``get_repack_info`` in ``ggml/src/iqk/iqk_quantize.cpp``). Most targets are
 # row-interleaved CPU layouts the CUDA backend cannot multiply (Q4_K_R4, Q8_0_R8, IQ4_XS_R8, …).
@@ -139,7 +160,9 @@ def cuda_can_offload(type_name: str, settings: Settings) -> bool:
 
     With ik's ``-rtr`` the weight has been repacked first (:data:`RTR_REPACK`), and only the
     IQk_R4 targets are in :data:`CUDA_MATMUL_TYPES`; so ``-rtr`` with k-quant or legacy-quant
-    experts keeps their big-batch matmuls on the CPU and out of every CUDA compute buffer.
+    experts keeps their big-batch matmuls on the CPU and out of every CUDA compute buffer. The
+    IQk_R4 types joined the CUDA type switch in May-June 2025 (:data:`CUDA_MATMUL_SINCE`); a
+    build before that keeps those matmuls on the CPU too.
     Mainline's CUDA backend multiplies every type its GGUFs use.
     """
     name = type_name.lower()
@@ -147,7 +170,8 @@ def cuda_can_offload(type_name: str, settings: Settings) -> bool:
         return True
     if settings.rtr:
         name = RTR_REPACK.get(name, name)
-    return name in CUDA_MATMUL_TYPES
+    since = CUDA_MATMUL_SINCE.get(name)
+    return name in CUDA_MATMUL_TYPES and (since is None or settings.has(since))
 
 
 def attention_max_batch(settings: Settings) -> int:
@@ -245,6 +269,41 @@ def layer_compute_bytes(layout: ModelLayout, settings: Settings) -> float:
     for il in range(hp.n_layer_kv):
         worst = max(worst, max(exps[il], shexp[il], dense[il]) + inp)
     return worst
+
+
+def layer_compute_by_device(
+    layout: ModelLayout, settings: Settings, placement: Sequence[str]
+) -> dict[str, float]:
+    """:func:`layer_compute_bytes` per device, counting only the matmuls of the weights each
+    device holds (``placement``: a device per tensor). A matmul runs where its weight is, or on
+    the first CUDA device when the weight is in RAM (:func:`offload_terms`)."""
+    hp = layout.hparams
+    ub = graph_tokens(settings)
+    used = max(1, hp.n_expert_used)
+    parts: dict[str, list[Counter[int]]] = {}
+    for t, device in zip(layout.tensors, placement, strict=True):
+        if not device or not t.loaded or t.layer == GLOBAL_LAYER:
+            continue
+        if not t.name.endswith(".weight"):
+            continue
+        exps, shexp, dense = parts.setdefault(device, [Counter(), Counter(), Counter()])
+        ne1 = t.shape[1] if len(t.shape) > 1 else 1
+        if t.group in ROUTED_EXPERT_GROUPS:
+            exps[t.layer] += ne1 * ub * used * 4
+        elif t.group is TensorGroup.SHARED:
+            shexp[t.layer] += ne1 * ub * 4
+        elif t.group is TensorGroup.FFN:
+            dense[t.layer] += ne1 * ub * 4
+    inp = hp.n_embd * ub * 4 * 2
+    out = {}
+    for device, (exps, shexp, dense) in parts.items():
+        out[device] = float(
+            max(
+                (max(exps[il], shexp[il], dense[il]) + inp for il in range(hp.n_layer_kv)),
+                default=0,
+            )
+        )
+    return out
 
 
 def _head_chunk(n_head: int, full_mib: int, amb: int) -> int:
@@ -470,9 +529,16 @@ def mla_device_attention(
 
 
 def offload_threshold(layout: ModelLayout, settings: Settings) -> int:
-    """Smallest ubatch at which the GPU takes over MoE matmuls of RAM-resident experts."""
+    """Smallest ubatch at which the GPU takes over MoE matmuls of RAM-resident experts.
+
+    ik ``ggml_backend_cuda_offload_op`` (``ggml/src/ggml-cuda.cu``): since PR #520
+    (:data:`engine_builds.MOE_OFFLOAD_RATIO`) ``T · n_used ≥ 32 · n_expert``; before, like
+    mainline, ``op->ne[2] ≥ 32`` for MUL_MAT_ID / MOE_FUSED_UP_GATE, i.e. 32 tokens.
+    """
     hp = layout.hparams
     if not settings.is_ik or not hp.n_expert or not hp.n_expert_used:
+        return OP_OFFLOAD_MIN_BATCH
+    if not settings.has(engine_builds.MOE_OFFLOAD_RATIO):
         return OP_OFFLOAD_MIN_BATCH
     return -(-OP_OFFLOAD_MIN_BATCH * hp.n_expert // hp.n_expert_used)
 
@@ -526,6 +592,7 @@ class RamWeights:
     output: int = 0  # the output matrix, when it stays in RAM
     dense_max: int = 0  # largest other repeating-layer matrix in RAM (``-ngl 0``)
     has_cuda: bool = False  # a CUDA backend exists to take big-batch matmuls of RAM weights
+    kv_max: int = 0  # largest KV cache of a layer held in RAM with its attention weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,6 +614,10 @@ class ComputeTerms:
     # mainline: a weight copy is a split input of its own matmul's split, live in the FFN phase
     # only (:func:`offload_terms`), not beside the attention of a layer
     copy_with_ffn_only: bool = False
+    # ik: the first CUDA device's offloaded matmuls, their weight copies included: a copy is a
+    # split input freed after its split (:func:`ik_offload_phases`), so it is not added on top
+    offload_phase: float = 0.0
+    copy_in_phase: bool = False
 
     @property
     def total(self) -> int:
@@ -560,6 +631,9 @@ class ComputeTerms:
         # the logits land above it (tiny-deepseek2 at 1024 cells: tests/data/mla_tiny_grid.json).
         if self.host:
             peak = self.mask + max(self.ffn, self.attention, self.host_logits)
+        elif self.copy_in_phase:
+            peak = max(self.mask + max(self.ffn, self.attention, self.offload_phase), self.logits)
+            return max(int(peak + self.reduce + self.extra_alloc), int(self.output))
         else:
             peak = max(self.mask + max(self.ffn, self.attention), self.logits)
         layers = int(peak + self.offload_copy + self.reduce + self.extra_alloc)
@@ -569,7 +643,8 @@ class ComputeTerms:
 def offload_terms(
     layout: ModelLayout, settings: Settings, ram: RamWeights, layer_compute: float
 ) -> tuple[float, float, float]:
-    """(weight copy, FFN activations, logits) the first CUDA device takes on for RAM weights."""
+    """Mainline: (weight copy, FFN activations, logits) the first CUDA device takes on for RAM
+    weights (ik: :func:`ik_offload_phases`)."""
     tokens = graph_tokens(settings)
     copy = ffn = logits = 0.0
     # ik: up and gate live together (fused MoE). Mainline multiplies up, gate and down apart
@@ -592,6 +667,81 @@ def offload_terms(
             copy = max(copy, pair * ram.dense_max)
             ffn = layer_compute
     return copy, ffn, logits
+
+
+def ik_offload_phases(
+    layout: ModelLayout, settings: Settings, ram: RamWeights, layer_compute: float
+) -> tuple[float, float, float]:
+    """(largest weight copy, offload phase, output phase) of ik's first CUDA device.
+
+    ``ggml_backend_sched_split_graph`` (ik ``ggml/src/ggml-backend.c`` at 58f08e43, ``.cpp`` at
+    8337e4cd) starts a new split at every node whose weight sits on another backend ("by
+    starting a new split, the memory of the previously offloaded weights can be reused") and
+    adds the weight's copy (``ggml_dup_tensor_layout``) as a node at the split's start, so
+    ``ggml_gallocr_alloc_graph_impl`` frees it once the split's ops have run. One split holds
+    the copies of one op: up and gate together under fused MoE (``MOE_FUSED_UP_GATE`` has both
+    as sources), down alone. Live with the up/gate copies: the layer input and its norm
+    (``2 · n_embd · T · 4``) and the op's ``[n_ff_exp, n_used, T]`` f32 result; with the down
+    copy: that result, down's ``[n_embd, n_used, T]`` result and the residual; after down,
+    the weighted experts (:func:`moe_return_bytes`). (Mainline: :func:`offload_terms`.)
+    """
+    hp = layout.hparams
+    tokens = graph_tokens(settings)
+    rows = hp.n_embd * tokens * 4
+    copy = phase = output = 0.0
+    if ram.expert_max and tokens >= offload_threshold(layout, settings):
+        used = max(1, hp.n_expert_used)
+        up_gate_out = max(hp.n_ff_exp, 1) * used * tokens * 4
+        down = ram.expert_max + up_gate_out + hp.n_embd * used * tokens * 4 + rows
+        if up_gate_offloaded(settings):
+            copy, up_gate = 2.0 * ram.expert_max, 2 * ram.expert_max + up_gate_out + 2 * rows
+        else:
+            copy, up_gate = float(ram.expert_max), 0  # only down comes over
+        phase = float(max(up_gate, down, moe_return_bytes(layout, settings)))
+    if tokens >= OP_OFFLOAD_MIN_BATCH:
+        if ram.dense_max:
+            copy = max(copy, 2.0 * ram.dense_max)
+            phase = max(phase, 2.0 * ram.dense_max + layer_compute)
+        if ram.output:
+            copy = max(copy, float(ram.output))
+            output = output_phase_bytes(layout, tokens) + ram.output
+    return copy, phase, output
+
+
+def moe_return_bytes(layout: ModelLayout, settings: Settings) -> float:
+    """Bytes live where the experts' outputs are weighted and summed: down's ``[n_embd, n_used,
+    T]`` f32 result, ``ggml_mul`` by the router weights (another one) and the residual
+    (``n_embd · T · 4``). The weight-less ops after the down matmul take the backend of the
+    next GPU op (the scheduler's "expand gpu up/down" passes skip the CPU), so when the CPU ran
+    the down matmul its result is copied to the GPU of the layer. Measured: ik 3737, Qwen3-30B-A3B
+    with ``-ot exps=CPU`` on an RPC device, ``-ub 512``, c32768: 100.50 MiB = 32 (f16 mask) +
+    2 · 32 + 4 + the router's outputs."""
+    hp = layout.hparams
+    tokens = graph_tokens(settings)
+    used = max(1, hp.n_expert_used)
+    return float(2 * hp.n_embd * used * tokens * 4 + hp.n_embd * tokens * 4)
+
+
+def up_gate_offloaded(settings: Settings) -> bool:
+    """Whether the fused up/gate op of RAM experts can go to the GPU (ik; fused MoE assumed:
+    every ik run in the corpus passes ``-fmoe``, the default since
+    :data:`engine_builds.FA_FMOE_DEFAULT`). Before :data:`engine_builds.FUSED_UP_GATE_OFFLOAD`
+    ``ggml_backend_cuda_offload_op`` took only MUL_MAT_ID, so up/gate ran on the CPU."""
+    return not settings.is_ik or settings.has(engine_builds.FUSED_UP_GATE_OFFLOAD)
+
+
+def attention_offloaded(settings: Settings, ram: RamWeights) -> bool:
+    """Whether the first CUDA device runs the attention of layers held in RAM.
+
+    ``ggml_backend_cuda_offload_op`` accepts any op with a RAM weight once ``op->ne[1] ≥ 32``
+    (all but GET_ROWS: the norms, Q/K/V/O and MLA matmuls, in every ik build read, 3596 to
+    4840), and the scheduler's expansion passes give the weight-less ops between them (the
+    attention itself) the same GPU. The layer's K and V views are then split inputs copied in
+    from RAM, and the host keeps only its graph inputs (mask, token embeddings). Measured: ik
+    3722 ``-ngl 0`` and 3737 ``-ngl 63`` printed host buffers of exactly mask (f32) +
+    ``n_embd · T · 4`` (334.01 and 1088.05 MiB; tests/data/cuda_corpus).
+    """
+    return ram.has_cuda and ram.kv_max > 0 and graph_tokens(settings) >= OP_OFFLOAD_MIN_BATCH
 
 
 def mainline_output_phase(
@@ -626,6 +776,8 @@ def compute_terms(
     ram: RamWeights | None = None,
     mla_attention: float | None = None,
     mla_output: bool = False,
+    own_ffn: float | None = None,
+    ram_experts: bool = False,
 ) -> ComputeTerms:
     """Compute-buffer model for one device (see the module docstring).
 
@@ -644,36 +796,61 @@ def compute_terms(
         mla_attention: :func:`mla_device_attention` for this device, where the caller knows its
             layers (replaces the closed-form attention phase).
         mla_output: ``mla_attention`` covers the output phase too (older builds' replay).
+        own_ffn: The FFN phase of the weights this device holds (:func:`layer_compute_by_device`;
+            default ``layer_compute``): a matmul runs where its weight is, or on the first CUDA
+            device when the weight is in RAM (:func:`ik_offload_phases`), so routed experts left
+            in RAM add nothing to another GPU's FFN phase (ik; mainline keeps ``layer_compute``).
+        ram_experts: Some layer whose attention runs here has its routed experts in RAM: when
+            the CPU multiplies them, their result comes back here (:func:`moe_return_bytes`).
     """
     runs_attention = holds_layers if hosts_kv is None else hosts_kv
     if offload_target is None:
         offload_target = is_cuda and holds_layers
     if ram is None:
         ram = RamWeights(expert_max=cpu_expert_tensor_max)
-    offloads = is_cuda and offload_target and (ram.expert_max or ram.output or ram.dense_max)
+    ram_attention = settings.is_ik and attention_offloaded(settings, ram)
+    takes_offloads = is_cuda and offload_target
+    if is_host and ram_attention:
+        runs_attention = False
+    if takes_offloads and ram_attention:
+        runs_attention = True
+    offloads = takes_offloads and (ram.expert_max or ram.output or ram.dense_max or ram_attention)
     if not (holds_layers or holds_output or runs_attention or is_host or offloads):
         return ComputeTerms()
     hp = layout.hparams
     tokens = graph_tokens(settings)
     if layer_compute is None:
         layer_compute = layer_compute_bytes(layout, settings)
+    if own_ffn is None or not settings.is_ik:
+        own_ffn = layer_compute
     mask = mask_bytes(layout, settings, host=is_host) if runs_attention or is_host else 0.0
     ffn = float(hp.n_embd * tokens * 4) if is_host else 0.0
     attention = 0.0
     if runs_attention:
-        ffn = layer_compute
+        ffn = own_ffn if holds_layers else 0.0
         if mla_attention is not None:
             # The replay holds the FFN phases of the device's layers too.
             ffn, attention = 0.0, mla_attention
         else:
             attention = _attention_phase(layout, settings, tokens)
+            moe_on_cpu = not (
+                ram.has_cuda and ram.expert_max and tokens >= offload_threshold(layout, settings)
+            )
+            if settings.is_ik and ram_experts and not is_host and moe_on_cpu and hp.n_expert:
+                ffn = max(ffn, moe_return_bytes(layout, settings))
+        if takes_offloads and ram_attention:
+            # The RAM layers' attention, their K/V views copied in as split inputs.
+            attention = max(attention, _attention_phase(layout, settings, tokens) + ram.kv_max)
     elif holds_layers:
         if is_host:
             # The token embeddings stay live beside the experts' up/gate output (ik PR #259's
             # CUDA_Host line: mask + n_embd·T·4 + n_ff_exp·n_used·T·4); when the first GPU
             # takes the expert matmuls, only the embeddings (mainline log in ik PR #394).
             if not (
-                ram.has_cuda and ram.expert_max and tokens >= offload_threshold(layout, settings)
+                ram.has_cuda
+                and ram.expert_max
+                and tokens >= offload_threshold(layout, settings)
+                and up_gate_offloaded(settings)
             ):
                 exps = float(max(hp.n_ff_exp, 1) * max(hp.n_expert_used, 1) * tokens * 4)
                 ffn = ffn + exps if ram.has_cuda else max(ffn, exps)
@@ -686,15 +863,27 @@ def compute_terms(
         logits = 0.0
     copy = 0.0
     output_copy = 0.0
-    if offloads:
+    if offloads and not settings.is_ik:
         copy, off_ffn, off_logits = offload_terms(layout, settings, ram, layer_compute)
         ffn = max(ffn, off_ffn)
         if off_logits > logits:
             logits, output_copy = off_logits, float(ram.output)
     if settings.is_ik:
+        phase = 0.0
+        if offloads:
+            copy, phase, off_output = ik_offload_phases(layout, settings, ram, layer_compute)
+            logits = max(logits, off_output)
         host_logits = float(hp.n_vocab * tokens * 4) if logits else 0.0
         return ComputeTerms(
-            ffn, attention, logits, mask, copy, host=is_host, host_logits=host_logits
+            ffn,
+            attention,
+            logits,
+            mask,
+            copy,
+            host=is_host,
+            host_logits=host_logits,
+            offload_phase=phase,
+            copy_in_phase=not is_host,
         )
     raw_logits = float(hp.n_vocab * tokens * 4) if logits else 0.0
     output = mainline_output_phase(layout, settings, raw_logits, output_copy)

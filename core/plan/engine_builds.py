@@ -98,6 +98,46 @@ SPLIT_MODE_GRAPH = BuildChange(4035, "a71934998", "2025-12-01", 1022, "-sm graph
 # Builds before MLA_PROMPT_SPLIT allocated the MLA prompt path the older way (see
 # ``compute.mla_prompt_attention_bytes``); builds before HOST_MASK_F16 built the KQ mask as f32
 # on the host and cast it to f16 on each device with flash attention.
+# The CUDA backend learnt to multiply ik's row-interleaved IQk_R4 types one PR at a time
+# (``ggml_backend_cuda_supports_op`` in ``ggml/src/ggml-cuda.cu``, the MUL_MAT/MUL_MAT_ID type
+# switch). Before, a RAM-resident weight of that type (``-rtr`` repacks IQk quants into them) kept
+# its big-batch matmuls on the CPU: the scheduler offers an op to a GPU only when ``supports_op``
+# agrees (``ggml_backend_sched_backend_id_from_cur``), so no copy went into a CUDA compute buffer.
+CUDA_IQK_R4 = BuildChange(
+    3714,
+    "89728ab03",
+    "2025-05-26",
+    461,
+    "CUDA multiplies IQ2_K_R4, IQ3_K_R4, IQ4_K_R4 and IQ5_K_R4 (before: those RAM weights' "
+    "matmuls stayed on the CPU)",
+)
+CUDA_IQKS_R4 = BuildChange(
+    3715, "6989ca024", "2025-05-27", 462, "CUDA multiplies IQ4_KS_R4 and IQ5_KS_R4"
+)
+CUDA_IQ1_S_R4 = BuildChange(3726, "631ceee07", "2025-06-05", 492, "CUDA multiplies IQ1_S_R4")
+CUDA_IQ1_M_R4 = BuildChange(3729, "1b9b7bd5a", "2025-06-05", 494, "CUDA multiplies IQ1_M_R4")
+# ``ggml_backend_cuda_offload_op`` before PR #405 accepted MUL_MAT_ID but not ik's fused
+# MOE_FUSED_UP_GATE (``-fmoe``), so with fused MoE the up/gate matmul of RAM experts stayed on the
+# CPU and only the down matmul went to the GPU.
+FUSED_UP_GATE_OFFLOAD = BuildChange(
+    3683,
+    "aa8ec5dfa",
+    "2025-05-12",
+    405,
+    "the fused up/gate MoE op (-fmoe) of RAM experts is offloaded to the GPU like MUL_MAT_ID "
+    "(before: it ran on the CPU, only down was offloaded)",
+)
+# ``ggml_backend_cuda_offload_op`` (``ggml/src/ggml-cuda.cu``) before PR #520 offloaded a
+# MUL_MAT_ID / MOE_FUSED_UP_GATE whenever ``op->ne[2]`` (the tokens) was at least 32; since, only
+# when ``tokens · n_used ≥ 32 · n_expert``.
+MOE_OFFLOAD_RATIO = BuildChange(
+    3745,
+    "dc663fe63",
+    "2025-06-12",
+    520,
+    "a MoE matmul of RAM-resident experts goes to the GPU only when T·n_used ≥ 32·n_expert "
+    "(before: T ≥ 32, like any matmul)",
+)
 HOST_MASK_F16 = BuildChange(
     3907,
     "4e24d48e6",
@@ -145,6 +185,12 @@ IK_CHANGES = (
     MLA_TAKES_VALUE,
     AMB_FLAG,
     MLA_3,
+    FUSED_UP_GATE_OFFLOAD,
+    CUDA_IQK_R4,
+    CUDA_IQKS_R4,
+    CUDA_IQ1_S_R4,
+    CUDA_IQ1_M_R4,
+    MOE_OFFLOAD_RATIO,
     CPU_MOE_FLAGS,
     ACTIVE_EXPERTS_FLAG,
     HOST_MASK_F16,

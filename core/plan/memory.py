@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from moe_studio.core.gguf.model import ModelLayout
-from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS
+from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
 from moe_studio.core.hardware.devices import CPU_NAME, DeviceKind, Rig
 from moe_studio.core.plan import engine_builds as builds
 from moe_studio.core.plan import graph_split
@@ -35,6 +35,7 @@ from moe_studio.core.plan.compute import (
     effective_mla,
     graph_compute_terms,
     graph_tokens,
+    layer_compute_by_device,
     layer_compute_bytes,
     mla_device_attention,
     offload_threshold,
@@ -386,12 +387,38 @@ def estimate(
         and first_cuda
         and cuda_can_offload(tensors[output_index].type_name, settings)
     )
+    # A layer whose KV and attention weights both sit in RAM has its attention run on the first
+    # CUDA device for big batches (compute.attention_offloaded); its K/V views are copied there.
+    ram_attention = [
+        il < len(layer_devices) and layer_devices[il] == CPU_NAME for il in range(layout.n_layer)
+    ]
+    for t, d in zip(tensors, plan.devices, strict=True):
+        matrix = t.group is TensorGroup.ATTENTION and 0 <= t.layer < layout.n_layer
+        if (
+            matrix
+            and len(t.shape) > 1
+            and not (d == CPU_NAME and cuda_can_offload(t.type_name, settings))
+        ):
+            ram_attention[t.layer] = False
     ram = RamWeights(
         expert_max=cpu_expert_max,
         output=tensors[output_index].nbytes if output_in_ram and output_index is not None else 0,
         dense_max=cpu_dense_max,
         has_cuda=first_cuda is not None,
+        kv_max=max((kv_layers[il] for il, r in enumerate(ram_attention) if r), default=0)
+        if first_cuda
+        else 0,
     )
+    own_ffn = layer_compute_by_device(layout, settings, plan.devices)
+    # Devices running the attention of a layer whose routed experts sit in RAM.
+    ram_expert_layers = {
+        t.layer
+        for t, d in zip(tensors, plan.devices, strict=True)
+        if d == CPU_NAME and t.group in ROUTED_EXPERT_GROUPS
+    }
+    ram_expert_devices = {
+        layer_devices[il] for il in ram_expert_layers if 0 <= il < len(layer_devices)
+    }
     offload_experts = (
         first_cuda
         if first_cuda
@@ -428,6 +455,8 @@ def estimate(
             is_host=is_cpu,
             offload_target=device.name == first_cuda,
             ram=ram,
+            own_ffn=own_ffn.get(device.name, 0.0),
+            ram_experts=device.name in ram_expert_devices,
             mla_attention=mla_attention,
             mla_output=mla_attention is not None
             and output_device == device.name
@@ -490,6 +519,6 @@ def _graph_terms(
     return replace(
         terms,
         offload_copy=layer_terms.offload_copy,
-        ffn=max(terms.ffn, layer_terms.ffn),
+        ffn=max(terms.ffn, layer_terms.ffn, layer_compute),
         logits=max(terms.logits, layer_terms.logits),
     )

@@ -10,7 +10,10 @@ free"), is what the engine split the layers by.
 ``tolerance_note`` says why (a setting the log does not show, a build older than the model, a
 stand-in layout). ``printed_weights_mib`` keeps the per-GPU weight sizes the engine printed: they
 pin where the user's tensors went, but are not compared, because the catalog layout that stands
-in for the user's file has other quant types. A point whose build
+in for the user's file has other quant types. ``expert_types`` (optional) gives the routed
+experts' types where the file's name states them (``{"up": "q8_0", "gate": …, "down": …}``):
+whether a CUDA build copies RAM experts in, and how much, depends on their type. A point whose
+build
 :func:`moe_studio.core.plan.compute.describes_build` covers counts towards the corpus targets
 (``date`` is the day the log was posted, so the build is at least that old).
 
@@ -33,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from moe_studio.core.gguf import catalog
+from moe_studio.core.gguf.ggml_types import type_by_name
 from moe_studio.core.gguf.model import ModelLayout, classify_tensors, hyperparams_from_metadata
+from moe_studio.core.gguf.tensors import TensorGroup
 from moe_studio.core.hardware.devices import Device, DeviceKind, HostInfo, Rig
 from moe_studio.core.plan import engine_builds
 from moe_studio.core.plan.cmdline import import_command, imported_split
@@ -81,8 +86,24 @@ def load_runs() -> list[Run]:
 
 
 @cache
-def layout_for(model: str) -> ModelLayout:
-    return catalog.load_catalog(model)
+def layout_for(model: str, expert_types: tuple[tuple[str, str], ...] = ()) -> ModelLayout:
+    """The catalog layout, with the routed experts' types replaced (``expert_types``: pairs of
+    ``up``/``gate``/``down`` and a ggml type name)."""
+    layout = catalog.load_catalog(model)
+    if not expert_types:
+        return layout
+    groups = {}
+    for part, name in expert_types:
+        gtype = type_by_name(name)
+        assert gtype is not None, f"{name} is not a ggml type"
+        groups[TensorGroup(f"exps_{part}")] = gtype
+    tensors = []
+    for t in layout.tensors:
+        gtype = groups.get(t.group)
+        tensors.append(
+            t if gtype is None else replace(t, type_id=gtype.id, nbytes=gtype.tensor_bytes(t.shape))
+        )
+    return replace(layout, tensors=tuple(tensors))
 
 
 def build_number(run: Run) -> int | None:
@@ -104,7 +125,7 @@ def build_number(run: Run) -> int | None:
 
 def points_of(run: Run) -> list[Point]:
     """Import the run's command on its GPUs, estimate, and pair every printed figure with ours."""
-    layout = layout_for(run["model"])
+    layout = layout_for(run["model"], tuple(sorted(run.get("expert_types", {}).items())))
     gpus = tuple(
         Device(
             g["name"],
