@@ -569,10 +569,12 @@ def mask_bytes(layout: ModelLayout, settings: Settings, *, host: bool) -> float:
         if settings.has(engine_builds.HOST_MASK_F16) or not settings.flash_attn:
             size = 2 if settings.flash_attn else 4
         else:
-            # Older builds: an f32 mask on the host, cast to f16 where attention runs; the f32
-            # copy and the cast are both live at the device's peak (build 3737 on an RPC device:
-            # +6 bytes per mask element when the context doubles, tests/data/mla_dryrun_3737.json).
-            size = 4 if host else 6
+            # Older builds: an f32 mask on the host (build 3737 printed f32 mask + embeddings on
+            # the CPU), cast to f16 at the first flash attention; the device's f32 copy is freed
+            # right after the cast, and later devices receive the f16 cast, so a device's peak
+            # holds 2 bytes per element (build 3737's allocation trace; the MLA replay keeps the
+            # cast's own moment, mla_alloc.Legacy).
+            size = 4 if host else 2
         return float(mask_count(layout) * kv * rows * size)
     rows = mainline_mask_rows(settings)
     size = 4 if host or not settings.flash_attn else 2
@@ -853,7 +855,19 @@ def compute_terms(
                 and up_gate_offloaded(settings)
             ):
                 exps = float(max(hp.n_ff_exp, 1) * max(hp.n_expert_used, 1) * tokens * 4)
-                ffn = ffn + exps if ram.has_cuda else max(ffn, exps)
+                if (
+                    ram.has_cuda
+                    and settings.has(engine_builds.MLA_PP_OPT)
+                    and not settings.has(engine_builds.HOST_MASK_F16)
+                ):
+                    # Builds of the f32 host mask: the experts' down output (n_embd · n_used ·
+                    # T · 4) is what sits on the mask (published CUDA_Host lines: 176.01 MiB =
+                    # 64 + 112 for DeepSeek at -c 32768 -ub 512, 1408.05 = 512 + 896 at -ub
+                    # 4096, 128.01 = 64 + 64 for Qwen3-235B at -c 32768 -ub 512).
+                    down = float(hp.n_embd * max(hp.n_expert_used, 1) * tokens * 4)
+                    ffn = max(ffn, down)
+                else:
+                    ffn = ffn + exps if ram.has_cuda else max(ffn, exps)
         else:
             ffn = layer_compute
     logits = output_phase_bytes(layout, tokens) if holds_output and not mla_output else 0.0

@@ -119,6 +119,14 @@ CUDA_IQ1_M_R4 = BuildChange(3729, "1b9b7bd5a", "2025-06-05", 494, "CUDA multipli
 # ``ggml_backend_cuda_offload_op`` before PR #405 accepted MUL_MAT_ID but not ik's fused
 # MOE_FUSED_UP_GATE (``-fmoe``), so with fused MoE the up/gate matmul of RAM experts stayed on the
 # CPU and only the down matmul went to the GPU.
+MLA_PP_OPT = BuildChange(
+    3607,
+    "a9a941b5b",
+    "2025-03-23",
+    282,
+    "DeepSeek's prompt path (pp_opt, n_tokens >= 128) in build_deepseek2; the published logs of "
+    "earlier builds (ik PR #259, build 3596) hold other host and MLA buffers",
+)
 FUSED_UP_GATE_OFFLOAD = BuildChange(
     3683,
     "aa8ec5dfa",
@@ -185,6 +193,7 @@ IK_CHANGES = (
     MLA_TAKES_VALUE,
     AMB_FLAG,
     MLA_3,
+    MLA_PP_OPT,
     FUSED_UP_GATE_OFFLOAD,
     CUDA_IQK_R4,
     CUDA_IQKS_R4,

@@ -97,10 +97,16 @@ def test_targets_on_described_builds() -> None:
 #   weight copies freed with their split (ComputeTerms.copy_in_phase), the layers left in RAM run
 #   whole on the first GPU, a GPU's FFN phase from its own weights: compute GPU 0.0 %, 56 of 64,
 #   116 % / host 0.0 %, 30 of 44, 69 %.
+# - (this session) ik's old builds by build: the f32 host mask, the MLA prompt path of builds
+#   before 4161 replayed through ggml-alloc (mla_alloc.Legacy), their offload rules (MoE from 32
+#   tokens before 3745, no fused up/gate offload before 3683, IQk_R4 CUDA matmuls from 3714),
+#   copies freed with their split, the device mask freed before the output; mainline by build:
+#   KV 0.0 %, 55, worst 3.3 % / compute GPU 0.0 %, 48 of 55, worst 37.1 % (ik PR #259, build
+#   3596, before DeepSeek's prompt path) / compute host 0.0 %, 32 of 39, worst 53.9 %.
 REGRESSION_BOUND = {
-    "kv": (63, 0.1, 59, 51.5),
-    "compute GPU": (64, 0.1, 56, 116.1),
-    "compute host": (44, 0.1, 30, 69.2),
+    "kv": (55, 0.1, 55, 3.4),
+    "compute GPU": (55, 0.1, 48, 37.2),
+    "compute host": (39, 0.1, 32, 54.0),
 }
 
 
@@ -182,3 +188,26 @@ def test_targets_can_fail() -> None:
     assert corpus_targets([good] * 4 + [bad]) == []
     assert corpus_targets([good] + [bad] * 4)
     assert corpus_targets([Point("r", "kv", "CUDA0", 100.0, 101.5, None, claimed=True)])
+
+
+def test_published_deepseek_cuda_logs_of_2025_builds_are_replayed() -> None:
+    # The MLA prompt path of ik builds 3607-4160 replayed through ggml-alloc
+    # (mla_alloc.Legacy) with the offload rules of those builds: real users' CUDA0/CUDA1 compute
+    # buffers for DeepSeek V3/R1 on 4090, 5090, 3080 and A6000 cards, to the MiB.
+    runs = {r["id"]: r for r in load_runs()}
+    points = [
+        p
+        for p in all_points()
+        if p.term == "compute"
+        and p.device != "CPU"
+        and runs[p.run]["engine"] == "ik_llama.cpp"
+        and "deepseek" in runs[p.run]["model"]
+        and 3607 <= (build_number(runs[p.run]) or 0) < 4161
+    ]
+    exact = [p for p in points if abs(p.error_pct) < 0.5]
+    assert len(points) >= 27 and len(exact) >= 22, [(p.name, p.error_pct) for p in points]
+    # Unexplained: a 2x4090 run whose CUDA0 printed 6698 MiB where the same command with
+    # IQ3_K_R4 experts printed 4792 (its copy of IQ4_KS_R4 experts is ours, its peak is not).
+    unexplained = {"ik-issue437/r1-0528-iq4_ks_r4/2x4090-c40960-ub4096:compute@CUDA0"}
+    worst = [p.name for p in points if abs(p.error_pct) > 10 and p.name not in unexplained]
+    assert worst == []

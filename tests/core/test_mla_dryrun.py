@@ -15,6 +15,7 @@ are kept but not asserted either: ours are ~44 % high there
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 
@@ -48,3 +49,29 @@ def test_kv_total_per_run_is_exact() -> None:
     assert totals
     for run, (reported, ours) in totals.items():
         assert abs(ours - reported) <= 0.01 * reported, f"{run}: {reported} vs {ours}"
+
+
+def test_build_3737_mla_prompt_path_is_replayed() -> None:
+    # ik build 3737 itself (before PR #1211) on RPC devices: every flash-attention run's device
+    # buffer, one and two devices, -amb 0/512/2048, -ub 512-4096, ctx 8k-32k, q8_0 and f16 K.
+    from tests.support.cuda_corpus import MLA_3737
+
+    doc = json.loads(MLA_3737.read_text())
+    fa_runs = {i for i, run in enumerate(doc["runs"]) if " -fa" in run["command"]}
+    points = [
+        p
+        for p in device_compute(dryrun_points(path=MLA_3737))
+        if int(p.name.split(":")[1].split("-")[0]) in fa_runs
+    ]
+    assert len(points) >= 24
+    for p in points:
+        assert abs(p.error_pct) < 0.5, f"{p.name} {p.device}: {p.error_pct:+.2f} %"
+
+
+def test_build_3737_host_holds_the_f32_mask_and_the_embeddings() -> None:
+    from tests.support.cuda_corpus import MLA_3737
+
+    host = [p for p in dryrun_points(path=MLA_3737) if p.term == "compute" and p.device == "CPU"]
+    assert len(host) >= 24
+    # (the token ids, positions and output ids, 3 · 4 · T bytes, are not counted)
+    assert all(abs(p.ours_mib - p.reported_mib) < 0.06 for p in host)
