@@ -857,6 +857,7 @@ def compute_terms(
                 exps = float(max(hp.n_ff_exp, 1) * max(hp.n_expert_used, 1) * tokens * 4)
                 if (
                     ram.has_cuda
+                    and tokens < offload_threshold(layout, settings)  # no expert op offloaded
                     and settings.has(engine_builds.MLA_PP_OPT)
                     and not settings.has(engine_builds.HOST_MASK_F16)
                 ):

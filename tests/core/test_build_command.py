@@ -35,7 +35,7 @@ from moe_studio.core.plan.placement import (
     initial_plan,
     range_cells,
 )
-from moe_studio.core.plan.planning import Planner
+from moe_studio.core.plan.planning import Planner, apply_pin
 from moe_studio.core.plan.settings import Settings
 from moe_studio.core.units import GiB
 
@@ -58,7 +58,12 @@ def experts_on_cpu() -> tuple[ModelLayout, Plan, Rig]:
     """qwen3-30b-a3b on one 8 GiB GPU: most experts stay in RAM."""
     q = layout("qwen3-30b-a3b")
     r = rig(8)
-    return q, auto_place(q, initial_plan(q), r, Settings()).plan, r
+    # Every layer and the output on the GPU, the routed experts of the last 36 layers on the
+    # CPU (what ik's --n-cpu-moe 36 says).
+    plan = initial_plan(q)
+    for rule in ("L:0-47=CUDA0", "^output=CUDA0", "E:12-47=CPU"):
+        plan = apply_pin(q, plan, rule).after
+    return q, plan, r
 
 
 def flags(argv: tuple[str, ...]) -> list[str]:

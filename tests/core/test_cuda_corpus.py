@@ -102,11 +102,12 @@ def test_targets_on_described_builds() -> None:
 #   tokens before 3745, no fused up/gate offload before 3683, IQk_R4 CUDA matmuls from 3714),
 #   copies freed with their split, the device mask freed before the output; mainline by build:
 #   KV 0.0 %, 55, worst 3.3 % / compute GPU 0.0 %, 48 of 55, worst 37.1 % (ik PR #259, build
-#   3596, before DeepSeek's prompt path) / compute host 0.0 %, 32 of 39, worst 53.9 %.
+#   3596, before DeepSeek's prompt path) / compute host 0.0 %, 28 of 39, worst 69.1 % (hosts
+#   that multiply the experts themselves: mask + up/gate + down or mask + down by fragmentation).
 REGRESSION_BOUND = {
     "kv": (55, 0.1, 55, 3.4),
     "compute GPU": (55, 0.1, 48, 37.2),
-    "compute host": (39, 0.1, 32, 54.0),
+    "compute host": (39, 0.1, 28, 69.2),
 }
 
 
