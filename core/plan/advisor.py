@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from moe_studio.core.gguf.model import ModelLayout
 from moe_studio.core.gguf.tensors import ROUTED_EXPERT_GROUPS
 from moe_studio.core.hardware.devices import CPU_NAME, DeviceKind, Rig
+from moe_studio.core.plan import engine_builds as builds
 from moe_studio.core.plan.memory import (
     Estimate,
     compute_margin,
@@ -92,6 +93,14 @@ def advise(
             )
     warnings.extend(estimate.notes)
     hp = layout.hparams
+    if settings.is_ik and hp.is_mla and settings.mla is None and settings.effective_mla == 0:
+        # Builds before 3983 (PR #943) default to -mla 0: the full per-head K and V cache.
+        best = 3 if settings.has(builds.MLA_3) else 2
+        warnings.append(
+            f"ik_llama.cpp build {settings.engine_build} defaults to -mla 0, which caches full "
+            f"K and V for every head; set MLA to {best} (-mla {best}) to cache the compressed "
+            "latent instead."
+        )
     cpu_experts = [
         t
         for t, dev in zip(layout.tensors, plan.devices, strict=True)

@@ -127,3 +127,19 @@ def test_numa_binds_when_the_cpu_part_fits_one_node_and_interleaves_otherwise() 
     assert big.threads == 32
     single = _advise(q, plan, _rig(), s)
     assert single.threads == 32 and not single.numactl
+
+
+def test_an_old_build_s_mla_0_default_is_called_out() -> None:
+    from moe_studio.core.gguf import catalog as cat
+    from moe_studio.core.plan.planning import Planner
+
+    layout = cat.load_catalog(cat.DEMO)
+    gpu = Device("CUDA0", DeviceKind.CUDA, 24 * GiB, index=0)
+    rig = Rig("r", HostInfo(256 * GiB, cores_physical=16), (gpu,))
+    old = Planner(layout, rig, Settings(engine_build=3737))
+    advice = old.result(old.initial()).advice
+    assert advice is not None
+    assert any("defaults to -mla 0" in w and "-mla 3" in w for w in advice.warnings)
+    new = Planner(layout, rig, Settings())
+    advice = new.result(new.initial()).advice
+    assert advice is not None and not any("-mla 0" in w for w in advice.warnings)
