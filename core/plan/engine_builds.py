@@ -176,6 +176,14 @@ MLA_PROMPT_SPLIT = BuildChange(
     1211,
     "MLA prompt path: -amb head split by any divisor and buffer reuse",
 )
+LAYER_SIZE_SPLIT = BuildChange(
+    4327,
+    "0871ab296",
+    "2026-03-20",
+    1466,
+    "layers are split over the GPUs by their sizes (get_layer_sizes); before, layer i went to "
+    "the first GPU whose cumulative split exceeds (i - i_gpu_start) / min(ngl, n_layer + 1)",
+)
 AMB_MIN_128 = BuildChange(
     4550, "8960c5ba5", "2026-05-29", 1899, "-amb below 128 is raised to 128 (common.cpp)"
 )
@@ -215,6 +223,7 @@ IK_CHANGES = (
     RPC_DEVICE_NAMES,
     SPLIT_MODE_GRAPH,
     MLA_PROMPT_SPLIT,
+    LAYER_SIZE_SPLIT,
     AMB_MIN_128,
     AMB_DEFAULT_256,
 )

@@ -19,6 +19,7 @@ from moe_studio.core.gguf.ggml_types import Q8_0, TYPES
 from moe_studio.core.gguf.model import ModelLayout, TensorInfo
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
 from moe_studio.core.hardware.devices import CPU_NAME, Rig
+from moe_studio.core.plan import engine_builds as builds
 from moe_studio.core.plan.memory import cache_type, engine_settings
 from moe_studio.core.plan.placement import Plan, layer_homes
 from moe_studio.core.plan.settings import Settings
@@ -374,10 +375,12 @@ def engine_layer_devices(
         return [CPU_NAME] * (n_layer + 1)
     ts = [float(x) for x in tensor_split[: len(devices)]]
     ts += [0.0] * (len(devices) - len(ts))
+    old_ik = settings.is_ik and not settings.has(builds.LAYER_SIZE_SPLIT)
     if not any(ts):
         # Mainline splits by the free memory itself (``llama_model::load_tensors``, "default
-        # split, by free memory": ``splits[i] = free``, at b5331 and in the newest source alike).
-        margin = IK_FIT_MARGIN if settings.is_ik else 0
+        # split, by free memory": ``splits[i] = free``, at b5331 and in the newest source alike),
+        # and so did ik before build 4327 (``llama_get_device_memory``).
+        margin = IK_FIT_MARGIN if settings.is_ik and not old_ik else 0
         ts = (
             [float(max(0, m - margin)) for m in free_memory]
             if free_memory
@@ -392,6 +395,22 @@ def engine_layer_devices(
         cumulative.append(acc)
     splits = [c / acc for c in cumulative]
     out: list[str]
+    if old_ik:
+        # ik before build 4327 (src/llama.cpp at 58f08e43): layer i to the first device whose
+        # cumulative split exceeds (i - i_gpu_start) / min(ngl, n_layer + 1); the output to the
+        # one past (act - 1) / act when ngl > n_layer.
+        i_gpu_start = max(n_layer - ngl, 0)
+        act = min(ngl, n_layer + 1)
+        out = [CPU_NAME] * (n_layer + 1)
+        for il in range(i_gpu_start, n_layer):
+            x = (il - i_gpu_start) / act
+            out[il] = devices[next((i for i, s in enumerate(splits) if s > x), len(splits) - 1)]
+        if ngl > n_layer:
+            x = (act - 1) / act
+            out[n_layer] = devices[
+                next((i for i, s in enumerate(splits) if s > x), len(splits) - 1)
+            ]
+        return out
     if settings.is_ik:
         i_gpu_start = max(n_layer - ngl, 0)
         if len(devices) == 1:

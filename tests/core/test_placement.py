@@ -526,3 +526,17 @@ def test_ts_values_are_rounded_to_what_changes_the_split(gpus: tuple[int, ...]) 
 
     engine = imported_split(ds, imported, rig_for_command(imported, rig))
     assert engine.kv_devices == plan_layer_split(ds, plan, rig, s).kv_devices
+
+
+def test_ik_before_4327_splits_layers_by_their_count() -> None:
+    # Build 3737 (src/llama.cpp load_tensors): layer i to the first GPU whose cumulative share
+    # exceeds i / min(ngl, n_layer + 1). Two equal GPUs, -ngl 99, DeepSeek's 61 layers: 31 on
+    # CUDA0 and 30 + the output on CUDA1, as ik issue #437's logs print (KV 592.89 / 573.76 MiB).
+    ds = catalog.load_catalog("catalog:deepseek-v3@IQ2_KS")
+    old = engine_layer_devices(ds, Settings(engine_build=3737), ["CUDA0", "CUDA1"], 99, [])
+    assert old.count("CUDA0") == 31 and old[:31] == ["CUDA0"] * 31
+    assert old[31:] == ["CUDA1"] * 31
+    # -ngl 50: the first 11 layers stay on the CPU, the other 50 split 25/25, output on the CPU
+    part = engine_layer_devices(ds, Settings(engine_build=3737), ["CUDA0", "CUDA1"], 50, [])
+    assert part[:11] == ["CPU"] * 11 and part[11:61].count("CUDA0") == 25
+    assert part[61] == "CPU"
