@@ -271,6 +271,34 @@ def layer_compute_bytes(layout: ModelLayout, settings: Settings) -> float:
     return worst
 
 
+_FFN_ROWS: dict[int, tuple[ModelLayout, list[tuple[int, int, int, int]]]] = {}
+
+
+def ffn_rows(layout: ModelLayout) -> list[tuple[int, int, int, int]]:
+    """(tensor index, layer, kind, ne1) of the FFN matrices (kind 0 routed experts, 1 shared,
+    2 dense), kept per layout: the per-edit estimate need not walk every tensor's name."""
+    hit = _FFN_ROWS.get(id(layout))
+    if hit is not None and hit[0] is layout:
+        return hit[1]
+    rows = []
+    for i, t in enumerate(layout.tensors):
+        if not t.loaded or t.layer == GLOBAL_LAYER or not t.name.endswith(".weight"):
+            continue
+        if t.group in ROUTED_EXPERT_GROUPS:
+            kind = 0
+        elif t.group is TensorGroup.SHARED:
+            kind = 1
+        elif t.group is TensorGroup.FFN:
+            kind = 2
+        else:
+            continue
+        rows.append((i, t.layer, kind, t.shape[1] if len(t.shape) > 1 else 1))
+    if len(_FFN_ROWS) > 8:
+        _FFN_ROWS.clear()
+    _FFN_ROWS[id(layout)] = (layout, rows)
+    return rows
+
+
 def layer_compute_by_device(
     layout: ModelLayout, settings: Settings, placement: Sequence[str]
 ) -> dict[str, float]:
@@ -279,27 +307,26 @@ def layer_compute_by_device(
     the first CUDA device when the weight is in RAM (:func:`offload_terms`)."""
     hp = layout.hparams
     ub = graph_tokens(settings)
-    used = max(1, hp.n_expert_used)
-    parts: dict[str, list[Counter[int]]] = {}
-    for t, device in zip(layout.tensors, placement, strict=True):
-        if not device or not t.loaded or t.layer == GLOBAL_LAYER:
+    per_token = (max(1, hp.n_expert_used) * ub * 4, ub * 4, ub * 4)
+    parts: dict[str, tuple[dict[int, int], dict[int, int], dict[int, int]]] = {}
+    for i, layer, kind, ne1 in ffn_rows(layout):
+        device = placement[i]
+        if not device:
             continue
-        if not t.name.endswith(".weight"):
-            continue
-        exps, shexp, dense = parts.setdefault(device, [Counter(), Counter(), Counter()])
-        ne1 = t.shape[1] if len(t.shape) > 1 else 1
-        if t.group in ROUTED_EXPERT_GROUPS:
-            exps[t.layer] += ne1 * ub * used * 4
-        elif t.group is TensorGroup.SHARED:
-            shexp[t.layer] += ne1 * ub * 4
-        elif t.group is TensorGroup.FFN:
-            dense[t.layer] += ne1 * ub * 4
+        sums = parts.get(device)
+        if sums is None:
+            sums = parts[device] = ({}, {}, {})
+        table = sums[kind]
+        table[layer] = table.get(layer, 0) + ne1 * per_token[kind]
     inp = hp.n_embd * ub * 4 * 2
     out = {}
     for device, (exps, shexp, dense) in parts.items():
         out[device] = float(
             max(
-                (max(exps[il], shexp[il], dense[il]) + inp for il in range(hp.n_layer_kv)),
+                (
+                    max(exps.get(il, 0), shexp.get(il, 0), dense.get(il, 0)) + inp
+                    for il in range(hp.n_layer_kv)
+                ),
                 default=0,
             )
         )

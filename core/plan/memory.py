@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from moe_studio.core.gguf.model import ModelLayout
+from moe_studio.core.gguf.model import ModelLayout, TensorInfo
 from moe_studio.core.gguf.tensors import GLOBAL_LAYER, ROUTED_EXPERT_GROUPS, TensorGroup
 from moe_studio.core.hardware.devices import CPU_NAME, DeviceKind, Rig
 from moe_studio.core.plan import engine_builds as builds
@@ -33,6 +33,7 @@ from moe_studio.core.plan.compute import (
     compute_terms,
     cuda_can_offload,
     effective_mla,
+    ffn_rows,
     graph_compute_terms,
     graph_tokens,
     layer_compute_by_device,
@@ -275,6 +276,15 @@ def compute_margin(compute: int) -> int:
     return int(compute * COMPUTE_MARGIN)
 
 
+def expert_homes(layout: ModelLayout, plan: Plan) -> dict[int, str]:
+    """Layer → the device of its first routed-expert matrix (layers with experts placed)."""
+    homes: dict[int, str] = {}
+    for i, layer, kind, _ in reversed(ffn_rows(layout)):
+        if kind == 0 and plan.devices[i]:
+            homes[layer] = plan.devices[i]
+    return homes
+
+
 def mla_layers(
     layout: ModelLayout,
     plan: Plan,
@@ -282,16 +292,15 @@ def mla_layers(
     device: str,
     *,
     experts_offloaded_to: str | None,
+    experts: dict[int, str] | None = None,
 ) -> tuple[MlaLayer, ...]:
     """The KV layers ``device`` runs, in order, as :mod:`~moe_studio.core.plan.mla_alloc` replays
     them: whether each one's input comes from another backend, and where its FFN runs (routed
     experts here, on the CPU, or on another device; ``experts_offloaded_to``: the CUDA device
     that takes the matmuls of RAM-resident experts, ``compute.offload_terms``)."""
     hp = layout.hparams
-    experts: dict[int, str] = {}
-    for t, d in zip(layout.tensors, plan.devices, strict=True):
-        if d and t.group in ROUTED_EXPERT_GROUPS and t.layer != GLOBAL_LAYER:
-            experts.setdefault(t.layer, d)
+    if experts is None:
+        experts = expert_homes(layout, plan)
     layers = []
     for il in range(min(hp.n_layer_kv, len(layer_devices))):
         if layer_devices[il] != device:
@@ -339,11 +348,19 @@ def estimate(
     weights: Counter[str] = Counter()
     cpu_expert_max = cpu_dense_max = 0
     tensors = layout.tensors
+    offloadable: dict[int, bool] = {}  # by type id: cuda_can_offload for these settings
+
+    def can_offload(t: TensorInfo) -> bool:
+        known = offloadable.get(t.type_id)
+        if known is None:
+            known = offloadable[t.type_id] = cuda_can_offload(t.type_name, settings)
+        return known
+
     for t, d in zip(tensors, plan.devices, strict=True):
         if not d:
             continue
         weights[d] += t.nbytes
-        if d != CPU_NAME or len(t.shape) < 2 or not cuda_can_offload(t.type_name, settings):
+        if d != CPU_NAME or len(t.shape) < 2 or not can_offload(t):
             continue
         if t.group in ROUTED_EXPERT_GROUPS:
             cpu_expert_max = max(cpu_expert_max, t.nbytes)
@@ -385,7 +402,7 @@ def estimate(
         output_device == CPU_NAME
         and output_index is not None
         and first_cuda
-        and cuda_can_offload(tensors[output_index].type_name, settings)
+        and can_offload(tensors[output_index])
     )
     # A layer whose KV and attention weights both sit in RAM has its attention run on the first
     # CUDA device for big batches (compute.attention_offloaded); its K/V views are copied there.
@@ -394,11 +411,7 @@ def estimate(
     ]
     for t, d in zip(tensors, plan.devices, strict=True):
         matrix = t.group is TensorGroup.ATTENTION and 0 <= t.layer < layout.n_layer
-        if (
-            matrix
-            and len(t.shape) > 1
-            and not (d == CPU_NAME and cuda_can_offload(t.type_name, settings))
-        ):
+        if matrix and len(t.shape) > 1 and not (d == CPU_NAME and can_offload(t)):
             ram_attention[t.layer] = False
     ram = RamWeights(
         expert_max=cpu_expert_max,
@@ -428,6 +441,7 @@ def estimate(
     )
     n_kv = min(layout.hparams.n_layer_kv, len(layer_devices))
     budgets = []
+    homes = expert_homes(layout, plan) if effective_mla(layout, settings) else {}
     for device in (*rig.devices, rig.cpu):
         is_cpu = device.kind is DeviceKind.CPU
         mla_attention = None
@@ -436,7 +450,12 @@ def estimate(
                 layout,
                 settings,
                 mla_layers(
-                    layout, plan, layer_devices, device.name, experts_offloaded_to=offload_experts
+                    layout,
+                    plan,
+                    layer_devices,
+                    device.name,
+                    experts_offloaded_to=offload_experts,
+                    experts=homes,
                 ),
                 holds_last=n_kv > 0 and layer_devices[n_kv - 1] == device.name,
                 gpu_backends=bool(rig.devices),
