@@ -19,7 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.*
 
-from tests.support.cuda_corpus import KINDS, Point, all_points, dryrun_points, load_runs
+from tests.support.cuda_corpus import (
+    KINDS,
+    MLA_3737,
+    Point,
+    all_points,
+    dryrun_points,
+    load_runs,
+)
 
 
 def summary(label: str, points: list[Point]) -> str:
@@ -66,6 +73,11 @@ def main() -> int:
         print(summary(f"kv ({model})", [p for p in dry if p.term == "kv"]))
         print(summary(f"compute device ({model})", [p for p in dry if p.kind == "compute GPU"]))
         print(summary(f"compute host ({model})", [p for p in dry if p.kind == "compute host"]))
+    print("ik_llama.cpp 3737 (58f08e43) loading on RPC devices (tests/data/mla_dryrun_3737.json):")
+    old = dryrun_points(path=MLA_3737)
+    print(summary("kv (deepseek-v3)", [p for p in old if p.term == "kv"]))
+    print(summary("compute device (deepseek-v3)", [p for p in old if p.kind == "compute GPU"]))
+    print(summary("compute host (deepseek-v3)", [p for p in old if p.kind == "compute host"]))
     width = max((len(p.name) for p in points), default=10)
     if args.all:
         print("\nevery point:")
