@@ -369,7 +369,8 @@ def print_result(planner: Planner, result: PlanResult, notes: list[str], out: Te
             w(f"  - {line}\n")
         for line in advice.warnings:
             w(f"  ! {line}\n")
-    all_notes = notes + list(result.command.notes if result.command else ())
+    # the same sentence can come from the plan and from the command (e.g. a rig without GPUs)
+    all_notes = list(dict.fromkeys(notes + list(result.command.notes if result.command else ())))
     if all_notes:
         w("\nNotes\n")
         for line in all_notes:

@@ -557,16 +557,17 @@ def describes_engine(info: EngineInfo) -> bool | None:
 
 
 def estimate_build_note(info: EngineInfo) -> str:
-    """A sentence when the estimate describes a newer build than ``info``'s ("" otherwise)."""
+    """A sentence when ``info``'s build is older than the builds the estimate is checked against
+    ("" otherwise)."""
     if describes_engine(info) is not False:
         return ""
-    from moe_studio.core.plan.compute import MODELLED_BUILDS
-
-    since, what = MODELLED_BUILDS["ik_llama.cpp"]
+    # Such a build also predates --dry-run (build 4322), so the probe cannot check it.
     return (
-        f"The estimate describes a newer build (ik_llama.cpp ≥ {IK_FIRST_DESCRIBED_BUILD}, "
-        f"{what}, {since}); {info.label} is older, so its compute buffers may differ — "
-        "check with the engine (--probe) or update it."
+        f"The estimate follows {info.label}'s own buffer layout where ik's history changed it "
+        "(host mask, MLA prompt path, offload rules, layer split: core/plan/engine_builds.py), "
+        "checked against published CUDA logs of builds 3607-3964 but claimed only from build "
+        f"{IK_FIRST_DESCRIBED_BUILD}; a first launch corrects it with the buffers the engine "
+        "prints."
     )
 
 

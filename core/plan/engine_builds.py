@@ -176,6 +176,13 @@ MLA_PROMPT_SPLIT = BuildChange(
     1211,
     "MLA prompt path: -amb head split by any divisor and buffer reuse",
 )
+DRY_RUN = BuildChange(
+    4322,
+    "f9b7fe974",
+    "2026-03-18",
+    1462,
+    "llama-server --dry-run: every buffer allocated and printed, no tensor data read",
+)
 LAYER_SIZE_SPLIT = BuildChange(
     4327,
     "0871ab296",
@@ -223,6 +230,7 @@ IK_CHANGES = (
     RPC_DEVICE_NAMES,
     SPLIT_MODE_GRAPH,
     MLA_PROMPT_SPLIT,
+    DRY_RUN,
     LAYER_SIZE_SPLIT,
     AMB_MIN_128,
     AMB_DEFAULT_256,

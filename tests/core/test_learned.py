@@ -139,9 +139,13 @@ def test_an_older_ik_build_is_named_in_a_note() -> None:
     from moe_studio.core.engine.discovery import EngineInfo, estimate_build_note
 
     old = EngineInfo("llama-server", "ik", "version: 4000 (abcdef1)", 4000, "abcdef1")
-    assert estimate_build_note(old).startswith(
-        "The estimate describes a newer build (ik_llama.cpp ≥ 4161, "
-    )
+    note = estimate_build_note(old)
+    assert note.startswith("The estimate follows ik_llama.cpp 4000 (abcdef1)'s own buffer layout")
+    assert "claimed only from build 4161" in note
+    assert "a first launch corrects it" in note  # build 4000 has no --dry-run (4322)
+    dry = EngineInfo("llama-server", "ik", "version: 4400 (abcdef1)", 4400, "abcdef1")
+    assert estimate_build_note(dry) == ""  # described
+    assert "--probe" not in note
     assert estimate_build_note(EngineInfo("s", "ik", "version: 4840 (8337e4cd3)", 4840)) == ""
     assert estimate_build_note(EngineInfo("s", "ik", "version: 0 (unknown)", None)) == ""
     assert estimate_build_note(EngineInfo("s", "mainline", "version: 6000 (abc)", 6000)) == ""
