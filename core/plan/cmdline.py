@@ -398,12 +398,19 @@ def build_command(
                     "use the RPC server's IP address instead."
                 )
             argv += ["-dev", ",".join(names)]
+        ts = []
         if len(split.devices) > 1:
             ts = (
                 ik_tensor_split(layout, settings, split)
                 if dialect == "ik"
                 else mainline_tensor_split(layout, split)
             )
+        if ik and not ik_has(builds.DEVICE_FLAG) and not rig.gpus:
+            # A CPU-only ik build before -dev (3933) counts the CPU itself as device 0 beside
+            # its RPC servers (llama_get_device_count starts at 1, src/llama.cpp at 58f08e43) and
+            # would give it layer 0 by its share of "free memory": a zero share keeps it off.
+            ts = [0.0, *(ts or [1.0] * len(split.devices))]
+        if ts:
             argv += ["-ts", _fmt_ts(ts)]
     elif rig.devices:
         notes.append(

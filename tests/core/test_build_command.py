@@ -262,3 +262,20 @@ def test_a_bare_fa_does_not_take_the_next_option() -> None:
     assert split_options(["-fa", "on", "-b", "8"], "ik") == [["-fa", "on"], ["-b", "8"]]
     note = unlisted_options(["llama-server", *args], frozenset({"-c", "-fa", "-np"}), "ik")
     assert "does not list -b, -fmoe" in note
+
+
+def test_a_cpu_only_build_before_3933_keeps_layer_0_off_its_cpu() -> None:
+    # Build 3737 without CUDA counts the CPU as device 0 beside its rpc-server and gave it layer
+    # 0 (seen on the real build: KV 0.75 + 0.25 MiB); -ts 0,1 keeps every layer on the RPC device.
+    q = layout("qwen3-30b-a3b")
+    r = rig(rpc=True)
+    plan = initial_plan(q)
+    for rule in (f"L:0-47={RPC}", f"^output={RPC}"):
+        plan = apply_pin(q, plan, rule).after
+    old = build_command(q, plan, r, Settings(engine_build=3737)).argv
+    assert old[old.index("-ts") + 1] == "0,1"
+    new = build_command(q, plan, r, Settings()).argv
+    assert "-ts" not in new
+    gpu = rig(24)  # a CUDA build lists its GPUs, not the CPU
+    gpu_plan = auto_place(q, initial_plan(q), gpu, Settings(engine_build=3737)).plan
+    assert "-ts" not in build_command(q, gpu_plan, gpu, Settings(engine_build=3737)).argv
