@@ -163,6 +163,11 @@ def detect_flavour(version_text: str, help_text: str) -> Flavour:
     return "unknown"
 
 
+# Build numbers below this are commit counts of shallow clones, not builds: ik's history starts
+# at build 3347 (engine_builds.IK_BASE) and mainline passed 1000 in 2023, before MoE models.
+SHALLOW_CLONE_BUILD = 1000
+
+
 def parse_version(text: str) -> tuple[str, int | None, str]:
     """``(first version line, build number or None, commit or "")`` from ``--version`` output.
 
@@ -180,6 +185,10 @@ def parse_version(text: str) -> tuple[str, int | None, str]:
         b = re.search(r"build (\d+)", paren)
         if b and int(b.group(1)):
             build = int(b.group(1))
+    if build is not None and build < SHALLOW_CLONE_BUILD:
+        # A build from a shallow clone (git clone --depth 1) counts only the commits it fetched
+        # and prints version: 1 (…): not a position in either engine's history.
+        build = None
     commit = ""
     c = re.search(r"commit (\w+)", paren)
     candidate = c.group(1) if c else paren.strip()

@@ -96,10 +96,14 @@ def advise(
     if settings.is_ik and hp.is_mla and settings.mla is None and settings.effective_mla == 0:
         # Builds before 3983 (PR #943) default to -mla 0: the full per-head K and V cache.
         best = 3 if settings.has(builds.MLA_3) else 2
+        fix = (
+            f"set MLA to {best} (-mla {best}) to cache the compressed latent instead"
+            if settings.has(builds.MLA_TAKES_VALUE)
+            else "a build from 3575 on takes -mla N and caches the compressed latent; update it"
+        )
         warnings.append(
             f"ik_llama.cpp build {settings.engine_build} defaults to -mla 0, which caches full "
-            f"K and V for every head; set MLA to {best} (-mla {best}) to cache the compressed "
-            "latent instead."
+            f"K and V for every head; {fix}."
         )
     cpu_experts = [
         t

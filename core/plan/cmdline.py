@@ -400,9 +400,11 @@ def build_command(
             argv += ["-dev", ",".join(names)]
         ts = []
         if len(split.devices) > 1:
+            # ik fills the GPUs by layer size from build 4327; before, it split the layers by
+            # count over the -ts shares, as mainline does (layers.engine_layer_devices)
             ts = (
                 ik_tensor_split(layout, settings, split)
-                if dialect == "ik"
+                if dialect == "ik" and ik_has(builds.LAYER_SIZE_SPLIT)
                 else mainline_tensor_split(layout, split)
             )
         if ik and not ik_has(builds.DEVICE_FLAG) and not rig.gpus:
@@ -430,6 +432,9 @@ def build_command(
         if ik_has(builds.FA_FMOE_DEFAULT):  # 3928-3984: on by default, -no-fa turns it off
             argv += [] if settings.flash_attn else ["-no-fa"]
         elif settings.flash_attn:  # older: off by default, a bare -fa turns it on
+            argv.append("-fa")
+    elif not ik and not settings.has_mainline(builds.ML_FA_VALUE) and settings.engine_build:
+        if settings.flash_attn:  # mainline before b6325: off by default, a bare -fa
             argv.append("-fa")
     else:
         argv += ["-fa", "on" if settings.flash_attn else "off"]
@@ -461,6 +466,10 @@ def build_command(
                 notes.append(_left_out(build, " ".join([flag, *values]), flag))
         if settings.split_mode_graph:
             argv += ["-sm", "graph"]
+        if settings.no_mmap:
+            argv.append("--no-mmap")
+    elif settings.engine_build and not settings.has_mainline(builds.ML_FIT):
+        # mainline before b7407 has no -fit (nothing to turn off) and no -lm
         if settings.no_mmap:
             argv.append("--no-mmap")
     else:

@@ -521,8 +521,9 @@ def mla_device_attention(
         if not (settings.flash_attn and mla > 1 and graph_tokens(settings) >= MLA_PP_MIN_TOKENS):
             return None
         cast = first_attention and not settings.has(engine_builds.HOST_MASK_F16)
-        fused = settings.has(engine_builds.FA_FMOE_DEFAULT) or any(
-            a in ("-fmoe", "--fused-moe") for a in settings.extra_args
+        # the command writes -fmoe from build 3571 (cmdline), and it is the default from 3928
+        fused = settings.has(engine_builds.FUSED_MOE_FLAG) and not any(
+            a in ("-no-fmoe", "--no-fused-moe") for a in settings.extra_args
         )
         legacy = mla_alloc.Legacy(
             mask_cast=cast,

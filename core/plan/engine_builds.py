@@ -337,12 +337,29 @@ ML_MLA_V_LESS = BuildChange(
     "MLA models keep no V cache (llama_kv_cache: has_v = !hparams.is_mla()); V is a view of K",
 )
 
+ML_FA_VALUE = BuildChange(
+    6325,
+    "e81b8e4b7",
+    "2025-08-30",
+    15434,
+    "-fa takes on|off|auto and flash attention is on by default (before: a bare -fa, off)",
+)
+ML_FIT = BuildChange(
+    7407,
+    "b1f3a6e5d",
+    "2025-12-15",
+    16653,
+    "-fit on|off: the engine fits unset parameters to the GPUs (on by default)",
+)
+
 MAINLINE_CHANGES = (
     ML_KQ_MASK_PAD_64,
     ML_MLA,
+    ML_FA_VALUE,
     ML_NO_CTX_PAD,
     ML_CTX_PAD_256,
     ML_KQ_MASK_PAD_1,
+    ML_FIT,
     ML_MLA_V_LESS,
 )
 

@@ -27,6 +27,7 @@ from moe_studio.core.plan.cmdline import (
     unlisted_options,
 )
 from moe_studio.core.plan.engine_options import split_options
+from moe_studio.core.plan.layers import engine_layer_devices
 from moe_studio.core.plan.placement import (
     Plan,
     as_mapping,
@@ -279,3 +280,32 @@ def test_a_cpu_only_build_before_3933_keeps_layer_0_off_its_cpu() -> None:
     gpu = rig(24)  # a CUDA build lists its GPUs, not the CPU
     gpu_plan = auto_place(q, initial_plan(q), gpu, Settings(engine_build=3737)).plan
     assert "-ts" not in build_command(q, gpu_plan, gpu, Settings(engine_build=3737)).argv
+
+
+@pytest.mark.parametrize("build", [3737, 4326, 4327, None])
+def test_the_written_split_gives_the_planned_layers_on_that_build(build: int | None) -> None:
+    # Before build 4327 ik split layers by count over the -ts shares; from 4327 by layer size.
+    # The -ts the command writes must bring each layer where the plan put it, read back with
+    # that build's own rule.
+    ds = layout("deepseek-v3")
+    r = rig(24, 24, 24)
+    plan = initial_plan(ds)
+    for rule in ("L:0-11=CUDA0", "L:12-40=CUDA1", "L:41-60=CUDA2", "^output=CUDA2", "E:3-60=CPU"):
+        plan = apply_pin(ds, plan, rule).after
+    settings = Settings(engine_build=build)
+    argv = build_command(ds, plan, r, settings).argv
+    ts = [float(x) for x in argv[argv.index("-ts") + 1].split(",")]
+    engine = engine_layer_devices(ds, settings, ["CUDA0", "CUDA1", "CUDA2"], 999, ts)
+    planned = Planner(ds, r, settings).estimate(plan)[0].layer_devices
+    assert list(engine[: ds.n_layer]) == list(planned[: ds.n_layer])
+
+
+def test_mainline_commands_follow_the_mainline_build() -> None:
+    # b6325 (#15434): -fa takes a value; b7407 (#16653): -fit exists.
+    q, plan, r = experts_on_cpu()
+    old = build_command(q, plan, r, Settings(dialect="mainline", engine_build=5331)).argv
+    assert "-fa" in old and old[old.index("-fa") + 1].startswith("-") and "-fit" not in old
+    mid = build_command(q, plan, r, Settings(dialect="mainline", engine_build=7000)).argv
+    assert mid[mid.index("-fa") + 1] == "on" and "-fit" not in mid
+    new = build_command(q, plan, r, Settings(dialect="mainline")).argv
+    assert new[new.index("-fa") + 1] == "on" and new[new.index("-fit") + 1] == "off"

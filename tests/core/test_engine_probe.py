@@ -62,6 +62,8 @@ ML_VERSION = "version: 1.2.3 (build 7021, commit 0c1e57098)"
             ("version: 0.6.0-dev (build 0, commit unknown)", None, ""),
         ),
         (f"x\n{ML_VERSION}", (ML_VERSION, 7021, "0c1e57098")),
+        # a shallow clone (git clone --depth 1) counts one commit: no build to plan for
+        ("version: 1 (8337e4cd3)", ("version: 1 (8337e4cd3)", None, "8337e4cd3")),
         ("no version here", ("", None, "")),
     ],
 )

@@ -62,7 +62,7 @@ def test_a_mainline_build_number_is_judged_by_the_mainline_table() -> None:
     # b5331 was out on 2025-05-09; a number claiming #19067 (2026-01-25) was not.
     assert builds.plausible(5331, "2025-05-09", builds.MAINLINE_CHANGES)
     assert not builds.plausible(7900, "2025-05-09", builds.MAINLINE_CHANGES)
-    assert builds.newest_by("2025-05-09", builds.MAINLINE_CHANGES) == builds.ML_NO_CTX_PAD.build - 1
+    assert builds.newest_by("2025-05-09", builds.MAINLINE_CHANGES) == builds.ML_FA_VALUE.build - 1
     assert builds.newest_by("2026-08-01", builds.MAINLINE_CHANGES) is None
 
 

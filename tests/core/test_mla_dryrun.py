@@ -75,3 +75,22 @@ def test_build_3737_host_holds_the_f32_mask_and_the_embeddings() -> None:
     assert len(host) >= 24
     # (the token ids, positions and output ids, 3 · 4 · T bytes, are not counted)
     assert all(abs(p.ours_mib - p.reported_mib) < 0.06 for p in host)
+
+
+def test_old_builds_replay_fused_moe_as_the_command_writes_it() -> None:
+    # Build 3737's command carries -fmoe (cmdline writes it from build 3571), so the replay of
+    # a GPU holding routed experts fuses up and gate whether or not -fmoe is in the extras.
+    from moe_studio.core.plan import mla_alloc
+    from moe_studio.core.plan.compute import mla_device_attention
+    from moe_studio.core.plan.settings import Settings
+    from tests.support.cuda_corpus import attention_layout
+
+    layout = attention_layout("deepseek-v3")
+    layers = (mla_alloc.MlaLayer(True, mla_alloc.Ffn.MOE),) * 3
+    base = Settings(engine_build=3737, ctx=8192, ubatch=4096, batch=4096, amb=512, mla=3)
+    plain = mla_device_attention(layout, base, layers, holds_last=False, first_attention=True)
+    extra = base.with_(extra_args=("-fmoe",))
+    fmoe = mla_device_attention(layout, extra, layers, holds_last=False, first_attention=True)
+    unfused = base.with_(extra_args=("-no-fmoe",))
+    split = mla_device_attention(layout, unfused, layers, holds_last=False, first_attention=True)
+    assert plain == fmoe and plain is not None and split is not None and split > plain

@@ -223,7 +223,12 @@ def dryrun_points(model: str | None = None, path: Path = MLA_DRYRUN) -> list[Poi
         full_rig = replace(
             full_rig, devices=tuple(replace(d, memory_total=24 * GiB) for d in full_rig.devices)
         )
-        imported = replace(imported, settings=imported.settings.with_(engine_build=build))
+        settings = imported.settings.with_(engine_build=build)
+        if run.get("printed", {}).get("fused_moe") == 0:
+            # the run printed fused_moe = 0 (build 3737 without -fmoe); the planner's own
+            # commands fuse from build 3571, so say what this one did
+            settings = settings.with_(extra_args=(*settings.extra_args, "-no-fmoe"))
+        imported = replace(imported, settings=settings)
         split = imported_split(layout, imported, full_rig)
         est = estimate(layout, plan, full_rig, imported.settings, split.kv_devices)
         for term in ("kv", "compute"):
