@@ -58,6 +58,9 @@ def _budgets(
     biggest_expert = max(
         (t.nbytes for t in layout.tensors if t.group in ROUTED_EXPERT_GROUPS), default=0
     )
+    # Only the first CUDA device takes the big-batch matmuls of RAM-resident weights
+    # (compute.offload_terms); the others budget their own compute buffer.
+    first_cuda = next((d.name for d in devices if d.kind is DeviceKind.CUDA), None)
     out = {}
     for i, dev in enumerate(devices):
         terms = compute_terms(
@@ -68,6 +71,7 @@ def _budgets(
             is_cuda=dev.kind is DeviceKind.CUDA,
             cpu_expert_tensor_max=biggest_expert,
             layer_compute=layer_compute,
+            offload_target=dev.name == first_cuda,
         )
         overhead = settings.gpu_overhead if dev.kind is DeviceKind.CUDA else 0
         # The compute buffer with its known error (memory.COMPUTE_MARGIN): what "fits" checks.

@@ -540,3 +540,20 @@ def test_ik_before_4327_splits_layers_by_their_count() -> None:
     part = engine_layer_devices(ds, Settings(engine_build=3737), ["CUDA0", "CUDA1"], 50, [])
     assert part[:11] == ["CPU"] * 11 and part[11:61].count("CUDA0") == 25
     assert part[61] == "CPU"
+
+
+def test_only_the_first_gpu_budgets_the_offloaded_expert_matmuls() -> None:
+    # -ub 4096 with routed experts in RAM: the first CUDA device takes their big-batch matmuls
+    # (and the weight copies); the others must not reserve that too, or each leaves ~5 GiB of
+    # experts in RAM that would fit.
+    from moe_studio.core.plan.planning import Planner
+
+    ds = catalog.load_catalog("catalog:deepseek-v3@IQ2_KS")
+    gpus = tuple(Device(f"CUDA{i}", DeviceKind.CUDA, 24 * GiB, index=i) for i in range(4))
+    rig = Rig("4x24", HostInfo(512 * GiB, cores_physical=32), gpus)
+    planner = Planner(ds, rig, Settings(ctx=32768, cache_type_k="q8_0", ubatch=4096, batch=4096))
+    estimate = planner.estimate(planner.auto_place(planner.initial()).plan)[1]
+    for name in ("CUDA1", "CUDA2"):
+        gpu = estimate.device(name)
+        assert gpu is not None and gpu.fits
+        assert gpu.usable - gpu.total < 2 * GiB, f"{name}: {gpu.usable - gpu.total} bytes unused"
