@@ -398,11 +398,11 @@ def build_command(
                     "use the RPC server's IP address instead."
                 )
             argv += ["-dev", ",".join(names)]
-        ts = []
+        ts: list[float] = []
         if len(split.devices) > 1:
             # ik fills the GPUs by layer size from build 4327; before, it split the layers by
             # count over the -ts shares, as mainline does (layers.engine_layer_devices)
-            ts = (
+            ts = list(
                 ik_tensor_split(layout, settings, split)
                 if dialect == "ik" and ik_has(builds.LAYER_SIZE_SPLIT)
                 else mainline_tensor_split(layout, split)
