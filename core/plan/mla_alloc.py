@@ -311,21 +311,44 @@ def _router(s: MlaShape, t: int, n: str) -> Iterator[Event]:
     yield "F", "weights_norm" + n, 0
 
 
+def _dense_ffn(s: MlaShape, t: int, n: str) -> Iterator[Event]:
+    """``llm_build_ffn`` of a dense layer after its norm (the same in every build replayed)."""
+    f, e = 4, s.n_embd
+    yield "A", "gate" + n, s.n_ff_dense * t * f
+    yield "A", "up" + n, s.n_ff_dense * t * f
+    yield "F", "ffn_norm" + n, 0
+    yield "A", "up_gate" + n, s.n_ff_dense * t * f  # ggml_fused_mul_unary
+    yield "F", "gate" + n, 0
+    yield "F", "up" + n, 0
+    yield "A", "l_out" + n, e * t * f  # ggml_mul_mat(down); l_out = add in place
+    yield "F", "up_gate" + n, 0
+    yield "F", "kqv_out" + n, 0  # ffn_inp
+
+
+def _shared_expert(s: MlaShape, t: int, n: str) -> Iterator[Event]:
+    """The shared experts' ``llm_build_ffn`` (none: the norm is freed), after the routed ones."""
+    f, e = 4, s.n_embd
+    if not s.n_ff_shexp:
+        yield "F", "ffn_norm" + n, 0
+        return
+    yield "A", "sh_gate" + n, s.n_ff_shexp * t * f
+    yield "A", "sh_up" + n, s.n_ff_shexp * t * f
+    yield "F", "ffn_norm" + n, 0
+    yield "A", "sh_up_gate" + n, s.n_ff_shexp * t * f
+    yield "F", "sh_gate" + n, 0
+    yield "F", "sh_up" + n, 0
+    yield "A", "shexp" + n, e * t * f
+    yield "F", "sh_up_gate" + n, 0
+    yield "F", "shexp" + n, 0
+
+
 def _ffn(s: MlaShape, r: MlaRun, il: int, kind: Ffn) -> Iterator[Event]:
     """One layer's FFN; its output (``l_out``, in place on the last sum) is named ``l_out-il``."""
     t, f, e = r.tokens, 4, s.n_embd
     n = f"-{il}"
     yield "A", "ffn_norm" + n, e * t * f  # llm_build_norm(ffn_inp)
     if kind is Ffn.DENSE:
-        yield "A", "gate" + n, s.n_ff_dense * t * f
-        yield "A", "up" + n, s.n_ff_dense * t * f
-        yield "F", "ffn_norm" + n, 0
-        yield "A", "up_gate" + n, s.n_ff_dense * t * f  # ggml_fused_mul_unary
-        yield "F", "gate" + n, 0
-        yield "F", "up" + n, 0
-        yield "A", "l_out" + n, e * t * f  # ggml_mul_mat(down); l_out = add in place
-        yield "F", "up_gate" + n, 0
-        yield "F", "kqv_out" + n, 0  # ffn_inp
+        yield from _dense_ffn(s, t, n)
         return
     yield from _router(s, t, n)
     u = s.n_expert_used
@@ -350,18 +373,7 @@ def _ffn(s: MlaShape, r: MlaRun, il: int, kind: Ffn) -> Iterator[Event]:
         yield "A", "l_out" + n, e * t * f  # ggml_multi_add; ffn_out, l_out in place
         yield "F", "down" + n, 0
         yield "F", "weights_scaled" + n, 0
-    if s.n_ff_shexp:
-        yield "A", "sh_gate" + n, s.n_ff_shexp * t * f
-        yield "A", "sh_up" + n, s.n_ff_shexp * t * f
-        yield "F", "ffn_norm" + n, 0
-        yield "A", "sh_up_gate" + n, s.n_ff_shexp * t * f
-        yield "F", "sh_gate" + n, 0
-        yield "F", "sh_up" + n, 0
-        yield "A", "shexp" + n, e * t * f
-        yield "F", "sh_up_gate" + n, 0
-        yield "F", "shexp" + n, 0
-    else:
-        yield "F", "ffn_norm" + n, 0
+    yield from _shared_expert(s, t, n)
     yield "F", "kqv_out" + n, 0  # ffn_inp
 
 
@@ -601,15 +613,7 @@ def _ffn_legacy(s: MlaShape, r: MlaRun, il: int, kind: Ffn, fused: bool) -> Iter
     n = f"-{il}"
     yield "A", "ffn_norm" + n, e * t * f
     if kind is Ffn.DENSE:
-        yield "A", "gate" + n, s.n_ff_dense * t * f
-        yield "A", "up" + n, s.n_ff_dense * t * f
-        yield "F", "ffn_norm" + n, 0
-        yield "A", "up_gate" + n, s.n_ff_dense * t * f
-        yield "F", "gate" + n, 0
-        yield "F", "up" + n, 0
-        yield "A", "l_out" + n, e * t * f
-        yield "F", "up_gate" + n, 0
-        yield "F", "kqv_out" + n, 0
+        yield from _dense_ffn(s, t, n)
         return
     x, u = s.n_expert, s.n_expert_used
     yield "A", "logits" + n, x * t * f  # ggml_mul_mat(gate_inp, cur); sigmoid in place
@@ -641,16 +645,5 @@ def _ffn_legacy(s: MlaShape, r: MlaRun, il: int, kind: Ffn, fused: bool) -> Iter
         yield "F", "down" + n, 0
     else:
         yield "O", "split start", 0
-    if s.n_ff_shexp:
-        yield "A", "sh_gate" + n, s.n_ff_shexp * t * f
-        yield "A", "sh_up" + n, s.n_ff_shexp * t * f
-        yield "F", "ffn_norm" + n, 0
-        yield "A", "sh_up_gate" + n, s.n_ff_shexp * t * f
-        yield "F", "sh_gate" + n, 0
-        yield "F", "sh_up" + n, 0
-        yield "A", "shexp" + n, e * t * f
-        yield "F", "sh_up_gate" + n, 0
-        yield "F", "shexp" + n, 0
-    else:
-        yield "F", "ffn_norm" + n, 0
+    yield from _shared_expert(s, t, n)
     yield "F", "kqv_out" + n, 0
