@@ -35,6 +35,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from moe_studio.core.errors import EngineError
+from moe_studio.core.plan import engine_builds
 
 log = logging.getLogger(__name__)
 
@@ -552,9 +553,8 @@ class EngineStore:
 # --- the builds the estimate describes ------------------------------------------------------------
 
 # ik numbers its builds by commit count (``version: 4840 (8337e4cd3)``). The first build the
-# compute-buffer model describes (``compute.MODELLED_BUILDS``: after PR #1211, merged 2026-01-31
-# as 33308908d) is build 4161.
-IK_FIRST_DESCRIBED_BUILD = 4161
+# compute-buffer model claims to describe is engine_builds.OLDEST_DESCRIBED (4161, PR #1211).
+IK_FIRST_DESCRIBED_BUILD = engine_builds.OLDEST_DESCRIBED
 
 
 def describes_engine(info: EngineInfo) -> bool | None:

@@ -29,12 +29,12 @@ the error distribution per term.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from moe_studio.core.engine.discovery import parse_version
 from moe_studio.core.gguf import catalog
 from moe_studio.core.gguf.ggml_types import type_by_name
 from moe_studio.core.gguf.model import ModelLayout, classify_tensors, hyperparams_from_metadata
@@ -106,6 +106,11 @@ def layout_for(model: str, expert_types: tuple[tuple[str, str], ...] = ()) -> Mo
     return replace(layout, tensors=tuple(tensors))
 
 
+def printed_build(text: str) -> int | None:
+    """The build in a record's ``build`` field, read as the engine's ``version:`` line is."""
+    return parse_version(f"version: {text}")[1]
+
+
 def build_number(run: Run) -> int | None:
     """The build the run used: the number the engine printed (``"3737 (58f08e43)"`` → 3737)
     when the run's engine could have printed it by the post's date; otherwise one that behaves
@@ -116,8 +121,7 @@ def build_number(run: Run) -> int | None:
         if run["engine"] == "ik_llama.cpp"
         else engine_builds.MAINLINE_CHANGES
     )
-    match = re.match(r"(\d+) \(", run.get("build", ""))
-    printed = int(match.group(1)) if match else 0
+    printed = printed_build(run.get("build", "")) or 0
     if printed and engine_builds.plausible(printed, run["date"], changes):
         return printed
     return engine_builds.newest_by(run["date"], changes)
@@ -209,8 +213,7 @@ def dryrun_points(model: str | None = None, path: Path = MLA_DRYRUN) -> list[Poi
     ``mla_dryrun_3737.json``: build 3737's loads) of one ``model``, or all, paired with our
     estimate for the build that printed them (RPC devices)."""
     doc = json.loads(path.read_text())
-    match = re.match(r"(\d+) \(", doc["build"])
-    build = int(match.group(1)) if match else None
+    build = printed_build(doc["build"])
     out = []
     for i, run in enumerate(doc["runs"]):
         if model is not None and run["model"] != model:
